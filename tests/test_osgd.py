@@ -1,0 +1,287 @@
+"""orthogonalize / osgd against a NumPy Gram-Schmidt, their properties and bad input."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import anytime_jax as aj
+from tests import reference
+
+
+def _tree(rows, split=(7, 12)):
+  """Splits [K, D] rows into a three-leaf pytree of per-exit gradients."""
+  rows = jnp.asarray(rows, jnp.float32)
+  a, b = split
+  k = rows.shape[0]
+  return {'w': rows[:, :a], 'conv': {'kernel': rows[:, a:b].reshape(k, 1, b - a)},
+          'b': rows[:, b:]}
+
+
+def _flat(tree, k=None):
+  return np.concatenate([np.ravel(tree['w']), np.ravel(tree['conv']['kernel']),
+                         np.ravel(tree['b'])])
+
+
+def _apply(rows, **options):
+  tx = aj.orthogonalize(**options)
+  out, _ = tx.update(_tree(rows), tx.init(None))
+  return out
+
+
+def _leaf_reference(rows, split=(7, 12), **options):
+  a, b = split
+  return np.concatenate([reference.osgd_direction(part, **options)
+                         for part in (rows[:, :a], rows[:, a:b], rows[:, b:])])
+
+
+def _adversarial(kind, k, rng, d=20):
+  rows = rng.normal(size=(k, d))
+  if kind == 'zero_row' and k > 1:
+    rows[k // 2] = 0.0
+  elif kind == 'duplicate' and k > 1:
+    rows[-1] = rows[0]
+  elif kind == 'scaled_collinear' and k > 1:
+    rows[1] = -3.0 * rows[0]
+  elif kind == 'nearly_collinear' and k > 1:
+    rows[-1] = rows[0] + 1e-4 * rng.normal(size=d)
+  elif kind == 'all_zero':
+    rows[:] = 0.0
+  elif kind == 'first_zero':
+    rows[0] = 0.0
+  return rows
+
+
+KINDS = ['random', 'zero_row', 'duplicate', 'scaled_collinear', 'nearly_collinear',
+         'all_zero', 'first_zero']
+
+
+@pytest.mark.parametrize('kind', KINDS)
+@pytest.mark.parametrize('k', range(1, 9))
+@pytest.mark.parametrize('granularity', ['global', 'leaf'])
+def test_matches_numpy_reference(kind, k, granularity):
+  rng = np.random.default_rng(100 * k + KINDS.index(kind))
+  rows = _adversarial(kind, k, rng)
+  got = _flat(_apply(rows, granularity=granularity))
+  want = (reference.osgd_direction(rows) if granularity == 'global'
+          else _leaf_reference(rows))
+  assert np.all(np.isfinite(got))
+  # The Gram formulation in float32 resolves a direction to ~sqrt(eps_f32) of
+  # the gradients' scale; compare at that scale.
+  scale = max(1.0, np.abs(rows).max())
+  np.testing.assert_allclose(got, want, atol=2e-3 * scale, rtol=1e-4)
+
+
+@pytest.mark.parametrize('rescale', ['exit_norm', 'sum_norm'])
+@pytest.mark.parametrize('granularity', ['global', 'leaf'])
+def test_rescale_matches_reference(rescale, granularity):
+  rows = np.random.default_rng(3).normal(size=(4, 20))
+  rows[2] = rows[0] + 0.5 * rows[2]  # a conflict-free but correlated pair
+  got = _flat(_apply(rows, granularity=granularity, rescale=rescale))
+  want = (reference.osgd_direction(rows, rescale=rescale) if granularity == 'global'
+          else _leaf_reference(rows, rescale=rescale))
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_single_exit_is_identity():
+  rows = np.random.default_rng(0).normal(size=(1, 20))
+  np.testing.assert_allclose(_flat(_apply(rows)), rows[0], rtol=1e-6)
+
+
+def test_orthogonal_inputs_give_plain_sum():
+  q, _ = np.linalg.qr(np.random.default_rng(1).normal(size=(20, 5)))
+  rows = q.T * np.arange(1, 6)[:, None]
+  got = _flat(_apply(rows, granularity='global'))
+  np.testing.assert_allclose(got, rows.sum(0), atol=1e-5)
+
+
+def test_first_exit_passes_unchanged_and_components_are_orthogonal():
+  rng = np.random.default_rng(2)
+  rows = rng.normal(size=(4, 20))
+  # Each exit's Gram-Schmidt vector, read off by feeding exits 1..k.
+  partial = [_flat(_apply(rows[:k], granularity='global')) for k in range(1, 5)]
+  components = np.diff(np.stack([np.zeros(20)] + partial), axis=0)
+  np.testing.assert_allclose(components[0], rows[0], rtol=1e-5)
+  cos = components @ components.T / np.outer(*(2 * [np.linalg.norm(components, axis=1)]))
+  np.testing.assert_allclose(cos, np.eye(4), atol=1e-4)
+
+
+def test_priority_permutes_the_order():
+  rows = np.random.default_rng(4).normal(size=(3, 20))
+  priority = (2, 0, 1)
+  got = _flat(_apply(rows, granularity='global', priority=priority))
+  np.testing.assert_allclose(got, reference.osgd_direction(rows, priority=priority),
+                             rtol=1e-4, atol=1e-5)
+  # The exit listed first keeps its whole gradient: the result minus it is
+  # orthogonal to it.
+  rest = got - rows[2]
+  assert abs(rest @ rows[2]) < 1e-3 * np.linalg.norm(rows[2]) ** 2
+
+
+def test_partition_granularity_groups_leaves():
+  rows = np.random.default_rng(5).normal(size=(3, 20))
+  labels = {'w': 'dense', 'conv': {'kernel': 'dense'}, 'b': 'bias'}
+  got = _flat(_apply(rows, granularity=labels))
+  want = np.concatenate([reference.osgd_direction(rows[:, :12]),
+                         reference.osgd_direction(rows[:, 12:])])
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+  by_callable = _flat(_apply(rows, granularity=lambda tree: labels))
+  np.testing.assert_array_equal(got, by_callable)
+
+
+def test_diagnostics_report_norms_and_cosines():
+  rows = np.random.default_rng(6).normal(size=(3, 20))
+  rows[1] = -rows[0] + 0.1 * rows[1]
+  tx = aj.orthogonalize(granularity='global', diagnostics=True, num_exits=3)
+  _, state = tx.update(_tree(rows), tx.init(None))
+  np.testing.assert_allclose(state.grad_norms, np.linalg.norm(rows, axis=1), rtol=1e-5)
+  u = reference.gram_schmidt(rows)
+  np.testing.assert_allclose(state.ortho_norms, np.linalg.norm(u, axis=1), rtol=1e-3)
+  unit = rows / np.linalg.norm(rows, axis=1, keepdims=True)
+  np.testing.assert_allclose(state.cosine, unit @ unit.T, atol=1e-5)
+  assert state.cosine[0, 1] < -0.9  # the planted conflict shows
+
+
+# ----- one harness: every configuration through jit, dtypes and optax idioms -----
+
+CONFIGS = [
+    dict(),
+    dict(granularity='global'),
+    dict(rescale='exit_norm'),
+    dict(rescale='sum_norm', granularity='global'),
+    dict(priority=(3, 2, 1, 0)),
+    dict(diagnostics=True, num_exits=4),
+]
+
+
+def _problem(dtype):
+  rng = np.random.default_rng(7)
+  params = {'dense': {'kernel': jnp.asarray(rng.normal(size=(5, 3)), dtype),
+                      'bias': jnp.zeros((3,), dtype)}, 'scale': jnp.ones((), dtype)}
+  jac = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=(4, *p.shape)), dtype), params)
+  return params, jac
+
+
+@pytest.mark.parametrize('config', CONFIGS, ids=str)
+@pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
+def test_jit_matches_eager_and_keeps_dtype(config, dtype):
+  params, jac = _problem(dtype)
+  tx = aj.orthogonalize(**config)
+  state = tx.init(params)
+  eager, _ = tx.update(jac, state, params)
+  jitted, new_state = jax.jit(tx.update)(jac, state, params)
+  for e, j, p in zip(jax.tree.leaves(eager), jax.tree.leaves(jitted), jax.tree.leaves(params)):
+    assert j.dtype == dtype and j.shape == p.shape
+    np.testing.assert_allclose(np.float32(e), np.float32(j), rtol=1e-2 if dtype == jnp.bfloat16 else 1e-5)
+  assert jax.tree.structure(new_state) == jax.tree.structure(state)
+
+
+@pytest.mark.parametrize('config', CONFIGS, ids=str)
+def test_bfloat16_close_to_float32(config):
+  params, jac = _problem(jnp.float32)
+  tx = aj.orthogonalize(**config)
+  full, _ = tx.update(jac, tx.init(params), params)
+  half, _ = tx.update(jax.tree.map(lambda x: x.astype(jnp.bfloat16), jac), tx.init(params), params)
+  for f, h in zip(jax.tree.leaves(full), jax.tree.leaves(half)):
+    np.testing.assert_allclose(np.float32(h), f, rtol=5e-2, atol=5e-2)
+
+
+@pytest.mark.parametrize('config', CONFIGS, ids=str)
+@pytest.mark.parametrize('inner', ['sgd', 'adam', 'schedule'])
+def test_chains_with_optax(config, inner):
+  params, jac = _problem(jnp.float32)
+  rest = {'sgd': optax.sgd(0.1, momentum=0.9), 'adam': optax.adam(1e-3),
+          'schedule': optax.sgd(optax.cosine_decay_schedule(0.1, 10))}[inner]
+  tx = optax.chain(aj.orthogonalize(**config), rest)
+  state = tx.init(params)
+  step = jax.jit(tx.update)
+  for _ in range(3):
+    updates, state = step(jac, state, params)
+    params = optax.apply_updates(params, updates)
+  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(params))
+  # The chained result equals the inner optimizer fed the orthogonalized sum.
+  p0, _ = _problem(jnp.float32)
+  direction, _ = aj.orthogonalize(**config).update(jac, aj.orthogonalize(**config).init(p0), p0)
+  inner_state = rest.init(p0)
+  want, _ = rest.update(direction, inner_state, p0)
+  got, _ = tx.update(jac, tx.init(p0), p0)
+  for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-7)
+
+
+def test_inject_hyperparams():
+  params, jac = _problem(jnp.float32)
+  tx = optax.inject_hyperparams(aj.osgd, static_args=('num_exits', 'diagnostics'))(
+      learning_rate=0.1, weight_decay=1e-3, eps=1e-5, num_exits=4, diagnostics=True)
+  state = tx.init(params)
+  updates, state = jax.jit(tx.update)(jac, state, params)
+  state.hyperparams['learning_rate'] = jnp.asarray(0.05)
+  halved, _ = jax.jit(tx.update)(jac, tx.init(params), params)
+  plain = aj.osgd(0.1, weight_decay=1e-3)
+  want, _ = plain.update(jac, plain.init(params), params)
+  for u, w in zip(jax.tree.leaves(updates), jax.tree.leaves(want)):
+    np.testing.assert_allclose(u, w, rtol=1e-5, atol=1e-7)
+  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(halved))
+
+
+def test_osgd_weight_decay_is_decoupled_and_not_projected():
+  params, jac = _problem(jnp.float32)
+  zero_jac = jax.tree.map(jnp.zeros_like, jac)
+  tx = aj.osgd(0.1, momentum=0.9, weight_decay=0.01)
+  updates, _ = tx.update(zero_jac, tx.init(params), params)
+  for u, p in zip(jax.tree.leaves(updates), jax.tree.leaves(params)):
+    np.testing.assert_allclose(u, -0.1 * 0.01 * p, rtol=1e-6)
+
+
+def test_osgd_equals_manual_chain_with_nesterov_and_schedule():
+  params, jac = _problem(jnp.float32)
+  schedule = optax.linear_schedule(0.1, 0.0, 10)
+  tx = aj.osgd(schedule, momentum=0.5, nesterov=True, granularity='global')
+  manual = optax.chain(aj.orthogonalize(granularity='global'),
+                       optax.sgd(schedule, momentum=0.5, nesterov=True))
+  s1, s2 = tx.init(params), manual.init(params)
+  for _ in range(3):
+    u1, s1 = tx.update(jac, s1, params)
+    u2, s2 = manual.update(jac, s2, params)
+    for a, b in zip(jax.tree.leaves(u1), jax.tree.leaves(u2)):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-8)
+
+
+# ----- bad input -----
+
+def test_rejects_leaf_without_exit_axis():
+  tx = aj.orthogonalize()
+  with pytest.raises(ValueError, match='scalar.*exit_jacobian'):
+    tx.update({'a': jnp.ones((4, 3)), 'b': jnp.ones(())}, tx.init(None))
+
+
+def test_rejects_disagreeing_k():
+  tx = aj.orthogonalize()
+  with pytest.raises(ValueError, match='disagree on the number of exits'):
+    jax.jit(tx.update)({'a': jnp.ones((4, 3)), 'b': jnp.ones((3, 3))}, tx.init(None))
+
+
+def test_rejects_summed_gradients_against_params():
+  tx = aj.orthogonalize()
+  params = {'a': jnp.ones((4, 3))}
+  with pytest.raises(ValueError, match=r'expected \[K, \*param.shape\]'):
+    tx.update({'a': jnp.ones((4, 3))}, tx.init(params), params)
+
+
+def test_rejects_bad_options():
+  with pytest.raises(ValueError, match='Unknown rescale'):
+    aj.orthogonalize(rescale='unit')
+  with pytest.raises(ValueError, match='num_exits'):
+    aj.orthogonalize(diagnostics=True)
+  with pytest.raises(ValueError, match='not a permutation'):
+    aj.orthogonalize(priority=(0, 0, 1), num_exits=3)
+  tx = aj.orthogonalize(granularity='layer')
+  with pytest.raises(ValueError, match="Unknown granularity 'layer'"):
+    tx.update({'a': jnp.ones((2, 3))}, tx.init(None))
+  tx = aj.orthogonalize(priority=(1, 0))
+  with pytest.raises(ValueError, match='not a permutation of the 3 exits'):
+    tx.update({'a': jnp.ones((3, 3))}, tx.init(None))
+  tx = aj.orthogonalize(num_exits=4)
+  with pytest.raises(ValueError, match='K=3'):
+    tx.update({'a': jnp.ones((3, 3))}, tx.init(None))
