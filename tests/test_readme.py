@@ -1,20 +1,31 @@
-"""The README's usage example runs as a newcomer would copy it."""
+"""The README's examples run as a newcomer would copy them."""
 
 import pathlib
 import re
 import subprocess
 import sys
 
+import pytest
+
 README = pathlib.Path(__file__).resolve().parents[1] / 'README.md'
+BLOCKS = re.findall(r'```python\n(.*?)```', README.read_text(), flags=re.S)
 
 
-def test_usage_example_trains_two_exits(tmp_path):
-  blocks = re.findall(r'```python\n(.*?)```', README.read_text(), flags=re.S)
-  assert blocks, 'README has no python example'
+def _run(code, tmp_path):
   script = tmp_path / 'example.py'
-  script.write_text(blocks[0])
+  script.write_text(code)
   out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
                        timeout=300, cwd=tmp_path)
   assert out.returncode == 0, out.stderr
-  losses = [float(v) for v in re.findall(r'[\d.]+(?:e-?\d+)?', out.stdout.split(':', 1)[1])]
-  assert len(losses) == 2 and max(losses) < 0.3, out.stdout
+  return out.stdout
+
+
+def test_usage_example_trains_two_exits(tmp_path):
+  stdout = _run(BLOCKS[0], tmp_path)
+  losses = [float(v) for v in re.findall(r'[\d.]+(?:e-?\d+)?', stdout.split(':', 1)[1])]
+  assert len(losses) == 2 and max(losses) < 0.3, stdout
+
+
+@pytest.mark.parametrize('index', range(1, len(BLOCKS)))
+def test_other_examples_run(index, tmp_path):
+  _run(BLOCKS[index], tmp_path)

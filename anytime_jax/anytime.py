@@ -1,0 +1,169 @@
+"""Anytime inference: run exits one at a time, exit early, count FLOPs, evaluate."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from anytime_jax.models.network import (AnytimeNetwork, apply_stage, initial_carry,
+                                        stage_variables)
+
+_jit_stage = jax.jit(apply_stage, static_argnums=(0, 2), static_argnames=('train',))
+
+
+def iterate_exits(network: AnytimeNetwork, variables: Any, x: jax.Array) -> Iterator[jax.Array]:
+  """Yields exit 1..K logits ``[B, C]`` in order, in eval mode.
+
+  Each stage runs once, when its exit is asked for: stop iterating and the
+  later stages never run; no earlier result is ever recomputed.
+  """
+  carry = initial_carry(x)
+  for k in range(network.num_exits):
+    carry, logits, _ = _jit_stage(network, stage_variables(variables, k), k, carry)
+    yield logits
+
+
+def _spec(tree):
+  return jax.tree.map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)), tree)
+
+
+@functools.lru_cache(maxsize=64)
+def _exit_flops(network: AnytimeNetwork, variables_spec: Any, example_shape: tuple,
+                dtype: Any) -> tuple[float, ...]:
+  variables = jax.tree.unflatten(*variables_spec)
+  carry = jax.eval_shape(initial_carry, jax.ShapeDtypeStruct((1, *example_shape), dtype))
+  total, cumulative = 0.0, []
+  for k in range(network.num_exits):
+    fn = functools.partial(apply_stage, network, k=k)
+    v = stage_variables(variables, k)
+    total += float(jax.jit(fn).lower(v, carry=carry).cost_analysis()['flops'])
+    cumulative.append(total)
+    carry = jax.eval_shape(fn, v, carry=carry)[0]
+  return tuple(cumulative)
+
+
+def exit_flops(network: AnytimeNetwork, variables: Any, x: jax.Array) -> list[float]:
+  """Cumulative FLOPs to produce each exit for one example, from XLA's cost analysis.
+
+  A multiply-add counts as 2 FLOPs (XLA's convention); convolutions count only
+  the taps inside the image. Works on shapes only, also inside ``jit``.
+
+  Args:
+    network: the anytime network.
+    variables: its variables (only their shapes are used).
+    x: a batch ``[B, H, W, C]`` (only its example shape and dtype are used).
+
+  Returns:
+    K floats: exit k's FLOPs include every stage up to k.
+  """
+  leaves, treedef = jax.tree.flatten(_spec(variables))
+  spec = (treedef, tuple(leaves))
+  return list(_exit_flops(network, spec, tuple(x.shape[1:]), jnp.result_type(x)))
+
+
+def first_confident_exit(logits: jax.Array, thresholds: jax.Array | float) -> jax.Array:
+  """Index of the first exit whose max softmax probability reaches its threshold.
+
+  Args:
+    logits: ``[K, N, C]``.
+    thresholds: a scalar or ``[K]``; the last exit always accepts.
+
+  Returns:
+    ``[N]`` int32 exit indices.
+  """
+  confidence = jnp.max(jax.nn.softmax(logits.astype(jnp.float32), axis=-1), axis=-1)
+  thresholds = jnp.broadcast_to(jnp.asarray(thresholds, jnp.float32), logits.shape[:1])
+  accept = (confidence >= thresholds[:, None]).at[-1].set(True)
+  return jnp.argmax(accept, axis=0).astype(jnp.int32)
+
+
+class EarlyExit(NamedTuple):
+  """Per-sample result of :func:`early_exit`: all ``[B]``."""
+  predictions: jax.Array
+  exits: jax.Array
+  flops: jax.Array
+
+
+def early_exit(network: AnytimeNetwork, variables: Any, x: jax.Array,
+               threshold: float | jax.Array) -> EarlyExit:
+  """Confidence-based early exit for a batch; jittable.
+
+  A sample stops at the first exit whose max softmax probability reaches
+  ``threshold`` (or at the last exit). In a batch every stage runs on the
+  device; the returned FLOPs are what each sample would cost alone. To save
+  the compute for real, feed one sample (or a batch) to :func:`iterate_exits`
+  and stop.
+
+  Returns:
+    :class:`EarlyExit` with predicted classes, the 0-based exit each sample
+    used, and its cumulative FLOPs.
+  """
+  logits = network.apply(variables, x)
+  exits = first_confident_exit(logits, threshold)
+  predictions = jnp.take_along_axis(jnp.argmax(logits, -1), exits[None], axis=0)[0]
+  flops = jnp.asarray(exit_flops(network, variables, x), jnp.float32)[exits]
+  return EarlyExit(predictions, exits, flops)
+
+
+def exit_accuracy(logits: jax.Array, labels: jax.Array) -> np.ndarray:
+  """Top-1 accuracy of each exit: logits ``[K, N, C]``, labels ``[N]`` -> ``[K]``."""
+  return np.asarray(jnp.mean(jnp.argmax(logits, -1) == labels[None], axis=-1))
+
+
+def _calibrate(confidence: np.ndarray, fractions: np.ndarray) -> np.ndarray:
+  """Thresholds under which ``fractions[k]`` of the samples leave at exit k."""
+  num_exits, n = confidence.shape
+  remaining = np.ones(n, bool)
+  thresholds = np.full(num_exits, -np.inf)
+  for k in range(num_exits - 1):
+    count = int(round(fractions[k] * n))
+    conf = confidence[k][remaining]
+    if count <= 0 or conf.size == 0:
+      thresholds[k] = np.inf
+      continue
+    thresholds[k] = np.sort(conf)[::-1][min(count, conf.size) - 1]
+    remaining &= ~(confidence[k] >= thresholds[k])
+  return thresholds
+
+
+def budgeted_batch_curve(val_logits, val_labels, test_logits, test_labels,
+                         flops: Sequence[float], num_points: int = 20) -> list[dict]:
+  """Accuracy vs average FLOPs under a budget, as in MSDNet (Huang et al. 2018).
+
+  For each point, the fraction of samples leaving at exit k follows a
+  geometric law ``p_k ~ q**k`` (q swept from favouring exit 1 to favouring
+  exit K); per-exit thresholds that realise it are calibrated on the
+  validation split and applied to the test split.
+
+  Args:
+    val_logits, test_logits: ``[K, N, C]`` exit logits.
+    val_labels, test_labels: ``[N]``.
+    flops: cumulative FLOPs per exit (:func:`exit_flops`).
+    num_points: number of budgets.
+
+  Returns:
+    Points sorted by FLOPs: dicts with ``flops`` (average per test sample),
+    ``accuracy``, ``q`` and ``thresholds``.
+  """
+  num_exits = len(flops)
+  val_logits = jnp.asarray(val_logits)
+  conf_val = np.asarray(jnp.max(jax.nn.softmax(val_logits.astype(jnp.float32), -1), -1))
+  if conf_val.shape[0] != num_exits:
+    raise ValueError(f'{conf_val.shape[0]} exits of logits but {num_exits} FLOPs entries.')
+  flops = np.asarray(flops, np.float64)
+  test_pred = np.asarray(jnp.argmax(jnp.asarray(test_logits), -1))
+  points = []
+  for q in np.geomspace(0.05, 20.0, num_points):
+    fractions = q ** np.arange(num_exits)
+    fractions /= fractions.sum()
+    thresholds = _calibrate(conf_val, fractions)
+    exits = np.asarray(first_confident_exit(jnp.asarray(test_logits), jnp.asarray(thresholds)))
+    correct = test_pred[exits, np.arange(exits.size)] == np.asarray(test_labels)
+    points.append({'q': float(q), 'flops': float(flops[exits].mean()),
+                   'accuracy': float(correct.mean()), 'thresholds': thresholds.tolist()})
+  return sorted(points, key=lambda p: p['flops'])

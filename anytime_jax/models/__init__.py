@@ -1,0 +1,71 @@
+"""Flax anytime networks, all built from one stage abstraction.
+
+``create(name, num_classes=..., num_exits=4)`` returns an
+:class:`AnytimeNetwork` whose ``apply(variables, x, train=False)`` gives the
+stacked exit logits ``[K, B, C]``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import jax.numpy as jnp
+
+from anytime_jax.models import plans
+from anytime_jax.models.network import AnytimeNetwork
+from anytime_jax.models.network import Stage
+from anytime_jax.models.network import apply_stage
+from anytime_jax.models.network import initial_carry
+from anytime_jax.models.network import stage_variables
+from anytime_jax.models.plans import ARCHITECTURES
+
+# Base widths chosen so that every default network's last exit costs tens of
+# MFLOPs on a 28x28 image (see `python -m experiments.describe`).
+DEFAULT_WIDTH = {'branched': 16, 'nested_width': 4, 'nested_depth': 8,
+                 'nested_both': 2, 'independent': 4}
+
+
+def create(name: str, *, num_classes: int, num_exits: int = 4, width: Optional[int] = None,
+           dtype: Any = jnp.float32, **options: Any) -> AnytimeNetwork:
+  """Builds an anytime network.
+
+  Args:
+    name: one of ``ARCHITECTURES``: ``'branched'``, ``'nested_width'``,
+      ``'nested_depth'``, ``'nested_both'``, ``'independent'``.
+    num_classes: classes of every exit.
+    num_exits: K, the number of stages and exits.
+    width: channels of the first (full-resolution) blocks; each resolution
+      level doubles them. Default: ``DEFAULT_WIDTH[name]``.
+    dtype: computation dtype (parameters stay float32); e.g. ``jnp.bfloat16``.
+    **options: ``blocks_per_stage`` (branched), ``blocks_per_level`` (nested,
+      independent), ``num_levels`` (resolution levels, default 3), ``growth``
+      (independent: ``'width'``, ``'depth'`` or ``'both'``).
+
+  Returns:
+    An :class:`AnytimeNetwork` (a ``flax.linen.Module``).
+  """
+  if name not in ARCHITECTURES:
+    raise ValueError(f'Unknown model {name!r}; choose one of {", ".join(ARCHITECTURES)}.')
+  if not isinstance(num_exits, int) or num_exits < 1:
+    raise ValueError(f'num_exits must be a positive integer, got {num_exits!r}.')
+  if not isinstance(num_classes, int) or num_classes < 2:
+    raise ValueError(f'num_classes must be an integer >= 2, got {num_classes!r}.')
+  width = DEFAULT_WIDTH[name] if width is None else width
+  if not isinstance(width, int) or width < 1:
+    raise ValueError(f'width must be a positive integer, got {width!r}.')
+  builders = {
+      'branched': plans.branched,
+      'nested_width': lambda k, w, **o: plans.nested(k, w, grow_width=True, grow_depth=False, **o),
+      'nested_depth': lambda k, w, **o: plans.nested(k, w, grow_width=False, grow_depth=True, **o),
+      'nested_both': lambda k, w, **o: plans.nested(k, w, grow_width=True, grow_depth=True, **o),
+      'independent': plans.independent,
+  }
+  try:
+    stage_plans = builders[name](num_exits, width, **options)
+  except TypeError as e:
+    raise ValueError(f'Bad option for model {name!r}: {e}. See anytime_jax.models.create.') from e
+  return AnytimeNetwork(stages=tuple(Stage(plan, num_classes, dtype) for plan in stage_plans))
+
+
+__all__ = ['ARCHITECTURES', 'AnytimeNetwork', 'DEFAULT_WIDTH', 'Stage', 'apply_stage', 'create',
+           'initial_carry', 'stage_variables']

@@ -1,0 +1,145 @@
+"""The stage abstraction: every anytime network is a sequence of stages.
+
+Stage k maps a carry (the activations later stages read) to a new carry and
+exit k's logits. The carry is a dict ``{'out': {block: [B, H, W, C]},
+'hidden': {block: [B, H, W, C]}}``; the first stage gets
+``{'out': {'image': x}, 'hidden': {}}`` (see :func:`initial_carry`).
+
+Running the stages one at a time serves anytime inference (stop after any
+exit, nothing recomputed), per-exit FLOPs, and the staged gradient engine.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from anytime_jax.models.plans import IMAGE, Op, StagePlan
+
+Carry = dict[str, dict[str, jax.Array]]
+
+
+def initial_carry(x: jax.Array) -> Carry:
+  """The carry the first stage reads: the input images ``[B, H, W, C]``."""
+  return {'out': {IMAGE: x}, 'hidden': {}}
+
+
+class ResidualPart(nn.Module):
+  """A basic residual block, or the channel group that widens one.
+
+  ``relu(norm(conv(relu(norm(sum_j conv(x_j)))))) + shortcut)`` where the new
+  channels read every channel of the inputs ``x_j`` and of the block's hidden
+  layer, and the block's old channels (``hidden_old``) are never touched.
+  """
+  channels: int
+  strides: tuple[int, ...]
+  conv: Callable[..., nn.Module]
+  norm: Callable[..., nn.Module]
+  identity: tuple[bool, ...]
+
+  @nn.compact
+  def __call__(self, inputs: Sequence[jax.Array], hidden_old, out_old_channels: int,
+               train: bool):
+    """Args: inputs ``[B, H_j, W_j, C_j]``; hidden_old ``[B, H, W, C_old]`` or None.
+
+    Returns ``(hidden [B, H, W, C_old + channels], out [B, H, W, channels])``.
+    """
+    h = sum(self.conv(self.channels, (3, 3), strides=s)(x)
+            for x, s in zip(inputs, self.strides))
+    h = nn.relu(self.norm(use_running_average=not train)(h))
+    if hidden_old is not None:
+      h = jnp.concatenate([hidden_old, h], axis=-1)
+    y = self.norm(use_running_average=not train, scale_init=nn.initializers.zeros)(
+        self.conv(self.channels, (3, 3))(h))
+    shortcut = 0.0
+    for x, s, same in zip(inputs, self.strides, self.identity):
+      if same:
+        shortcut = shortcut + x[..., out_old_channels:]
+      else:
+        shortcut = shortcut + self.norm(use_running_average=not train)(
+            self.conv(self.channels, (1, 1), strides=s)(x))
+    return h, nn.relu(y + shortcut)
+
+
+class Stage(nn.Module):
+  """Runs one :class:`StagePlan`: its block parts, then its exit head."""
+  plan: StagePlan
+  num_classes: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, carry: Carry, train: bool = False):
+    """Returns ``(carry, logits [B, num_classes])``."""
+    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, padding='SAME')
+    norm = functools.partial(nn.BatchNorm, momentum=0.9, epsilon=1e-5, dtype=self.dtype)
+    outs, hidden = dict(carry['out']), dict(carry['hidden'])
+    for op in self.plan.ops:
+      xs = [outs[name] for name in op.inputs]
+      old = outs[op.block].shape[-1] if op.widen else 0
+      identity = tuple(name != IMAGE and s == 1 and x.shape[-1] == old + op.channels
+                       for name, x, s in zip(op.inputs, xs, op.strides))
+      h, out = ResidualPart(op.channels, op.strides, conv, norm, identity,
+                            name=op.block)(xs, hidden.get(op.block) if op.widen else None,
+                                           old, train)
+      hidden[op.block] = h
+      outs[op.block] = jnp.concatenate([outs[op.block], out], -1) if op.widen else out
+    features = jnp.mean(outs[self.plan.exit_block], axis=(1, 2))
+    logits = nn.Dense(self.num_classes, dtype=self.dtype, name='head')(features)
+    new_carry = {'out': {k: outs[k] for k in self.plan.keep_outputs},
+                 'hidden': {k: hidden[k] for k in self.plan.keep_hidden}}
+    return new_carry, logits.astype(jnp.float32)
+
+
+class AnytimeNetwork(nn.Module):
+  """K stages in order; ``__call__`` returns the stacked exit logits ``[K, B, C]``.
+
+  Stage k's variables live under ``'stages_k'`` in every collection.
+  """
+  stages: tuple[Stage, ...]
+
+  @property
+  def num_exits(self) -> int:
+    return len(self.stages)
+
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    carry = initial_carry(x)
+    logits = []
+    for stage in self.stages:
+      carry, out = stage(carry, train=train)
+      logits.append(out)
+    return jnp.stack(logits)
+
+
+def stage_variables(variables: Any, k: int) -> dict[str, Any]:
+  """Stage k's slice of the network's variables, in every collection."""
+  name = f'stages_{k}'
+  return {col: tree[name] for col, tree in variables.items() if name in tree}
+
+
+def apply_stage(network: AnytimeNetwork, variables: Any, k: int, carry: Carry,
+                train: bool = False):
+  """Runs stage k alone with its own variables.
+
+  Args:
+    network: the anytime network.
+    variables: stage k's variables (from :func:`stage_variables`).
+    k: stage index.
+    carry: what stage k-1 handed on (or :func:`initial_carry`).
+    train: training mode; BatchNorm uses and updates batch statistics.
+
+  Returns:
+    ``(carry, logits [B, C], batch_stats)``: the stage's updated BatchNorm
+    statistics in train mode, its unchanged ones otherwise.
+  """
+  stage = network.stages[k]
+  if train and 'batch_stats' in variables:
+    (carry, logits), updates = stage.apply(variables, carry, train=True,
+                                           mutable=['batch_stats'])
+    return carry, logits, updates['batch_stats']
+  carry, logits = stage.apply(variables, carry, train=train)
+  return carry, logits, variables.get('batch_stats', {})

@@ -1,0 +1,46 @@
+"""Prints every model's parameters and cumulative FLOPs per exit.
+
+  python -m experiments.describe [--input_shape 28,28,1] [--num_classes 10] [--num_exits 4]
+"""
+
+import argparse
+
+import jax
+import jax.numpy as jnp
+
+import anytime_jax as aj
+from anytime_jax import models
+
+
+def describe(input_shape, num_classes, num_exits):
+  """Rows of (model, width, exit, params through that exit, cumulative MFLOPs)."""
+  x = jnp.zeros((1, *input_shape), jnp.float32)
+  rows = []
+  for name in models.ARCHITECTURES:
+    network = models.create(name, num_classes=num_classes, num_exits=num_exits)
+    variables = jax.eval_shape(lambda: network.init(jax.random.key(0), x))
+    flops = aj.exit_flops(network, variables, x)
+    params = 0
+    for k in range(num_exits):
+      params += sum(p.size for p in jax.tree.leaves(models.stage_variables(variables, k)['params']))
+      rows.append((name, network.stages[0].plan.ops[0].channels, k + 1, params, flops[k] / 1e6))
+  return rows
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--input_shape', default='28,28,1')
+  parser.add_argument('--num_classes', type=int, default=10)
+  parser.add_argument('--num_exits', type=int, default=4)
+  args = parser.parse_args(argv)
+  shape = tuple(int(v) for v in args.input_shape.split(','))
+  print(f'input {shape}, {args.num_classes} classes, {args.num_exits} exits; '
+        'params and FLOPs are cumulative up to each exit')
+  print('| model | width | exit | params | MFLOPs |')
+  print('|---|---|---|---|---|')
+  for name, width, k, params, mflops in describe(shape, args.num_classes, args.num_exits):
+    print(f'| {name} | {width} | {k} | {params:,} | {mflops:.2f} |')
+
+
+if __name__ == '__main__':
+  main()
