@@ -13,21 +13,31 @@ from anytime_jax.losses import exit_cross_entropy
 from anytime_jax.osgd import OrthogonalizeState
 from anytime_jax.osgd import orthogonalize
 from anytime_jax.osgd import osgd
+from anytime_jax.staged import staged_exit_jacobian
+from anytime_jax.training import TrainState
+from anytime_jax.training import create_train_state
+from anytime_jax.training import make_train_step
+from anytime_jax.training import summed_loss_gradient
 
 __version__ = '0.1.0'
 
 __all__ = [
     'EarlyExit',
     'OrthogonalizeState',
+    'TrainState',
     'budgeted_batch_curve',
+    'create_train_state',
     'early_exit',
     'exit_accuracy',
     'exit_flops',
     'first_confident_exit',
     'iterate_exits',
+    'make_train_step',
     'models',
     'exit_cross_entropy',
     'exit_jacobian',
     'orthogonalize',
     'osgd',
+    'staged_exit_jacobian',
+    'summed_loss_gradient',
 ]

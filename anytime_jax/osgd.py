@@ -27,10 +27,9 @@ RESCALE_OPTIONS = (None, 'exit_norm', 'sum_norm')
 
 
 class OrthogonalizeState(NamedTuple):
-  """State of :func:`orthogonalize`.
-
-  With ``diagnostics=False`` every field is an empty array. With diagnostics on,
-  measured over the whole parameter vector at the last update:
+  """State of :func:`orthogonalize` with ``diagnostics=True`` (otherwise the
+  state is ``optax.EmptyState()``), measured over the whole parameter vector
+  at the last update:
 
   Attributes:
     grad_norms: ``[K]`` norm of each exit's gradient before orthogonalization.
@@ -185,10 +184,11 @@ def orthogonalize(
 
   def init_fn(params):
     del params
-    k = num_exits if diagnostics else 0
-    return OrthogonalizeState(grad_norms=jnp.zeros((k,), jnp.float32),
-                              ortho_norms=jnp.zeros((k,), jnp.float32),
-                              cosine=jnp.zeros((k, k), jnp.float32))
+    if not diagnostics:
+      return optax.EmptyState()
+    return OrthogonalizeState(grad_norms=jnp.zeros((num_exits,), jnp.float32),
+                              ortho_norms=jnp.zeros((num_exits,), jnp.float32),
+                              cosine=jnp.zeros((num_exits, num_exits), jnp.float32))
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args

@@ -19,7 +19,7 @@ SHAPE = (8, 8, 1)  # small images keep the suite fast; 28x28x1 and 32x32x3 are c
 def _setup(name, num_exits=3):
   network = models.create(name, num_classes=5, num_exits=num_exits, width=4)
   x = jax.random.normal(jax.random.key(1), (6, *SHAPE))
-  variables = network.init(jax.random.key(0), x)
+  variables = models.init_variables(network, jax.random.key(0), x)
   # Non-trivial BatchNorm statistics and scales, so that eval mode is tested for real.
   variables = jax.tree.map(lambda v: v + 0.1 * jax.random.normal(jax.random.key(2), v.shape), variables)
   variables['batch_stats'] = jax.tree.map(jnp.abs, variables['batch_stats'])
@@ -121,7 +121,7 @@ def test_flops_match_a_hand_count():
   # is conv3x3(1->2) + conv3x3(2->2) + conv1x1 shortcut(1->2), then a dense head.
   network = models.create('branched', num_classes=3, num_exits=1, width=2, num_levels=1)
   x = jnp.zeros((1, 4, 4, 1))
-  variables = network.init(jax.random.key(0), x)
+  variables = models.init_variables(network, jax.random.key(0), x)
   # SAME 3x3 taps inside a 4x4 image: 4 corners x 4 + 8 edges x 6 + 4 inner x 9 = 100.
   taps = 100
   macs = taps * 1 * 2 + taps * 2 * 2 + 16 * 1 * 2 + 2 * 3
@@ -215,7 +215,7 @@ def _toy_images(n, seed=0):
 def test_every_model_trains_with_osgd(name):
   network = models.create(name, num_classes=5, num_exits=3, width=4)
   x, y = _toy_images(64)
-  variables = network.init(jax.random.key(0), x)
+  variables = models.init_variables(network, jax.random.key(0), x)
   params, stats = variables['params'], variables['batch_stats']
   tx = aj.osgd(0.1, momentum=0.9)
   opt_state = tx.init(params)

@@ -15,6 +15,7 @@ from anytime_jax.models import plans
 from anytime_jax.models.network import AnytimeNetwork
 from anytime_jax.models.network import Stage
 from anytime_jax.models.network import apply_stage
+from anytime_jax.models.network import init_variables
 from anytime_jax.models.network import initial_carry
 from anytime_jax.models.network import stage_variables
 from anytime_jax.models.plans import ARCHITECTURES
@@ -68,4 +69,4 @@ def create(name: str, *, num_classes: int, num_exits: int = 4, width: Optional[i
 
 
 __all__ = ['ARCHITECTURES', 'AnytimeNetwork', 'DEFAULT_WIDTH', 'Stage', 'apply_stage', 'create',
-           'initial_carry', 'stage_variables']
+           'init_variables', 'initial_carry', 'stage_variables']

@@ -1,0 +1,101 @@
+"""One jitted training step for anytime networks, per-exit or summed-loss."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from anytime_jax.jacobian import exit_jacobian
+from anytime_jax.losses import exit_cross_entropy
+from anytime_jax.models.network import AnytimeNetwork, init_variables
+from anytime_jax.staged import staged_exit_jacobian
+
+ENGINES = ('staged', 'vmap')
+REDUCTIONS = ('sum', 'mean')
+
+
+class TrainState(NamedTuple):
+  """Everything a training step reads and writes."""
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+
+
+def create_train_state(network: AnytimeNetwork, tx: optax.GradientTransformation,
+                       rng: jax.Array, x: jax.Array) -> TrainState:
+  """Initializes variables from an example batch ``x`` ``[B, H, W, C]`` and the optimizer."""
+  variables = init_variables(network, rng, x)
+  params = variables['params']
+  return TrainState(jnp.zeros((), jnp.int32), params, variables.get('batch_stats', {}),
+                    tx.init(params))
+
+
+def summed_loss_gradient(network: AnytimeNetwork, variables: Any, x: jax.Array, y: jax.Array,
+                         reduction: str = 'sum') -> tuple[Any, jax.Array, Any]:
+  """The ordinary gradient of the summed (or averaged) exit losses.
+
+  Returns ``(grads, losses [K], batch_stats)``, the summed-loss counterpart of
+  :func:`anytime_jax.staged_exit_jacobian`.
+  """
+  if reduction not in REDUCTIONS:
+    raise ValueError(f'reduction must be one of {REDUCTIONS}, got {reduction!r}.')
+  rest = {c: t for c, t in variables.items() if c != 'params'}
+
+  def loss(params):
+    logits, new = network.apply({'params': params, **rest}, x, train=True,
+                                mutable=['batch_stats'])
+    losses = exit_cross_entropy(logits, y)
+    total = jnp.sum(losses) if reduction == 'sum' else jnp.mean(losses)
+    return total, (losses, new.get('batch_stats', {}))
+
+  grads, (losses, stats) = jax.grad(loss, has_aux=True)(variables['params'])
+  return grads, losses, stats
+
+
+def make_train_step(network: AnytimeNetwork, tx: optax.GradientTransformation, *,
+                    per_exit: bool = True, engine: str = 'staged', reduction: str = 'sum'):
+  """Builds ``step(state, x, y) -> (state, metrics)``, to be jitted by the caller.
+
+  Args:
+    network: the anytime network.
+    tx: per-exit transformations (``per_exit=True``, e.g. :func:`anytime_jax.osgd`)
+      take ``[K, ...]`` gradients; others (``optax.sgd``) take the gradient of
+      the summed or averaged losses.
+    per_exit: whether ``tx`` consumes per-exit gradients.
+    engine: per-exit gradients from ``'staged'`` (default, the cost floor) or
+      ``'vmap'`` (:func:`anytime_jax.exit_jacobian`).
+    reduction: ``'sum'`` or ``'mean'`` of the exit losses when not per-exit.
+
+  Returns:
+    The step function; metrics hold ``loss`` (sum of exit losses) and
+    ``exit_losses`` ``[K]``.
+  """
+  if engine not in ENGINES:
+    raise ValueError(f'engine must be one of {ENGINES}, got {engine!r}.')
+
+  def gradients(params, batch_stats, x, y):
+    variables = {'params': params, 'batch_stats': batch_stats}
+    if not per_exit:
+      return summed_loss_gradient(network, variables, x, y, reduction)
+    if engine == 'staged':
+      return staged_exit_jacobian(network, variables, x, y, train=True)
+
+    def losses(p):
+      logits, new = network.apply({'params': p, 'batch_stats': batch_stats}, x, train=True,
+                                  mutable=['batch_stats'])
+      return exit_cross_entropy(logits, y), new['batch_stats']
+    jac, (exit_losses, stats) = exit_jacobian(losses, params, has_aux=True)
+    return jac, exit_losses, stats
+
+  def step(state: TrainState, x: jax.Array, y: jax.Array):
+    grads, exit_losses, batch_stats = gradients(state.params, state.batch_stats, x, y)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {'loss': jnp.sum(exit_losses), 'exit_losses': exit_losses}
+    return TrainState(state.step + 1, params, batch_stats, opt_state), metrics
+
+  return step

@@ -1,0 +1,173 @@
+"""Side-by-side cost of per-exit gradients, orthogonalization and training steps.
+
+  python -m experiments.bench [--models a,b] [--batch_size 64] [--repeats 15] [--json PATH]
+  python -m experiments.bench --quick          # under a minute
+
+Every timing is the median over repetitions run round-robin (one of each path
+in turn, so that machine noise hits them alike), reported as a ratio to the
+summed-loss gradient measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import anytime_jax as aj
+from anytime_jax import models
+from anytime_jax.staged import staged_exit_jacobian
+from anytime_jax.training import create_train_state, make_train_step, summed_loss_gradient
+
+
+def floor_ratio(flops: list[float]) -> float:
+  """Cost model: per-exit gradients over the summed-loss gradient.
+
+  A backward pass costs about twice its forward pass. The summed loss needs
+  one forward and one backward over every stage; per-exit gradients need one
+  forward, and per stage s one backward for each exit >= s.
+  """
+  per_stage = np.diff([0.0, *flops])
+  num_exits = len(flops)
+  total = per_stage.sum()
+  per_exit = total + 2 * sum(f * (num_exits - s) for s, f in enumerate(per_stage))
+  return float(per_exit / (3 * total))
+
+
+def _block(tree):
+  return jax.tree.map(lambda a: a.block_until_ready(), tree)
+
+
+def _time_round_robin(fns: dict, repeats: int) -> dict:
+  """Median seconds per call of each zero-argument function, interleaved."""
+  for fn in fns.values():  # compile and warm up
+    _block(fn())
+    _block(fn())
+  times = {name: [] for name in fns}
+  for _ in range(repeats):
+    for name, fn in fns.items():
+      start = time.perf_counter()
+      _block(fn())
+      times[name].append(time.perf_counter() - start)
+  return {name: statistics.median(t) for name, t in times.items()}
+
+
+def _compile(fn, *args):
+  """Compiles ``fn`` for ``args``; returns it and its peak scratch memory in MiB."""
+  compiled = jax.jit(fn).lower(*args).compile()
+  analysis = compiled.memory_analysis()
+  temp = getattr(analysis, 'temp_size_in_bytes', None) if analysis is not None else None
+  return compiled, (temp / 2 ** 20 if temp is not None else float('nan'))
+
+
+def bench_model(name: str, batch_size: int, repeats: int, shape=(28, 28, 1), width=None) -> dict:
+  network = models.create(name, num_classes=10, width=width)
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(batch_size, *shape)), jnp.float32)
+  y = jnp.asarray(rng.integers(0, 10, batch_size))
+  variables = models.init_variables(network, jax.random.key(0), x)
+  num_params = sum(p.size for p in jax.tree.leaves(variables['params']))
+
+  def vmap_jacobian(v):
+    def losses(p):
+      logits, new = network.apply({'params': p, 'batch_stats': v['batch_stats']}, x,
+                                  train=True, mutable=['batch_stats'])
+      return aj.exit_cross_entropy(logits, y), new['batch_stats']
+    return aj.exit_jacobian(losses, v['params'], has_aux=True)
+
+  paths = {
+      'summed_grad': lambda v: summed_loss_gradient(network, v, x, y),
+      'exit_jacobian': vmap_jacobian,
+      'staged': lambda v: staged_exit_jacobian(network, v, x, y),
+      'staged_vmap': lambda v: staged_exit_jacobian(network, v, x, y, vectorize=True),
+  }
+  compiled = {k: _compile(f, variables) for k, f in paths.items()}
+  jac = compiled['staged'][0](variables)[0]
+  ortho = aj.orthogonalize()
+  ortho_update = jax.jit(lambda j: ortho.update(j, ortho.init(None))[0])
+
+  osgd_tx, sgd_tx = aj.osgd(0.1), optax.sgd(0.1, momentum=0.9)
+  osgd_step = jax.jit(make_train_step(network, osgd_tx))
+  sgd_step = jax.jit(make_train_step(network, sgd_tx, per_exit=False))
+  osgd_state = create_train_state(network, osgd_tx, jax.random.key(0), x)
+  sgd_state = create_train_state(network, sgd_tx, jax.random.key(0), x)
+
+  timings = _time_round_robin({
+      **{k: (lambda f=f: f(variables)) for k, (f, _) in compiled.items()},
+      'orthogonalize': lambda: ortho_update(jac),
+      'osgd_step': lambda: osgd_step(osgd_state, x, y),
+      'sgd_step': lambda: sgd_step(sgd_state, x, y),
+  }, repeats)
+  base = timings['summed_grad']
+  flops = aj.exit_flops(network, variables, x)
+  return {
+      'model': name, 'batch_size': batch_size, 'params': int(num_params),
+      'exit_mflops': [f / 1e6 for f in flops],
+      'seconds': timings,
+      'ratio': {
+          'exit_jacobian': timings['exit_jacobian'] / base,
+          'staged': timings['staged'] / base,
+          'staged_vmap': timings['staged_vmap'] / base,
+          'floor': floor_ratio(flops),
+          'orthogonalize_over_staged': timings['orthogonalize'] / timings['staged'],
+          'osgd_step_over_sgd_step': timings['osgd_step'] / timings['sgd_step'],
+      },
+      'peak_mib': {k: mib for k, (_, mib) in compiled.items()},
+  }
+
+
+def format_table(rows: list[dict]) -> str:
+  lines = [
+      '| model | params | batch | summed grad ms | exit_jacobian | staged | staged (vmap) | floor '
+      '| staged/floor | orthogonalize / staged | OSGD step / SGD step '
+      '| peak MiB summed / exit_jacobian / staged |',
+      '|---|---|---|---|---|---|---|---|---|---|---|---|',
+  ]
+  for r in rows:
+    q, m = r['ratio'], r['peak_mib']
+    lines.append(
+        f"| {r['model']} | {r['params']:,} | {r['batch_size']} | {1e3 * r['seconds']['summed_grad']:.1f} "
+        f"| {q['exit_jacobian']:.2f}x | {q['staged']:.2f}x | {q['staged_vmap']:.2f}x "
+        f"| {q['floor']:.2f}x "
+        f"| {q['staged'] / q['floor']:.2f} | {100 * q['orthogonalize_over_staged']:.1f}% "
+        f"| {q['osgd_step_over_sgd_step']:.2f}x "
+        f"| {m['summed_grad']:.0f} / {m['exit_jacobian']:.0f} / {m['staged']:.0f} |")
+  return '\n'.join(lines)
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--models', default=','.join(models.ARCHITECTURES))
+  parser.add_argument('--batch_size', type=int, default=64)
+  parser.add_argument('--repeats', type=int, default=15)
+  parser.add_argument('--width', type=int, default=None, help='override every model\'s width')
+  parser.add_argument('--json', default=None, help='also write the results here')
+  parser.add_argument('--quick', action='store_true', help='branched only, batch 8, two repeats')
+  args = parser.parse_args(argv)
+  names = args.models.split(',')
+  if args.quick:
+    names, args.batch_size, args.repeats = ['branched'], 8, 2
+  for name in names:
+    if name not in models.ARCHITECTURES:
+      parser.error(f'unknown model {name!r}; choose from {", ".join(models.ARCHITECTURES)}')
+  print(f'{jax.devices()[0].platform} x{jax.device_count()}, jax {jax.__version__}; '
+        f'batch {args.batch_size}, median of {args.repeats}; ratios to the summed-loss '
+        'gradient in the same run', flush=True)
+  rows = []
+  for name in names:
+    rows.append(bench_model(name, args.batch_size, args.repeats, width=args.width))
+    print(format_table(rows[-1:]).splitlines()[-1] if len(rows) > 1 else format_table(rows),
+          flush=True)
+  if args.json:
+    with open(args.json, 'w') as f:
+      json.dump({'device': jax.devices()[0].platform, 'rows': rows}, f, indent=1)
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,161 @@
+"""The staged engine equals the plain per-exit Jacobian for every model, also on a mesh."""
+
+import functools
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import anytime_jax as aj
+from anytime_jax import models
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@functools.lru_cache(maxsize=None)
+def _setup(name):
+  # nested_both grows 8x per stage: two stages keep its compile time small.
+  network = models.create(name, num_classes=5, num_exits=2 if name == 'nested_both' else 3,
+                          width=4)
+  x = jax.random.normal(jax.random.key(1), (6, 8, 8, 1))
+  y = jnp.arange(6) % 5
+  return network, models.init_variables(network, jax.random.key(0), x), x, y
+
+
+def _reference(network, variables, x, y, train):
+  def losses(params):
+    v = {'params': params, 'batch_stats': variables['batch_stats']}
+    if train:
+      logits, new = network.apply(v, x, train=True, mutable=['batch_stats'])
+      return aj.exit_cross_entropy(logits, y), new['batch_stats']
+    return aj.exit_cross_entropy(network.apply(v, x), y), variables['batch_stats']
+  return losses
+
+
+def _assert_trees_close(a, b, **tol):
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    assert u.shape == v.shape
+    np.testing.assert_allclose(u, v, **tol)
+
+
+CASES = ([(name, True, False) for name in models.ARCHITECTURES]
+         + [('nested_width', False, False), ('branched', True, True), ('nested_depth', False, True)])
+
+
+@pytest.mark.parametrize('name,train,vectorize', CASES)
+def test_staged_equals_exit_jacobian(name, train, vectorize):
+  network, variables, x, y = _setup(name)
+  staged = jax.jit(lambda v: aj.staged_exit_jacobian(network, v, x, y, train=train,
+                                                     vectorize=vectorize))
+  jac, losses, stats = staged(variables)
+  ref_fn = _reference(network, variables, x, y, train)
+  want, (want_losses, want_stats) = jax.jit(
+      lambda p: aj.exit_jacobian(ref_fn, p, has_aux=True))(variables['params'])
+  _assert_trees_close(jac, want, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(losses, want_losses, rtol=1e-5)
+  _assert_trees_close(stats, want_stats, rtol=1e-5, atol=1e-6)
+  if name == 'nested_depth':
+    by_jacrev = jax.jit(jax.jacrev(lambda p: ref_fn(p)[0]))(variables['params'])
+    _assert_trees_close(jac, by_jacrev, rtol=1e-4, atol=1e-5)
+  # Rows of later exits only: exit k's gradient is exactly zero on stages after k.
+  for k in range(network.num_exits):
+    for j in range(k + 1, network.num_exits):
+      assert not any(np.any(leaf[k]) for leaf in jax.tree.leaves(jac[f'stages_{j}']))
+
+
+def test_custom_loss_fn():
+  network, variables, x, y = _setup('nested_depth')
+  targets = jax.nn.one_hot(y, 5)
+  loss_fn = lambda logits, t: jnp.mean((jax.nn.softmax(logits) - t) ** 2)
+  jac, losses, _ = aj.staged_exit_jacobian(network, variables, x, targets, loss_fn=loss_fn)
+
+  def ref(params):
+    logits, new = network.apply({'params': params, 'batch_stats': variables['batch_stats']}, x,
+                                train=True, mutable=['batch_stats'])
+    return jax.vmap(lambda l: loss_fn(l, targets))(logits)
+  want, want_losses = jax.jit(lambda p: aj.exit_jacobian(ref, p))(variables['params'])
+  np.testing.assert_allclose(losses, want_losses, rtol=1e-5)
+  _assert_trees_close(jac, want, rtol=1e-4, atol=1e-6)
+
+
+def test_staged_rejects_variables_without_params():
+  network, variables, x, y = _setup('branched')
+  with pytest.raises(ValueError, match='lack params for stage 0'):
+    aj.staged_exit_jacobian(network, {'batch_stats': variables['batch_stats']}, x, y)
+
+
+def test_train_step_engines_agree():
+  network, _, x, y = _setup('branched')
+  tx = aj.osgd(0.1)
+  state = aj.create_train_state(network, tx, jax.random.key(0), x)
+  got, metrics = jax.jit(aj.make_train_step(network, tx, engine='vmap'))(state, x, y)
+  want, _ = jax.jit(aj.make_train_step(network, tx, engine='staged'))(state, x, y)
+  _assert_trees_close(got.params, want.params, rtol=1e-4, atol=1e-6)
+  assert metrics['exit_losses'].shape == (3,) and int(got.step) == 1
+
+
+def test_summed_train_step_is_sgd_on_summed_loss():
+  network, variables, x, y = _setup('branched')
+  tx = optax.sgd(0.1)
+  state = aj.create_train_state(network, tx, jax.random.key(0), x)
+  new, metrics = jax.jit(aj.make_train_step(network, tx, per_exit=False))(state, x, y)
+  jac, _, _ = aj.staged_exit_jacobian(network, {'params': state.params,
+                                                'batch_stats': state.batch_stats}, x, y)
+  want = jax.tree.map(lambda p, g: p - 0.1 * g.sum(0), state.params, jac)
+  _assert_trees_close(new.params, want, rtol=1e-4, atol=1e-6)
+  with pytest.raises(ValueError, match='engine'):
+    aj.make_train_step(network, tx, engine='fast')
+
+
+MESH_SCRIPT = textwrap.dedent('''
+    import jax, jax.numpy as jnp, numpy as np
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    import anytime_jax as aj
+    from anytime_jax import models
+    assert jax.device_count() == 8, jax.devices()
+    network = models.create(NAME, num_classes=5, num_exits=2, width=4)
+    x = jax.random.normal(jax.random.key(1), (16, 8, 8, 1)); y = jnp.arange(16) % 5
+    variables = models.init_variables(network, jax.random.key(0), x)
+    fn = jax.jit(lambda v, x, y: aj.staged_exit_jacobian(network, v, x, y))
+    single = fn(variables, x, y)
+    mesh = Mesh(np.array(jax.devices()), ('data',))
+    xs = jax.device_put(x, NamedSharding(mesh, P('data')))
+    ys = jax.device_put(y, NamedSharding(mesh, P('data')))
+    vs = jax.device_put(variables, NamedSharding(mesh, P()))
+    sharded = fn(vs, xs, ys)
+    assert len(xs.sharding.device_set) == 8
+    for a, b in zip(jax.tree.leaves(single), jax.tree.leaves(sharded)):
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    print('ok')
+''')
+
+
+@pytest.mark.parametrize('name', ['branched', 'nested_both'])
+def test_staged_on_a_mesh_of_8_cpu_devices(name):
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
+             JAX_PLATFORMS='cpu')
+  out = subprocess.run([sys.executable, '-c', MESH_SCRIPT.replace('NAME', repr(name))],
+                       capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
+  assert out.returncode == 0 and 'ok' in out.stdout, out.stderr[-3000:]
+
+
+def test_bench_quick_runs(tmp_path):
+  out = subprocess.run([sys.executable, '-m', 'experiments.bench', '--quick', '--json',
+                        str(tmp_path / 'bench.json')], capture_output=True, text=True,
+                       timeout=600, cwd=ROOT)
+  assert out.returncode == 0, out.stderr[-3000:]
+  import json
+  rows = json.loads((tmp_path / 'bench.json').read_text())['rows']
+  assert [r['model'] for r in rows] == ['branched']
+  for r in rows:
+    assert all(v > 0 for v in r['seconds'].values())
+    assert 1.0 < r['ratio']['floor'] < 4.0
+  assert '| branched |' in out.stdout
