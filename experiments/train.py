@@ -1,0 +1,245 @@
+"""Trains an anytime network and prints per-exit test accuracy.
+
+  python -m experiments.train                       # nested_width, OSGD, Fashion-MNIST
+  python -m experiments.train --model branched --optimizer sgd --epochs 10 --workdir runs/b
+
+Resumable: run the same command again after an interruption (even kill -9) and
+it continues from the last checkpoint in --workdir. Data parallel over every
+device (``jax.sharding.Mesh``); multi-host with --distributed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import pathlib
+import sys
+import time
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import anytime_jax as aj
+from anytime_jax import data, models
+from experiments import checkpoint, optimizers, report
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """Everything that determines a run's results (stored in workdir/config.json)."""
+  model: str = 'nested_width'
+  optimizer: str = 'osgd'
+  dataset: str = 'fashion_mnist'
+  epochs: int = 3
+  batch_size: int = 128
+  learning_rate: float = 0.05
+  momentum: float = 0.9
+  weight_decay: float = 5e-4
+  warmup_epochs: float = 0.5
+  num_exits: int = 4
+  width: Optional[int] = None
+  validation_size: int = 5000
+  augment: Optional[bool] = None  # default: on for CIFAR
+  max_steps_per_epoch: Optional[int] = None  # smoke runs: cut every epoch short
+  seed: int = 0
+
+
+def _choices(name, value, valid):
+  if value not in valid:
+    raise SystemExit(f'error: invalid --{name} {value!r}; valid values: {", ".join(valid)}')
+
+
+def parse_args(argv=None):
+  defaults = Config()
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+  p.add_argument('--model', default=defaults.model, help=f'one of {", ".join(models.ARCHITECTURES)}')
+  p.add_argument('--optimizer', default=defaults.optimizer,
+                 help=f'one of {", ".join(optimizers.OPTIMIZERS)}')
+  p.add_argument('--dataset', default=defaults.dataset, help=f'one of {", ".join(data.DATASETS)}')
+  p.add_argument('--epochs', type=int, default=defaults.epochs)
+  p.add_argument('--batch_size', type=int, default=defaults.batch_size, help='global batch')
+  p.add_argument('--learning_rate', type=float, default=defaults.learning_rate,
+                 help='peak of the warmup + cosine schedule')
+  p.add_argument('--momentum', type=float, default=defaults.momentum)
+  p.add_argument('--weight_decay', type=float, default=defaults.weight_decay)
+  p.add_argument('--num_exits', type=int, default=defaults.num_exits)
+  p.add_argument('--width', type=int, default=None, help='base width (default: per model)')
+  p.add_argument('--validation_size', type=int, default=defaults.validation_size,
+                 help='training examples held out to calibrate early exit (capped at 10%%)')
+  p.add_argument('--augment', action=argparse.BooleanOptionalAction, default=None,
+                 help='random crop and flip (default: on for CIFAR)')
+  p.add_argument('--max_steps_per_epoch', type=int, default=None,
+                 help='cut every epoch to this many steps (smoke runs)')
+  p.add_argument('--seed', type=int, default=defaults.seed)
+  p.add_argument('--workdir', default='runs/default', help='checkpoints, metrics, results')
+  p.add_argument('--data_dir', default=data.DEFAULT_DATA_DIR, help='prepared TFDS files')
+  p.add_argument('--source_dir', default=None,
+                 help='directory with the raw dataset files (IDX files, CIFAR archives)')
+  p.add_argument('--checkpoint_every', type=int, default=200, help='steps between checkpoints')
+  p.add_argument('--distributed', action='store_true', help='call jax.distributed.initialize()')
+  args = p.parse_args(argv)
+  _choices('model', args.model, models.ARCHITECTURES)
+  _choices('optimizer', args.optimizer, optimizers.OPTIMIZERS)
+  _choices('dataset', args.dataset, data.DATASETS)
+  for name in ('epochs', 'batch_size', 'num_exits', 'checkpoint_every'):
+    if getattr(args, name) < 1:
+      raise SystemExit(f'error: --{name} must be a positive integer, got {getattr(args, name)}')
+  if not args.learning_rate > 0:
+    raise SystemExit(f'error: --learning_rate must be positive, got {args.learning_rate}')
+  fields = {f.name for f in dataclasses.fields(Config)}
+  config = Config(**{k: v for k, v in vars(args).items() if k in fields})
+  return config, args
+
+
+def _split_validation(dataset: data.Dataset, size: int, seed: int):
+  """Holds out ``size`` training examples (fixed by the seed) as a validation split."""
+  size = min(size, len(dataset.train) // 10)
+  order = np.random.default_rng([seed, 12345]).permutation(len(dataset.train))
+  take = lambda idx: data.Split(dataset.train.images[idx], dataset.train.labels[idx])
+  return dataclasses.replace(dataset, train=take(order[size:])), take(order[:size])
+
+
+class Progress:
+  """A one-line progress bar on a terminal, a line per 10% otherwise."""
+
+  def __init__(self, total: int, prefix: str):
+    self.total, self.prefix, self.start = total, prefix, time.perf_counter()
+    self.tty, self.shown = sys.stderr.isatty(), -1
+
+  def update(self, done: int, loss: float, images: int):
+    rate = images / max(time.perf_counter() - self.start, 1e-9)
+    tenth = 10 * done // self.total
+    if not self.tty and tenth == self.shown and done != self.total:
+      return
+    self.shown = tenth
+    bar = '#' * (20 * done // self.total)
+    line = f'{self.prefix} [{bar:<20}] {done}/{self.total} loss {loss:.4f} {rate:.0f} img/s'
+    print(('\r' + line) if self.tty else line, end='' if self.tty else '\n', file=sys.stderr,
+          flush=True)
+
+  def close(self):
+    if self.tty:
+      print(file=sys.stderr)
+
+
+def evaluate(eval_step, state, split, dataset, batch_size, shard):
+  """Logits ``[K, N, C]`` of a whole split (no example dropped)."""
+  outs = []
+  for images, labels, mask in data.eval_batches(split, dataset, batch_size):
+    logits = eval_step(state, shard(images))
+    outs.append(np.asarray(logits)[:, mask])
+  return np.concatenate(outs, axis=1)
+
+
+def main(argv=None):
+  config, args = parse_args(argv)
+  if args.distributed:
+    jax.distributed.initialize()
+  workdir = pathlib.Path(args.workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  checkpoint.check_config(workdir, dataclasses.asdict(config))
+
+  devices = jax.devices()
+  mesh = jax.sharding.Mesh(np.array(devices), ('data',))
+  if config.batch_size % len(devices):
+    raise SystemExit(f'error: --batch_size {config.batch_size} does not divide over '
+                     f'{len(devices)} devices; use a multiple of {len(devices)}.')
+  batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+  def shard(local):
+    return jax.make_array_from_process_local_data(batch_sharding, local)
+
+  try:
+    dataset = data.load(config.dataset, args.data_dir, args.source_dir)
+  except data.DatasetUnavailableError as e:
+    raise SystemExit(f'error: {e}') from None
+  dataset, validation = _split_validation(dataset, config.validation_size, config.seed)
+  augmentation = config.augment if config.augment is not None else config.dataset.startswith('cifar')
+  steps_per_epoch = data.num_train_batches(dataset, config.batch_size)
+  if config.max_steps_per_epoch:
+    steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
+  if steps_per_epoch < 1:
+    raise SystemExit(f'error: --batch_size {config.batch_size} is larger than the '
+                     f'{len(dataset.train)} training examples of {config.dataset}.')
+  total_steps = steps_per_epoch * config.epochs
+
+  network = models.create(config.model, num_classes=dataset.num_classes,
+                          num_exits=config.num_exits, width=config.width)
+  tx, per_exit = optimizers.make(config.optimizer, config, total_steps, steps_per_epoch)
+  example = jnp.zeros((1, *dataset.image_shape), jnp.float32)
+  state = jax.device_put(aj.create_train_state(network, tx, jax.random.key(config.seed), example),
+                         replicated)
+  train_step = jax.jit(aj.make_train_step(network, tx, per_exit=per_exit,
+                                          reduction=optimizers.reduction(config.optimizer)),
+                       donate_argnums=0)
+  eval_step = jax.jit(lambda s, x: network.apply({'params': s.params, 'batch_stats': s.batch_stats}, x))
+
+  manager = checkpoint.Manager(workdir / 'checkpoints')
+  state, step = manager.restore_latest(state)
+  if step:
+    print(f'resuming from step {step} of {total_steps} ({workdir / "checkpoints"})', file=sys.stderr)
+  report.truncate_metrics(workdir, step)
+  process = (jax.process_index(), jax.process_count())
+
+  start_epoch = step // steps_per_epoch
+  for epoch in range(start_epoch, config.epochs):
+    skip = step - epoch * steps_per_epoch
+    progress = Progress(steps_per_epoch, f'epoch {epoch + 1}/{config.epochs}')
+    epoch_start, images_seen, losses = time.perf_counter(), 0, []
+    batches = data.train_batches(dataset, config.batch_size, seed=config.seed, epoch=epoch,
+                                 augmentation=augmentation, process_index=process[0],
+                                 process_count=process[1])
+    for i, (images, labels) in enumerate(batches):
+      if i >= steps_per_epoch:
+        break
+      if i < skip:
+        continue
+      state, metrics = train_step(state, shard(images), shard(labels))
+      step += 1
+      images_seen += config.batch_size
+      loss = float(metrics['loss'])
+      if not math.isfinite(loss):
+        progress.close()
+        raise SystemExit(
+            f'error: the loss became {loss} at step {step} (epoch {epoch + 1}); stopping. The last '
+            f'good checkpoint is kept in {workdir / "checkpoints"} (step {manager.latest_step()}). '
+            'Lower --learning_rate and run again with a fresh --workdir.')
+      losses.append(np.asarray(metrics['exit_losses']))
+      progress.update(i + 1, loss, images_seen)
+      if step % args.checkpoint_every == 0:
+        manager.save(step, state)
+    progress.close()
+    manager.save(step, state)
+    seconds = time.perf_counter() - epoch_start
+    test_logits = evaluate(eval_step, state, dataset.test, dataset, config.batch_size, shard)
+    accuracy = aj.exit_accuracy(jnp.asarray(test_logits), jnp.asarray(dataset.test.labels))
+    report.append_metrics(workdir, {
+        'epoch': epoch + 1, 'step': step,
+        'train_exit_losses': np.mean(losses, 0).tolist() if losses else None,
+        'test_accuracy': accuracy.tolist(), 'seconds': seconds,
+        'images_per_second': images_seen / seconds})
+    print(f'epoch {epoch + 1}: test accuracy per exit '
+          + ' '.join(f'{a:.4f}' for a in accuracy), file=sys.stderr, flush=True)
+
+  flops = aj.exit_flops(network, {'params': state.params, 'batch_stats': state.batch_stats},
+                        example)
+  test_logits = evaluate(eval_step, state, dataset.test, dataset, config.batch_size, shard)
+  val_logits = evaluate(eval_step, state, validation, dataset, config.batch_size, shard)
+  results = report.results(config, network, state, flops, test_logits, dataset.test.labels,
+                           val_logits, validation.labels, workdir)
+  if jax.process_index() == 0:
+    report.write_results(workdir, results)
+    report.plot(workdir, results)
+  print(report.table(results))
+  return results
+
+
+if __name__ == '__main__':
+  main()

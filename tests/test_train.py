@@ -1,0 +1,171 @@
+"""experiments.train end to end: outputs, kill and resume, the mesh, and every bad input."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from anytime_jax import data
+from experiments import train
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SMALL = ['--dataset', 'digits', '--batch_size', '32', '--max_steps_per_epoch', '20',
+         '--learning_rate', '0.2', '--num_exits', '3',
+         '--epochs', '2']
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  path = tmp_path_factory.mktemp('tfds')
+  data.prepare('digits', str(path))
+  return str(path)
+
+
+def _train(args, env=None, check=True):
+  out = subprocess.run([sys.executable, '-m', 'experiments.train', *args], capture_output=True,
+                       text=True, cwd=ROOT, timeout=600, env=env)
+  if check:
+    assert out.returncode == 0, out.stderr[-4000:]
+  return out
+
+
+def test_end_to_end_on_digits(tmp_path, data_dir):
+  workdir = tmp_path / 'run'
+  out = _train([*SMALL, '--workdir', str(workdir), '--data_dir', data_dir])
+  assert '| exit | MFLOPs | params | test accuracy |' in out.stdout
+  assert 'img/s' in out.stderr and 'epoch 2/2' in out.stderr
+  results = json.loads((workdir / 'results.json').read_text())
+  assert [e['exit'] for e in results['exits']] == [1, 2, 3]
+  flops = [e['flops'] for e in results['exits']]
+  assert flops == sorted(flops)
+  assert results['exits'][-1]['test_accuracy'] > 0.3  # chance is 0.1
+  assert results['budgeted_batch'] and results['images_per_second'] > 0
+  metrics = [json.loads(l) for l in (workdir / 'metrics.jsonl').read_text().splitlines()]
+  assert [m['epoch'] for m in metrics] == [1, 2]
+  assert (workdir / 'accuracy_vs_flops.png').stat().st_size > 1000
+
+
+def test_kill_and_resume_gives_the_same_results(tmp_path, data_dir):
+  common = [*SMALL, '--max_steps_per_epoch', '40', '--checkpoint_every', '5',
+            '--data_dir', data_dir, '--seed', '3']
+  _train([*common, '--workdir', str(tmp_path / 'straight')])
+  workdir = tmp_path / 'killed'
+  proc = subprocess.Popen([sys.executable, '-m', 'experiments.train', *common, '--workdir',
+                           str(workdir)], cwd=ROOT, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  deadline = time.time() + 300
+  while time.time() < deadline and proc.poll() is None:
+    ckpt = workdir / 'checkpoints'
+    if ckpt.exists() and any(p.name.isdigit() for p in ckpt.iterdir()):
+      break
+    time.sleep(0.02)
+  assert proc.poll() is None, 'the run finished before it could be killed'
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert not (workdir / 'results.json').exists()
+  resumed = _train([*common, '--workdir', str(workdir)])
+  assert 'resuming from step' in resumed.stderr
+  straight = json.loads((tmp_path / 'straight' / 'results.json').read_text())
+  again = json.loads((workdir / 'results.json').read_text())
+  assert [e['test_accuracy'] for e in again['exits']] == [e['test_accuracy'] for e in straight['exits']]
+  metrics = [json.loads(l) for l in (workdir / 'metrics.jsonl').read_text().splitlines()]
+  assert [m['epoch'] for m in metrics] == [1, 2]
+
+
+def test_nan_loss_stops_and_keeps_the_last_checkpoint(tmp_path, data_dir):
+  workdir = tmp_path / 'nan'
+  out = _train([*SMALL, '--learning_rate', '1e30', '--checkpoint_every', '1', '--workdir',
+                str(workdir), '--data_dir', data_dir], check=False)
+  assert out.returncode != 0
+  assert 'the loss became' in out.stderr and 'last good checkpoint' in out.stderr
+  assert not (workdir / 'results.json').exists()
+
+
+@pytest.mark.parametrize('flag,value,expected', [
+    ('--model', 'resnet', 'valid values: branched, nested_width'),
+    ('--optimizer', 'adam', 'valid values: osgd'),
+    ('--dataset', 'mnist', 'valid values: fashion_mnist, cifar10'),
+    ('--epochs', '0', '--epochs must be a positive integer'),
+    ('--batch_size', '-3', '--batch_size must be a positive integer'),
+    ('--learning_rate', '-1', '--learning_rate must be positive'),
+])
+def test_bad_flags_are_rejected_with_the_valid_values(flag, value, expected):
+  with pytest.raises(SystemExit) as e:
+    train.parse_args([flag, value])
+  assert expected in str(e.value.code)
+
+
+def test_missing_dataset_message(tmp_path):
+  with pytest.raises(SystemExit) as e:
+    train.main(['--dataset', 'cifar10', '--source_dir', str(tmp_path), '--data_dir',
+                str(tmp_path / 'tfds'), '--workdir', str(tmp_path / 'run')])
+  assert 'cifar-10-python.tar.gz' in str(e.value.code) and 'To get it' in str(e.value.code)
+
+
+def test_resuming_with_another_config_is_refused(tmp_path, data_dir):
+  workdir = tmp_path / 'run'
+  _train([*SMALL, '--epochs', '1', '--workdir', str(workdir), '--data_dir', data_dir])
+  with pytest.raises(SystemExit) as e:
+    train.main([*SMALL, '--epochs', '3', '--workdir', str(workdir), '--data_dir', data_dir])
+  assert 'another configuration' in str(e.value.code) and 'epochs' in str(e.value.code)
+
+
+MESH_SCRIPT = textwrap.dedent('''
+    import jax, jax.numpy as jnp, numpy as np
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    import anytime_jax as aj
+    from anytime_jax import models
+    assert jax.device_count() == 8
+    network = models.create('nested_depth', num_classes=10, num_exits=3, width=4)
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(16, 8, 8, 1)), jnp.float32)
+    y = jnp.asarray(rng.integers(0, 10, 16))
+    tx = aj.osgd(0.1, weight_decay=1e-3)
+    state = aj.create_train_state(network, tx, jax.random.key(0), x)
+    step = jax.jit(aj.make_train_step(network, tx))
+    single, _ = step(state, x, y)
+    mesh = Mesh(np.array(jax.devices()), ('data',))
+    batch = NamedSharding(mesh, P('data'))
+    sharded, _ = step(jax.device_put(state, NamedSharding(mesh, P())),
+                      jax.device_put(x, batch), jax.device_put(y, batch))
+    for a, b in zip(jax.tree.leaves(single.params), jax.tree.leaves(sharded.params)):
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    print('ok')
+''')
+
+
+def _eight_devices():
+  return dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
+              JAX_PLATFORMS='cpu')
+
+
+def test_one_step_on_a_mesh_of_8_devices_equals_one_device():
+  out = subprocess.run([sys.executable, '-c', MESH_SCRIPT], capture_output=True, text=True,
+                       cwd=ROOT, env=_eight_devices(), timeout=600)
+  assert out.returncode == 0 and 'ok' in out.stdout, out.stderr[-3000:]
+
+
+def test_train_on_8_devices_and_batch_that_does_not_divide(tmp_path, data_dir):
+  env = _eight_devices()
+  bad = _train([*SMALL, '--batch_size', '12', '--workdir', str(tmp_path / 'bad'),
+                '--data_dir', data_dir], env=env, check=False)
+  assert bad.returncode != 0 and 'does not divide over 8 devices' in bad.stderr
+  _train([*SMALL, '--epochs', '1', '--max_steps_per_epoch', '3', '--workdir',
+          str(tmp_path / 'ok'), '--data_dir', data_dir], env=env)
+
+
+@pytest.mark.skipif(not os.path.isdir(data.DEBIAN_FASHION_MNIST),
+                    reason='needs the Debian package dataset-fashion-mnist (.ci/run installs it)')
+def test_end_to_end_on_fashion_mnist(tmp_path):
+  out = _train(['--epochs', '1', '--max_steps_per_epoch', '60', '--batch_size', '64',
+                '--learning_rate', '0.2', '--num_exits', '3',
+                '--workdir', str(tmp_path / 'run'), '--data_dir', str(tmp_path / 'tfds')])
+  results = json.loads((tmp_path / 'run' / 'results.json').read_text())
+  assert results['config']['dataset'] == 'fashion_mnist'
+  assert max(e['test_accuracy'] for e in results['exits']) > 0.3, out.stdout  # chance: 0.1
