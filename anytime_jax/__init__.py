@@ -1,6 +1,11 @@
 """anytime-jax: Orthogonalized SGD and nested anytime networks in JAX."""
 
 from anytime_jax import models
+from anytime_jax.baselines import adaloss
+from anytime_jax.baselines import mean_exits
+from anytime_jax.baselines import mgda
+from anytime_jax.baselines import pcgrad
+from anytime_jax.baselines import sum_exits
 from anytime_jax.anytime import EarlyExit
 from anytime_jax.anytime import budgeted_batch_curve
 from anytime_jax.anytime import early_exit
@@ -13,6 +18,7 @@ from anytime_jax.losses import exit_cross_entropy
 from anytime_jax.osgd import OrthogonalizeState
 from anytime_jax.osgd import orthogonalize
 from anytime_jax.osgd import osgd
+from anytime_jax.osgd import sgd_tail
 from anytime_jax.staged import staged_exit_jacobian
 from anytime_jax.training import TrainState
 from anytime_jax.training import create_train_state
@@ -23,6 +29,12 @@ __version__ = '0.1.0'
 
 __all__ = [
     'EarlyExit',
+    'adaloss',
+    'mean_exits',
+    'mgda',
+    'pcgrad',
+    'sgd_tail',
+    'sum_exits',
     'OrthogonalizeState',
     'TrainState',
     'budgeted_batch_curve',

@@ -153,3 +153,11 @@ def combine(updates: Any, weights: jax.Array, ids: Sequence[int]) -> Any:
       for gid, leaf in zip(ids, leaves)
   ]
   return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def exit_grams(updates: Any, params: Any, granularity: Granularity
+               ) -> tuple[int, tuple[int, ...], jax.Array]:
+  """Checks per-exit updates and returns ``(K, group ids, [num_groups, K, K] Grams)``."""
+  num_exits = check_exit_axis(updates, params)
+  ids, num_groups = group_ids(updates, granularity)
+  return num_exits, ids, grouped_gram(updates, ids, num_groups)

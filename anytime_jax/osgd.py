@@ -192,13 +192,11 @@ def orthogonalize(
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
-    k = gram_lib.check_exit_axis(updates, params)
+    k, ids, grams = gram_lib.exit_grams(updates, params, granularity)
     if num_exits is not None and k != num_exits:
       raise ValueError(f'orthogonalize(num_exits={num_exits}) got per-exit '
                        f'gradients with K={k} exits.')
     _check_priority(priority, k)
-    ids, num_groups = gram_lib.group_ids(updates, granularity)
-    grams = gram_lib.grouped_gram(updates, ids, num_groups)
     coeffs = jax.vmap(lambda g: rescale_coefficients(
         gram_schmidt_coefficients(g, eps, priority), g, rescale))(grams)
     out = gram_lib.combine(updates, jnp.sum(coeffs, axis=1), ids)
@@ -257,6 +255,14 @@ def osgd(
       orthogonalize(granularity=granularity, rescale=rescale, eps=eps,
                     priority=priority, diagnostics=diagnostics,
                     num_exits=num_exits),
+      sgd_tail(learning_rate, momentum, nesterov, weight_decay))
+
+
+def sgd_tail(learning_rate: optax.ScalarOrSchedule, momentum: Optional[float] = 0.9,
+             nesterov: bool = False, weight_decay: float = 0.0
+             ) -> optax.GradientTransformation:
+  """SGD with momentum and decoupled weight decay, for after an exit combination."""
+  return optax.chain(
       (optax.trace(decay=momentum, nesterov=nesterov)
        if momentum is not None else optax.identity()),
       # A literal 0 skips the term (and the need for params); an injected

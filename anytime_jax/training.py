@@ -93,7 +93,9 @@ def make_train_step(network: AnytimeNetwork, tx: optax.GradientTransformation, *
 
   def step(state: TrainState, x: jax.Array, y: jax.Array):
     grads, exit_losses, batch_stats = gradients(state.params, state.batch_stats, x, y)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    # Per-exit transformations that weight by loss (AdaLoss) read the losses.
+    extra = {'losses': exit_losses} if per_exit else {}
+    updates, opt_state = tx.update(grads, state.opt_state, state.params, **extra)
     params = optax.apply_updates(state.params, updates)
     metrics = {'loss': jnp.sum(exit_losses), 'exit_losses': exit_losses}
     return TrainState(state.step + 1, params, batch_stats, opt_state), metrics

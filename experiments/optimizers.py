@@ -6,12 +6,15 @@ import optax
 
 import anytime_jax as aj
 
-# name -> (per-exit gradients?, orthogonalize options or summed-loss reduction)
+# Per-exit combinations (each followed by the same SGD), by name; K is the number of exits.
 _PER_EXIT = {
-    'osgd': dict(),
-    'osgd_global': dict(granularity='global'),
-    'osgd_exit_norm': dict(rescale='exit_norm'),
-    'osgd_sum_norm': dict(rescale='sum_norm'),
+    'osgd': lambda k: aj.orthogonalize(),
+    'osgd_global': lambda k: aj.orthogonalize(granularity='global'),
+    'osgd_exit_norm': lambda k: aj.orthogonalize(rescale='exit_norm'),
+    'osgd_sum_norm': lambda k: aj.orthogonalize(rescale='sum_norm'),
+    'pcgrad': lambda k: aj.pcgrad(),
+    'mgda': lambda k: aj.mgda(),
+    'adaloss': lambda k: aj.adaloss(k),
 }
 _SUMMED = {'sgd': 'sum', 'sgd_mean': 'mean'}
 OPTIMIZERS = tuple(_PER_EXIT) + tuple(_SUMMED)
@@ -31,14 +34,11 @@ def make(name: str, config, total_steps: int, steps_per_epoch: int):
   schedule; they differ only in how the exits' gradients are combined.
   """
   lr = schedule(config, total_steps, steps_per_epoch)
+  tail = aj.sgd_tail(lr, config.momentum, weight_decay=config.weight_decay)
   if name in _PER_EXIT:
-    return aj.osgd(lr, momentum=config.momentum, weight_decay=config.weight_decay,
-                   **_PER_EXIT[name]), True
+    return optax.chain(_PER_EXIT[name](config.num_exits), tail), True
   if name in _SUMMED:
-    tx = optax.chain(optax.trace(decay=config.momentum),
-                     optax.add_decayed_weights(config.weight_decay),
-                     optax.scale_by_learning_rate(lr))
-    return tx, False
+    return tail, False
   raise ValueError(f'Unknown optimizer {name!r}; choose one of {", ".join(OPTIMIZERS)}.')
 
 

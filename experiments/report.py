@@ -40,6 +40,8 @@ def results(config, network, state, flops, test_logits, test_labels, val_logits,
             workdir) -> dict:
   """The run's summary: per-exit accuracy and FLOPs, and the early-exit curve."""
   accuracy = aj.exit_accuracy(jnp.asarray(test_logits), jnp.asarray(test_labels))
+  val_accuracy = (aj.exit_accuracy(jnp.asarray(val_logits), jnp.asarray(val_labels))
+                  if len(val_labels) else [float('nan')] * network.num_exits)
   params, cumulative = [], 0
   for k in range(network.num_exits):
     cumulative += sum(p.size for p in jax.tree.leaves(state.params[f'stages_{k}']))
@@ -50,7 +52,8 @@ def results(config, network, state, flops, test_logits, test_labels, val_logits,
   return {
       'config': dataclasses.asdict(config),
       'exits': [{'exit': k + 1, 'flops': flops[k], 'params': params[k],
-                 'test_accuracy': float(accuracy[k])} for k in range(network.num_exits)],
+                 'test_accuracy': float(accuracy[k]),
+                 'validation_accuracy': float(val_accuracy[k])} for k in range(network.num_exits)],
       'budgeted_batch': [{k: v for k, v in p.items() if k != 'thresholds'} for p in curve],
       'train_seconds': float(sum(m['seconds'] for m in metrics)),
       'images_per_second': float(np.mean([m['images_per_second'] for m in metrics])) if metrics else None,

@@ -1,0 +1,242 @@
+"""The reproduction study: every model trained with OSGD and the baselines, over seeds.
+
+  python -m experiments.reproduce                 # the study on Fashion-MNIST, resumable
+  python -m experiments.reproduce --quick         # a smoke run on digits (CI)
+  python -m experiments.reproduce --report_only   # tables and plots from the finished runs
+
+Protocol (DESIGN.md 2.5): each (model, method) gets the same learning-rate
+sweep on seed 0; the rate with the best validation accuracy (mean over exits,
+validation = training images held out) is then run on the other seeds, and
+test accuracy is reported at that rate. Same seed = same initialization and
+data order for every method, so differences are paired. Every run is one
+`experiments.train` workdir under --out/runs; finished runs are skipped and an
+interrupted one resumes, so the study can be continued across sittings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+import pathlib
+import sys
+
+import numpy as np
+
+from experiments import train
+from experiments.checkpoint import atomic_write
+
+
+@dataclasses.dataclass(frozen=True)
+class Study:
+  dataset: str
+  models: dict  # name -> num_exits
+  methods: tuple
+  seeds: tuple
+  learning_rates: tuple
+  epochs: int
+  max_steps_per_epoch: int
+  batch_size: int = 128
+
+
+def full_study() -> Study:
+  """Fashion-MNIST, sized for a CPU: 1 epoch of 150 steps of 128 images per run."""
+  return Study(
+      dataset='fashion_mnist',
+      models={'nested_width': 4, 'branched': 4, 'nested_depth': 4, 'nested_both': 3},
+      methods=('sgd', 'sgd_mean', 'osgd', 'osgd_global', 'osgd_exit_norm', 'pcgrad', 'mgda',
+               'adaloss'),
+      seeds=(0, 1, 2), learning_rates=(0.05, 0.1, 0.2), epochs=1, max_steps_per_epoch=150)
+
+
+def quick_study() -> Study:
+  return Study(dataset='digits', models={'nested_width': 3},
+               methods=('sgd', 'osgd'), seeds=(0,), learning_rates=(0.1,), epochs=1,
+               max_steps_per_epoch=8, batch_size=32)
+
+
+def _run_dir(out, model, method, lr, seed):
+  return out / 'runs' / model / method / f'lr{lr}' / f'seed{seed}'
+
+
+def run_cell(study: Study, out: pathlib.Path, model: str, method: str, lr: float, seed: int,
+             data_dir: str) -> dict:
+  """Trains one cell unless its results exist; returns its results."""
+  workdir = _run_dir(out, model, method, lr, seed)
+  done = workdir / 'results.json'
+  if not done.exists():
+    print(f'== {model} {method} lr={lr} seed={seed}', file=sys.stderr, flush=True)
+    train.main(['--model', model, '--optimizer', method, '--dataset', study.dataset,
+                '--num_exits', str(study.models.get(model, study.models['nested_width'])),
+                '--epochs', str(study.epochs),
+                '--max_steps_per_epoch', str(study.max_steps_per_epoch),
+                '--batch_size', str(study.batch_size), '--learning_rate', str(lr),
+                '--seed', str(seed), '--workdir', str(workdir), '--data_dir', data_dir])
+  return json.loads(done.read_text())
+
+
+def _score(results: dict) -> float:
+  return float(np.mean([e['validation_accuracy'] for e in results['exits']]))
+
+
+def _finished(out, model, method, lr, seed):
+  path = _run_dir(out, model, method, lr, seed) / 'results.json'
+  return json.loads(path.read_text()) if path.exists() else None
+
+
+def best_rate(study, out, model, method):
+  """The swept rate with the best seed-0 validation score, or None before the sweep is done."""
+  scores = {}
+  for lr in study.learning_rates:
+    r = _finished(out, model, method, lr, study.seeds[0])
+    if r is None:
+      return None
+    scores[lr] = _score(r)
+  return max(scores, key=scores.get)
+
+
+def run(study: Study, out: pathlib.Path, data_dir: str) -> None:
+  # Cell by cell (sweep on seed 0, then the other seeds), so that a study cut
+  # short leaves whole cells; the summed-loss baseline and OSGD come first.
+  for model, method in itertools.product(study.models, study.methods):
+    for lr in study.learning_rates:
+      run_cell(study, out, model, method, lr, study.seeds[0], data_dir)
+    lr = best_rate(study, out, model, method)
+    for seed in study.seeds[1:]:
+      run_cell(study, out, model, method, lr, seed, data_dir)
+  for seed in study.seeds:  # the non-anytime reference: independent networks
+    run_cell(study, out, 'independent', 'sgd', best_rate(study, out, 'nested_width', 'sgd'),
+             seed, data_dir)
+
+
+def summarize(study: Study, out: pathlib.Path) -> dict:
+  """Per (model, method): chosen rate and per-exit test accuracy over the finished seeds."""
+  rows = {}
+  pairs = list(itertools.product(study.models, study.methods)) + [('independent', 'sgd')]
+  for model, method in pairs:
+    lr = best_rate(study, out, 'nested_width' if model == 'independent' else model, method)
+    if lr is None:
+      continue
+    runs = {s: _finished(out, model, method, lr, s) for s in study.seeds}
+    runs = {s: r for s, r in runs.items() if r}
+    if not runs:
+      continue
+    acc = np.array([[e['test_accuracy'] for e in r['exits']] for r in runs.values()])
+    first = next(iter(runs.values()))
+    rows[f'{model}/{method}'] = {
+        'model': model, 'method': method, 'learning_rate': lr, 'seeds': sorted(runs),
+        'mflops': [e['flops'] / 1e6 for e in first['exits']],
+        'mean': acc.mean(0).tolist(), 'std': acc.std(0).tolist(),
+        'per_seed': {s: [e['test_accuracy'] for e in r['exits']] for s, r in runs.items()},
+        'budgeted_batch': first['budgeted_batch']}
+  return rows
+
+
+def paired_difference(rows, model, method, baseline='sgd'):
+  a, b = rows.get(f'{model}/{method}'), rows.get(f'{model}/{baseline}')
+  if not a or not b:
+    return None
+  seeds = sorted(set(a['per_seed']) & set(b['per_seed']))
+  if not seeds:
+    return None
+  diff = np.array([np.subtract(a['per_seed'][s], b['per_seed'][s]) for s in seeds])
+  return {'seeds': seeds, 'mean': diff.mean(0).tolist(), 'std': diff.std(0).tolist()}
+
+
+def markdown(study: Study, rows: dict) -> str:
+  pct = lambda m, s: f'{100 * m:.2f} ± {100 * s:.2f}'
+  lines = [f'Study on {study.dataset} (ours): {study.epochs} epoch(s) of at most '
+           f'{study.max_steps_per_epoch} steps of {study.batch_size} images per run; rates '
+           f'swept on seed 0 over {list(study.learning_rates)}, chosen on validation; test '
+           'accuracy (%) mean ± std over the seeds listed.', '',
+           '| model | method | lr | seeds | MFLOPs per exit | test accuracy per exit |',
+           '|---|---|---|---|---|---|']
+  for r in rows.values():
+    lines.append(f"| {r['model']} | {r['method']} | {r['learning_rate']} | {len(r['seeds'])} "
+                 f"| {' / '.join(f'{f:.2f}' for f in r['mflops'])} "
+                 f"| {' / '.join(pct(m, s) for m, s in zip(r['mean'], r['std']))} |")
+  lines += ['', 'Paired difference, method minus `sgd` (summed losses), same seeds, '
+            'accuracy points per exit:', '', '| model | method | seeds | difference per exit |',
+            '|---|---|---|---|']
+  for model in study.models:
+    for method in study.methods:
+      if method == 'sgd':
+        continue
+      d = paired_difference(rows, model, method)
+      if d:
+        lines.append(f"| {model} | {method} | {len(d['seeds'])} | "
+                     + ' / '.join(f'{100 * m:+.2f} ± {100 * s:.2f}' for m, s in zip(d['mean'], d['std']))
+                     + ' |')
+  return '\n'.join(lines) + '\n'
+
+
+def plot(study: Study, rows: dict, out: pathlib.Path) -> None:
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  models = list(study.models)
+  fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 3.6), squeeze=False)
+  reference = rows.get('independent/sgd')
+  for ax, model in zip(axes[0], models):
+    for r in rows.values():
+      if r['model'] == model:
+        ax.errorbar(r['mflops'], 100 * np.array(r['mean']), yerr=100 * np.array(r['std']),
+                    marker='o', capsize=2, label=r['method'])
+    if reference:
+      ax.errorbar(reference['mflops'], 100 * np.array(reference['mean']),
+                  yerr=100 * np.array(reference['std']), color='k', ls='--', marker='s',
+                  label='independent')
+    ax.set_xscale('log')
+    ax.set_title(model)
+    ax.set_xlabel('MFLOPs (cumulative)')
+    ax.grid(alpha=0.3)
+  axes[0][0].set_ylabel('test accuracy (%)')
+  axes[0][-1].legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(out / 'accuracy_vs_flops.png', dpi=110)
+  plt.close(fig)
+  anytime = {k: r for k, r in rows.items() if r['model'] != 'independent'}
+  if anytime:
+    best = max(anytime.values(), key=lambda r: r['mean'][-1])
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    curve = best['budgeted_batch']
+    ax.plot([p['flops'] / 1e6 for p in curve], [100 * p['accuracy'] for p in curve], '.-',
+            label=f"{best['model']} + {best['method']} early exit")
+    ax.plot(best['mflops'], 100 * np.array(best['mean']), 'o', label='single exits')
+    ax.set_xscale('log')
+    ax.set_xlabel('average MFLOPs per image')
+    ax.set_ylabel('test accuracy (%)')
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / 'budgeted_batch.png', dpi=110)
+    plt.close(fig)
+
+
+def report(study: Study, out: pathlib.Path) -> str:
+  rows = summarize(study, out)
+  text = markdown(study, rows)
+  atomic_write(out / 'study.md', text)
+  atomic_write(out / 'summary.json', json.dumps(rows, indent=1))
+  plot(study, rows, out)
+  return text
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--out', default=None, help='default: results/ (results/quick/ with --quick)')
+  parser.add_argument('--data_dir', default=train.data.DEFAULT_DATA_DIR)
+  parser.add_argument('--quick', action='store_true')
+  parser.add_argument('--report_only', action='store_true')
+  args = parser.parse_args(argv)
+  study = quick_study() if args.quick else full_study()
+  out = pathlib.Path(args.out or ('results/quick' if args.quick else 'results'))
+  out.mkdir(parents=True, exist_ok=True)
+  if not args.report_only:
+    run(study, out, args.data_dir)
+  print(report(study, out))
+
+
+if __name__ == '__main__':
+  main()

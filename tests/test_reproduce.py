@@ -1,0 +1,66 @@
+"""The reproduction study's smoke mode, its resumption, and every optimizer of the trainer."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+import anytime_jax as aj
+from anytime_jax import data, models
+from experiments import optimizers, reproduce, train
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_quick_study_runs_reports_and_skips_finished_runs(tmp_path):
+  data.prepare('digits', str(tmp_path / 'tfds'))
+  cmd = [sys.executable, '-m', 'experiments.reproduce', '--quick', '--out', str(tmp_path / 'out'),
+         '--data_dir', str(tmp_path / 'tfds')]
+  first = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=900)
+  assert first.returncode == 0, first.stderr[-3000:]
+  assert '| nested_width | osgd |' in first.stdout and '| independent | sgd |' in first.stdout
+  summary = json.loads((tmp_path / 'out' / 'summary.json').read_text())
+  assert set(summary) == {'nested_width/sgd', 'nested_width/osgd', 'independent/sgd'}
+  for name in ('study.md', 'accuracy_vs_flops.png', 'budgeted_batch.png'):
+    assert (tmp_path / 'out' / name).exists()
+  again = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
+  assert again.returncode == 0 and '==' not in again.stderr  # nothing retrained
+  assert first.stdout.endswith(again.stdout)  # the same report, now without training
+
+
+def test_paired_difference_and_rate_choice(tmp_path):
+  study = reproduce.Study('toy', {'m': 2}, ('sgd', 'osgd'), (0, 1), (0.1, 0.2), 1, 1)
+  def write(method, lr, seed, val, test):
+    d = reproduce._run_dir(tmp_path, 'm', method, lr, seed)
+    d.mkdir(parents=True)
+    (d / 'results.json').write_text(json.dumps({'exits': [
+        {'flops': 1e6 * (k + 1), 'validation_accuracy': val, 'test_accuracy': test[k]}
+        for k in range(2)], 'budgeted_batch': []}))
+  write('sgd', 0.1, 0, 0.5, [0.5, 0.6]); write('sgd', 0.2, 0, 0.7, [0.6, 0.7])
+  write('sgd', 0.2, 1, 0.7, [0.62, 0.72])
+  write('osgd', 0.1, 0, 0.8, [0.7, 0.8]); write('osgd', 0.2, 0, 0.6, [0.1, 0.1])
+  write('osgd', 0.1, 1, 0.8, [0.66, 0.74])
+  assert reproduce.best_rate(study, tmp_path, 'm', 'sgd') == 0.2
+  assert reproduce.best_rate(study, tmp_path, 'm', 'osgd') == 0.1
+  rows = reproduce.summarize(study, tmp_path)
+  np.testing.assert_allclose(rows['m/osgd']['mean'], [0.68, 0.77])
+  diff = reproduce.paired_difference(rows, 'm', 'osgd')
+  np.testing.assert_allclose(diff['mean'], [(0.1 + 0.04) / 2, (0.1 + 0.02) / 2])
+
+
+@pytest.mark.parametrize('name', ['pcgrad', 'mgda', 'adaloss', 'osgd_exit_norm'])
+def test_trainer_optimizers_take_a_step(name):
+  network = models.create('branched', num_classes=5, num_exits=3, width=4)
+  x = jax.random.normal(jax.random.key(0), (8, 8, 8, 1))
+  y = jax.numpy.arange(8) % 5
+  config = train.Config(num_exits=3)
+  tx, per_exit = optimizers.make(name, config, total_steps=10, steps_per_epoch=5)
+  state = aj.create_train_state(network, tx, jax.random.key(0), x)
+  step = jax.jit(aj.make_train_step(network, tx, per_exit=per_exit))
+  for _ in range(3):
+    state, metrics = step(state, x, y)
+  assert np.all(np.isfinite(metrics['exit_losses'])) and int(state.step) == 3
