@@ -1,5 +1,6 @@
 """experiments.train end to end: outputs, kill and resume, the mesh, and every bad input."""
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -12,7 +13,7 @@ import time
 import pytest
 
 from anytime_jax import data
-from experiments import train
+from experiments import checkpoint, train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SMALL = ['--dataset', 'digits', '--batch_size', '32', '--max_steps_per_epoch', '20',
@@ -110,7 +111,9 @@ def test_missing_dataset_message(tmp_path):
 
 def test_resuming_with_another_config_is_refused(tmp_path, data_dir):
   workdir = tmp_path / 'run'
-  _train([*SMALL, '--epochs', '1', '--workdir', str(workdir), '--data_dir', data_dir])
+  workdir.mkdir()
+  config, _ = train.parse_args([*SMALL, '--epochs', '1'])
+  checkpoint.check_config(workdir, dataclasses.asdict(config))  # what a first run leaves
   with pytest.raises(SystemExit) as e:
     train.main([*SMALL, '--epochs', '3', '--workdir', str(workdir), '--data_dir', data_dir])
   assert 'another configuration' in str(e.value.code) and 'epochs' in str(e.value.code)
