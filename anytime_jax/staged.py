@@ -16,16 +16,10 @@ from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
-import optax
 
+from anytime_jax.losses import cross_entropy
 from anytime_jax.models.network import (AnytimeNetwork, apply_stage, initial_carry,
                                         stage_variables)
-
-
-def exit_cross_entropy_one(logits: jax.Array, labels: jax.Array) -> jax.Array:
-  """Mean softmax cross-entropy of one exit: logits ``[B, C]``, labels ``[B]``."""
-  return optax.softmax_cross_entropy_with_integer_labels(
-      logits.astype(jnp.float32), labels).mean()
 
 
 def staged_exit_jacobian(
@@ -61,7 +55,7 @@ def staged_exit_jacobian(
     is ``[K]``; ``batch_stats`` the updated statistics (the old ones in eval
     mode, ``{}`` without BatchNorm).
   """
-  loss_fn = exit_cross_entropy_one if loss_fn is None else loss_fn
+  loss_fn = cross_entropy if loss_fn is None else loss_fn
   num_exits = network.num_exits
   carry = initial_carry(x)
   vjps, out_carries, losses, stats = [], [], [], {}
