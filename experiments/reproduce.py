@@ -192,7 +192,7 @@ def plot(study: Study, rows: dict, out: pathlib.Path) -> None:
     ax.set_xlabel('MFLOPs (cumulative)')
     ax.grid(alpha=0.3)
   axes[0][0].set_ylabel('test accuracy (%)')
-  axes[0][-1].legend(fontsize=7)
+  axes[0][0].legend(fontsize=7)  # the first panel fills first in a study cut short
   fig.tight_layout()
   fig.savefig(out / 'accuracy_vs_flops.png', dpi=110)
   plt.close(fig)
