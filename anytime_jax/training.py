@@ -56,6 +56,21 @@ def summed_loss_gradient(network: AnytimeNetwork, variables: Any, x: jax.Array, 
   return grads, losses, stats
 
 
+def vmapped_exit_jacobian(network: AnytimeNetwork, variables: Any, x: jax.Array,
+                          y: jax.Array) -> tuple[Any, jax.Array, Any]:
+  """Per-exit gradients by :func:`anytime_jax.exit_jacobian` (the plain vmap path).
+
+  Same contract as :func:`anytime_jax.staged_exit_jacobian` in train mode:
+  returns ``(jac, losses [K], batch_stats)``.
+  """
+  def losses(params):
+    logits, new = network.apply({'params': params, 'batch_stats': variables['batch_stats']}, x,
+                                train=True, mutable=['batch_stats'])
+    return exit_cross_entropy(logits, y), new['batch_stats']
+  jac, (exit_losses, stats) = exit_jacobian(losses, variables['params'], has_aux=True)
+  return jac, exit_losses, stats
+
+
 def make_train_step(network: AnytimeNetwork, tx: optax.GradientTransformation, *,
                     per_exit: bool = True, engine: str = 'staged', reduction: str = 'sum'):
   """Builds ``step(state, x, y) -> (state, metrics)``, to be jitted by the caller.
@@ -83,13 +98,7 @@ def make_train_step(network: AnytimeNetwork, tx: optax.GradientTransformation, *
       return summed_loss_gradient(network, variables, x, y, reduction)
     if engine == 'staged':
       return staged_exit_jacobian(network, variables, x, y, train=True)
-
-    def losses(p):
-      logits, new = network.apply({'params': p, 'batch_stats': batch_stats}, x, train=True,
-                                  mutable=['batch_stats'])
-      return exit_cross_entropy(logits, y), new['batch_stats']
-    jac, (exit_losses, stats) = exit_jacobian(losses, params, has_aux=True)
-    return jac, exit_losses, stats
+    return vmapped_exit_jacobian(network, variables, x, y)
 
   def step(state: TrainState, x: jax.Array, y: jax.Array):
     grads, exit_losses, batch_stats = gradients(state.params, state.batch_stats, x, y)

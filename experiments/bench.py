@@ -23,7 +23,8 @@ import optax
 import anytime_jax as aj
 from anytime_jax import models
 from anytime_jax.staged import staged_exit_jacobian
-from anytime_jax.training import create_train_state, make_train_step, summed_loss_gradient
+from anytime_jax.training import (create_train_state, make_train_step, summed_loss_gradient,
+                                  vmapped_exit_jacobian)
 
 
 def floor_ratio(flops: list[float]) -> float:
@@ -74,16 +75,9 @@ def bench_model(name: str, batch_size: int, repeats: int, shape=(28, 28, 1), wid
   variables = models.init_variables(network, jax.random.key(0), x)
   num_params = sum(p.size for p in jax.tree.leaves(variables['params']))
 
-  def vmap_jacobian(v):
-    def losses(p):
-      logits, new = network.apply({'params': p, 'batch_stats': v['batch_stats']}, x,
-                                  train=True, mutable=['batch_stats'])
-      return aj.exit_cross_entropy(logits, y), new['batch_stats']
-    return aj.exit_jacobian(losses, v['params'], has_aux=True)
-
   paths = {
       'summed_grad': lambda v: summed_loss_gradient(network, v, x, y),
-      'exit_jacobian': vmap_jacobian,
+      'exit_jacobian': lambda v: vmapped_exit_jacobian(network, v, x, y),
       'staged': lambda v: staged_exit_jacobian(network, v, x, y),
       'staged_vmap': lambda v: staged_exit_jacobian(network, v, x, y, vectorize=True),
   }

@@ -189,6 +189,7 @@ def main(argv=None):
   process = (jax.process_index(), jax.process_count())
 
   start_epoch = step // steps_per_epoch
+  test_logits = None  # the last epoch's evaluation is the final one
   for epoch in range(start_epoch, config.epochs):
     skip = step - epoch * steps_per_epoch
     progress = Progress(steps_per_epoch, f'epoch {epoch + 1}/{config.epochs}')
@@ -230,7 +231,8 @@ def main(argv=None):
 
   flops = aj.exit_flops(network, {'params': state.params, 'batch_stats': state.batch_stats},
                         example)
-  test_logits = evaluate(eval_step, state, dataset.test, dataset, config.batch_size, shard)
+  if test_logits is None:  # resumed after the last epoch had finished
+    test_logits = evaluate(eval_step, state, dataset.test, dataset, config.batch_size, shard)
   val_logits = evaluate(eval_step, state, validation, dataset, config.batch_size, shard)
   results = report.results(config, network, state, flops, test_logits, dataset.test.labels,
                            val_logits, validation.labels, workdir)
