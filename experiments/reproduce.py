@@ -4,11 +4,13 @@
   python -m experiments.reproduce --quick         # a smoke run on digits (CI)
   python -m experiments.reproduce --report_only   # tables and plots from the finished runs
 
-Protocol (DESIGN.md 2.5): each (model, method) gets the same learning-rate
-sweep on seed 0; the rate with the best validation accuracy (mean over exits,
-validation = training images held out) is then run on the other seeds, and
+Protocol (DESIGN.md 2.5): every method gets the same learning-rate sweep on
+seed 0 of the sweep model (the study's first); the rate with the best
+validation accuracy (mean over exits, validation = training images held out)
+is then used for that method on the other seeds and on every other model, and
 test accuracy is reported at that rate. Same seed = same initialization and
-data order for every method, so differences are paired. Every run is one
+data order for every method, so differences are paired. A run whose loss
+diverges is recorded as such (it scores lowest in the sweep). Every run is one
 `experiments.train` workdir under --out/runs; finished runs are skipped and an
 interrupted one resumes, so the study can be continued across sittings.
 """
@@ -19,9 +21,11 @@ import argparse
 import dataclasses
 import itertools
 import json
+import math
 import pathlib
 import sys
 
+import jax
 import numpy as np
 
 from experiments import train
@@ -30,14 +34,23 @@ from experiments.checkpoint import atomic_write
 
 @dataclasses.dataclass(frozen=True)
 class Study:
+  """One study: its runs are models x methods x seeds at each method's chosen rate."""
   dataset: str
-  models: dict  # name -> num_exits
-  methods: tuple
+  models: dict  # name -> num_exits; the first is the sweep model
+  methods: tuple  # trained on every model
   seeds: tuple
-  learning_rates: tuple
+  learning_rates: tuple  # swept on the sweep model, seed 0
   epochs: int
   max_steps_per_epoch: int
   batch_size: int = 128
+  sweep_model_methods: tuple = ()  # trained on the sweep model only
+
+  @property
+  def sweep_model(self) -> str:
+    return next(iter(self.models))
+
+  def methods_of(self, model: str) -> tuple:
+    return self.methods + (self.sweep_model_methods if model == self.sweep_model else ())
 
 
 def full_study() -> Study:
@@ -45,13 +58,14 @@ def full_study() -> Study:
   return Study(
       dataset='fashion_mnist',
       models={'nested_width': 4, 'branched': 4, 'nested_depth': 4, 'nested_both': 3},
-      methods=('sgd', 'sgd_mean', 'osgd', 'osgd_global', 'osgd_exit_norm', 'pcgrad', 'mgda',
-               'adaloss'),
-      seeds=(0, 1, 2), learning_rates=(0.05, 0.1, 0.2), epochs=1, max_steps_per_epoch=150)
+      methods=('sgd', 'osgd', 'osgd_global', 'osgd_exit_norm', 'pcgrad', 'mgda', 'adaloss'),
+      sweep_model_methods=('sgd_mean',),
+      seeds=(0, 1, 2), learning_rates=(0.05, 0.1, 0.2, 0.4), epochs=1,
+      max_steps_per_epoch=150)
 
 
 def quick_study() -> Study:
-  return Study(dataset='digits', models={'nested_width': 3},
+  return Study(dataset='digits', models={'nested_width': 3, 'branched': 3},
                methods=('sgd', 'osgd'), seeds=(0,), learning_rates=(0.1,), epochs=1,
                max_steps_per_epoch=8, batch_size=32)
 
@@ -62,70 +76,86 @@ def _run_dir(out, model, method, lr, seed):
 
 def run_cell(study: Study, out: pathlib.Path, model: str, method: str, lr: float, seed: int,
              data_dir: str) -> dict:
-  """Trains one cell unless its results exist; returns its results."""
+  """Trains one run unless it has finished (or diverged) before; returns its outcome."""
   workdir = _run_dir(out, model, method, lr, seed)
-  done = workdir / 'results.json'
-  if not done.exists():
+  if _outcome(out, model, method, lr, seed) is None:
     print(f'== {model} {method} lr={lr} seed={seed}', file=sys.stderr, flush=True)
-    train.main(['--model', model, '--optimizer', method, '--dataset', study.dataset,
-                '--num_exits', str(study.models.get(model, study.models['nested_width'])),
-                '--epochs', str(study.epochs),
-                '--max_steps_per_epoch', str(study.max_steps_per_epoch),
-                '--batch_size', str(study.batch_size), '--learning_rate', str(lr),
-                '--seed', str(seed), '--workdir', str(workdir), '--data_dir', data_dir])
-  return json.loads(done.read_text())
+    num_exits = study.models.get(model, study.models[study.sweep_model])
+    try:
+      train.main(['--model', model, '--optimizer', method, '--dataset', study.dataset,
+                  '--num_exits', str(num_exits), '--epochs', str(study.epochs),
+                  '--max_steps_per_epoch', str(study.max_steps_per_epoch),
+                  '--batch_size', str(study.batch_size), '--learning_rate', str(lr),
+                  '--seed', str(seed), '--workdir', str(workdir), '--data_dir', data_dir])
+    except train.Diverged as e:
+      print(e, file=sys.stderr, flush=True)
+      workdir.mkdir(parents=True, exist_ok=True)
+      atomic_write(workdir / 'diverged.json', json.dumps({'step': e.step, 'message': str(e)}))
+  return _outcome(out, model, method, lr, seed)
 
 
-def _score(results: dict) -> float:
-  return float(np.mean([e['validation_accuracy'] for e in results['exits']]))
+def _outcome(out, model, method, lr, seed):
+  """The run's results, {'diverged': step} if its loss diverged, None if not run yet."""
+  workdir = _run_dir(out, model, method, lr, seed)
+  if (workdir / 'results.json').exists():
+    return json.loads((workdir / 'results.json').read_text())
+  if (workdir / 'diverged.json').exists():
+    return {'diverged': json.loads((workdir / 'diverged.json').read_text())['step']}
+  return None
 
 
-def _finished(out, model, method, lr, seed):
-  path = _run_dir(out, model, method, lr, seed) / 'results.json'
-  return json.loads(path.read_text()) if path.exists() else None
+def _score(outcome: dict) -> float:
+  if 'diverged' in outcome:
+    return -math.inf
+  return float(np.mean([e['validation_accuracy'] for e in outcome['exits']]))
 
 
-def best_rate(study, out, model, method):
-  """The swept rate with the best seed-0 validation score, or None before the sweep is done."""
+def best_rate(study, out, method):
+  """The rate with the best seed-0 validation score on the sweep model; None before its sweep."""
   scores = {}
   for lr in study.learning_rates:
-    r = _finished(out, model, method, lr, study.seeds[0])
-    if r is None:
+    outcome = _outcome(out, study.sweep_model, method, lr, study.seeds[0])
+    if outcome is None:
       return None
-    scores[lr] = _score(r)
+    scores[lr] = _score(outcome)
   return max(scores, key=scores.get)
 
 
 def run(study: Study, out: pathlib.Path, data_dir: str) -> None:
-  # Cell by cell (sweep on seed 0, then the other seeds), so that a study cut
-  # short leaves whole cells; the summed-loss baseline and OSGD come first.
-  for model, method in itertools.product(study.models, study.methods):
+  # The sweep model first (its sweep fixes every rate), then the independent
+  # networks (the reference every model is compared to), then the other
+  # models; cell by cell, so that a study cut short leaves whole cells.
+  for method in study.methods_of(study.sweep_model):
     for lr in study.learning_rates:
-      run_cell(study, out, model, method, lr, study.seeds[0], data_dir)
-    lr = best_rate(study, out, model, method)
+      run_cell(study, out, study.sweep_model, method, lr, study.seeds[0], data_dir)
     for seed in study.seeds[1:]:
-      run_cell(study, out, model, method, lr, seed, data_dir)
-  for seed in study.seeds:  # the non-anytime reference: independent networks
-    run_cell(study, out, 'independent', 'sgd', best_rate(study, out, 'nested_width', 'sgd'),
-             seed, data_dir)
+      run_cell(study, out, study.sweep_model, method, best_rate(study, out, method), seed,
+               data_dir)
+  for seed in study.seeds:
+    run_cell(study, out, 'independent', 'sgd', best_rate(study, out, 'sgd'), seed, data_dir)
+  for model in list(study.models)[1:]:
+    for method in study.methods_of(model):
+      for seed in study.seeds:
+        run_cell(study, out, model, method, best_rate(study, out, method), seed, data_dir)
 
 
 def summarize(study: Study, out: pathlib.Path) -> dict:
   """Per (model, method): chosen rate and per-exit test accuracy over the finished seeds."""
   rows = {}
-  pairs = list(itertools.product(study.models, study.methods)) + [('independent', 'sgd')]
+  pairs = [(m, k) for m in study.models for k in study.methods_of(m)] + [('independent', 'sgd')]
   for model, method in pairs:
-    lr = best_rate(study, out, 'nested_width' if model == 'independent' else model, method)
+    lr = best_rate(study, out, method)
     if lr is None:
       continue
-    runs = {s: _finished(out, model, method, lr, s) for s in study.seeds}
-    runs = {s: r for s, r in runs.items() if r}
+    outcomes = {s: _outcome(out, model, method, lr, s) for s in study.seeds}
+    runs = {s: r for s, r in outcomes.items() if r and 'diverged' not in r}
     if not runs:
       continue
     acc = np.array([[e['test_accuracy'] for e in r['exits']] for r in runs.values()])
     first = next(iter(runs.values()))
     rows[f'{model}/{method}'] = {
         'model': model, 'method': method, 'learning_rate': lr, 'seeds': sorted(runs),
+        'diverged_seeds': sorted(s for s, r in outcomes.items() if r and 'diverged' in r),
         'mflops': [e['flops'] / 1e6 for e in first['exits']],
         'mean': acc.mean(0).tolist(), 'std': acc.std(0).tolist(),
         'per_seed': {s: [e['test_accuracy'] for e in r['exits']] for s, r in runs.items()},
@@ -149,19 +179,22 @@ def markdown(study: Study, rows: dict) -> str:
   pct = lambda m, s: f'{100 * m:.2f} ± {100 * s:.2f}'
   lines = [f'Study on {study.dataset} (ours): {study.epochs} epoch(s) of at most '
            f'{study.max_steps_per_epoch} steps of {study.batch_size} images per run; rates '
-           f'swept on seed 0 over {list(study.learning_rates)}, chosen on validation; test '
-           'accuracy (%) mean ± std over the seeds listed.', '',
+           f'swept on seed 0 of {study.sweep_model} over {list(study.learning_rates)}, chosen per '
+           'method on validation and used on every model; test accuracy (%) mean ± std over the '
+           'seeds (runs whose loss diverged are counted apart).', '',
            '| model | method | lr | seeds | MFLOPs per exit | test accuracy per exit |',
            '|---|---|---|---|---|---|']
   for r in rows.values():
-    lines.append(f"| {r['model']} | {r['method']} | {r['learning_rate']} | {len(r['seeds'])} "
+    seeds = f"{len(r['seeds'])}" + (f" (+{len(r['diverged_seeds'])} diverged)"
+                                     if r['diverged_seeds'] else '')
+    lines.append(f"| {r['model']} | {r['method']} | {r['learning_rate']} | {seeds} "
                  f"| {' / '.join(f'{f:.2f}' for f in r['mflops'])} "
                  f"| {' / '.join(pct(m, s) for m, s in zip(r['mean'], r['std']))} |")
   lines += ['', 'Paired difference, method minus `sgd` (summed losses), same seeds, '
             'accuracy points per exit:', '', '| model | method | seeds | difference per exit |',
             '|---|---|---|---|']
   for model in study.models:
-    for method in study.methods:
+    for method in study.methods_of(model):
       if method == 'sgd':
         continue
       d = paired_difference(rows, model, method)
@@ -235,6 +268,11 @@ def main(argv=None):
   study = quick_study() if args.quick else full_study()
   out = pathlib.Path(args.out or ('results/quick' if args.quick else 'results'))
   out.mkdir(parents=True, exist_ok=True)
+  if not jax.config.jax_compilation_cache_dir:
+    # The seeds of one (model, method, rate) differ in data only: they reuse
+    # the first seed's compiled programs from this on-disk cache.
+    jax.config.update('jax_compilation_cache_dir',
+                      str(pathlib.Path(args.data_dir) / 'xla_cache'))
   if not args.report_only:
     run(study, out, args.data_dir)
   print(report(study, out))

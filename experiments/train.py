@@ -29,6 +29,14 @@ from anytime_jax import data, models
 from experiments import checkpoint, optimizers, report
 
 
+class Diverged(SystemExit):
+  """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+  def __init__(self, message: str, step: int):
+    super().__init__(message)
+    self.step = step
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
   """Everything that determines a run's results (stored in workdir/config.json)."""
@@ -208,10 +216,10 @@ def main(argv=None):
       loss = float(metrics['loss'])
       if not math.isfinite(loss):
         progress.close()
-        raise SystemExit(
+        raise Diverged(
             f'error: the loss became {loss} at step {step} (epoch {epoch + 1}); stopping. The last '
             f'good checkpoint is kept in {workdir / "checkpoints"} (step {manager.latest_step()}). '
-            'Lower --learning_rate and run again with a fresh --workdir.')
+            'Lower --learning_rate and run again with a fresh --workdir.', step)
       losses.append(np.asarray(metrics['exit_losses']))
       progress.update(i + 1, loss, images_seen)
       if step % args.checkpoint_every == 0:

@@ -24,7 +24,9 @@ def test_quick_study_runs_reports_and_skips_finished_runs(tmp_path):
   assert first.returncode == 0, first.stderr[-3000:]
   assert '| nested_width | osgd |' in first.stdout and '| independent | sgd |' in first.stdout
   summary = json.loads((tmp_path / 'out' / 'summary.json').read_text())
-  assert set(summary) == {'nested_width/sgd', 'nested_width/osgd', 'independent/sgd'}
+  assert set(summary) == {'nested_width/sgd', 'nested_width/osgd', 'branched/sgd',
+                          'branched/osgd', 'independent/sgd'}
+  assert {r['learning_rate'] for r in summary.values()} == {0.1}  # the sweep model's rate
   for name in ('study.md', 'accuracy_vs_flops.png', 'budgeted_batch.png'):
     assert (tmp_path / 'out' / name).exists()
   again = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
@@ -32,24 +34,52 @@ def test_quick_study_runs_reports_and_skips_finished_runs(tmp_path):
   assert first.stdout.endswith(again.stdout)  # the same report, now without training
 
 
+def _write_run(out, model, method, lr, seed, val, test):
+  d = reproduce._run_dir(out, model, method, lr, seed)
+  d.mkdir(parents=True)
+  (d / 'results.json').write_text(json.dumps({'exits': [
+      {'flops': 1e6 * (k + 1), 'validation_accuracy': val, 'test_accuracy': test[k]}
+      for k in range(2)], 'budgeted_batch': []}))
+
+
 def test_paired_difference_and_rate_choice(tmp_path):
-  study = reproduce.Study('toy', {'m': 2}, ('sgd', 'osgd'), (0, 1), (0.1, 0.2), 1, 1)
-  def write(method, lr, seed, val, test):
-    d = reproduce._run_dir(tmp_path, 'm', method, lr, seed)
-    d.mkdir(parents=True)
-    (d / 'results.json').write_text(json.dumps({'exits': [
-        {'flops': 1e6 * (k + 1), 'validation_accuracy': val, 'test_accuracy': test[k]}
-        for k in range(2)], 'budgeted_batch': []}))
+  study = reproduce.Study('toy', {'m': 2, 'other': 2}, ('sgd', 'osgd'), (0, 1), (0.1, 0.2), 1, 1)
+  write = lambda *a: _write_run(tmp_path, 'm', *a)
   write('sgd', 0.1, 0, 0.5, [0.5, 0.6]); write('sgd', 0.2, 0, 0.7, [0.6, 0.7])
   write('sgd', 0.2, 1, 0.7, [0.62, 0.72])
   write('osgd', 0.1, 0, 0.8, [0.7, 0.8]); write('osgd', 0.2, 0, 0.6, [0.1, 0.1])
   write('osgd', 0.1, 1, 0.8, [0.66, 0.74])
-  assert reproduce.best_rate(study, tmp_path, 'm', 'sgd') == 0.2
-  assert reproduce.best_rate(study, tmp_path, 'm', 'osgd') == 0.1
+  _write_run(tmp_path, 'other', 'osgd', 0.1, 0, 0.0, [0.3, 0.4])  # at the sweep model's rate
+  _write_run(tmp_path, 'other', 'osgd', 0.2, 0, 0.9, [0.9, 0.9])  # not swept here: ignored
+  assert reproduce.best_rate(study, tmp_path, 'sgd') == 0.2
+  assert reproduce.best_rate(study, tmp_path, 'osgd') == 0.1
   rows = reproduce.summarize(study, tmp_path)
   np.testing.assert_allclose(rows['m/osgd']['mean'], [0.68, 0.77])
+  np.testing.assert_allclose(rows['other/osgd']['mean'], [0.3, 0.4])
+  assert 'other/sgd' not in rows  # nothing run yet
   diff = reproduce.paired_difference(rows, 'm', 'osgd')
   np.testing.assert_allclose(diff['mean'], [(0.1 + 0.04) / 2, (0.1 + 0.02) / 2])
+
+
+def test_a_diverged_run_is_recorded_scores_lowest_and_is_not_retried(tmp_path, monkeypatch):
+  study = reproduce.Study('toy', {'m': 2}, ('sgd',), (0, 1), (0.1, 0.2), 1, 1)
+  calls = []
+  def fake_main(argv):
+    calls.append(argv)
+    if argv[argv.index('--learning_rate') + 1] == '0.2':
+      raise train.Diverged('error: the loss became nan at step 3', 3)
+    arg = lambda name: argv[argv.index(name) + 1]
+    _write_run(tmp_path, arg('--model'), 'sgd', 0.1, int(arg('--seed')), 0.1, [0.2, 0.3])
+  monkeypatch.setattr(train, 'main', fake_main)
+  assert reproduce.run_cell(study, tmp_path, 'm', 'sgd', 0.2, 0, '') == {'diverged': 3}
+  reproduce.run_cell(study, tmp_path, 'm', 'sgd', 0.1, 0, '')
+  assert reproduce.best_rate(study, tmp_path, 'sgd') == 0.1  # despite its low score
+  reproduce.run(study, tmp_path, '')  # seed 1 at 0.1, then the independent networks
+  assert [(c[1], c[c.index('--seed') + 1]) for c in calls[2:]] == [
+      ('m', '1'), ('independent', '0'), ('independent', '1')]
+  reproduce.run(study, tmp_path, '')
+  assert len(calls) == 5  # nothing retried, the diverged run included
+  assert reproduce.summarize(study, tmp_path)['m/sgd']['seeds'] == [0, 1]
 
 
 @pytest.mark.parametrize('name', ['pcgrad', 'mgda', 'adaloss', 'osgd_exit_norm'])
