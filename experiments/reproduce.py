@@ -164,8 +164,8 @@ def summarize(study: Study, out: pathlib.Path) -> dict:
   return rows
 
 
-def paired_difference(rows, model, method, baseline='sgd'):
-  a, b = rows.get(f'{model}/{method}'), rows.get(f'{model}/{baseline}')
+def paired_difference(a: dict | None, b: dict | None) -> dict | None:
+  """Per-exit test accuracy of row a minus row b over their common seeds; None if none."""
   if not a or not b:
     return None
   seeds = sorted(set(a['per_seed']) & set(b['per_seed']))
@@ -180,28 +180,37 @@ def markdown(study: Study, rows: dict) -> str:
   lines = [f'Study on {study.dataset} (ours): {study.epochs} epoch(s) of at most '
            f'{study.max_steps_per_epoch} steps of {study.batch_size} images per run; rates '
            f'swept on seed 0 of {study.sweep_model} over {list(study.learning_rates)}, chosen per '
-           'method on validation and used on every model; test accuracy (%) mean ± std over the '
-           'seeds (runs whose loss diverged are counted apart).', '',
+           'method on validation and used on every model ("top": the largest rate swept won); test '
+           'accuracy (%) mean ± std over the seeds (runs whose loss diverged are counted apart).',
+           '',
            '| model | method | lr | seeds | MFLOPs per exit | test accuracy per exit |',
            '|---|---|---|---|---|---|']
   for r in rows.values():
     seeds = f"{len(r['seeds'])}" + (f" (+{len(r['diverged_seeds'])} diverged)"
                                      if r['diverged_seeds'] else '')
-    lines.append(f"| {r['model']} | {r['method']} | {r['learning_rate']} | {seeds} "
+    top = ' (top)' if r['learning_rate'] == max(study.learning_rates) else ''
+    lines.append(f"| {r['model']} | {r['method']} | {r['learning_rate']}{top} | {seeds} "
                  f"| {' / '.join(f'{f:.2f}' for f in r['mflops'])} "
                  f"| {' / '.join(pct(m, s) for m, s in zip(r['mean'], r['std']))} |")
-  lines += ['', 'Paired difference, method minus `sgd` (summed losses), same seeds, '
-            'accuracy points per exit:', '', '| model | method | seeds | difference per exit |',
-            '|---|---|---|---|']
-  for model in study.models:
-    for method in study.methods_of(model):
-      if method == 'sgd':
-        continue
-      d = paired_difference(rows, model, method)
+  def differences(title, pairs):
+    lines.extend(['', title, '', '| model | method | seeds | difference per exit |',
+                  '|---|---|---|---|'])
+    for model, method, a, b in pairs:
+      d = paired_difference(a, b)
       if d:
-        lines.append(f"| {model} | {method} | {len(d['seeds'])} | "
-                     + ' / '.join(f'{100 * m:+.2f} ± {100 * s:.2f}' for m, s in zip(d['mean'], d['std']))
-                     + ' |')
+        lines.append(f"| {model} | {method} | {len(d['seeds'])} | " + ' / '.join(
+            f'{100 * m:+.2f} ± {100 * s:.2f}' for m, s in zip(d['mean'], d['std'])) + ' |')
+
+  differences('Paired difference, method minus `sgd` (summed losses) on the same model, same '
+              'seeds, accuracy points per exit:',
+              [(model, method, rows.get(f'{model}/{method}'), rows.get(f'{model}/sgd'))
+               for model in study.models for method in study.methods_of(model)
+               if method != 'sgd'])
+  differences(f'Nested minus independent: exit k of {study.sweep_model} against independent '
+              'network k of the same width (trained with `sgd`), same seeds, accuracy points '
+              'per exit:',
+              [(study.sweep_model, method, rows.get(f'{study.sweep_model}/{method}'),
+                rows.get('independent/sgd')) for method in study.methods_of(study.sweep_model)])
   return '\n'.join(lines) + '\n'
 
 

@@ -57,7 +57,7 @@ def test_paired_difference_and_rate_choice(tmp_path):
   np.testing.assert_allclose(rows['m/osgd']['mean'], [0.68, 0.77])
   np.testing.assert_allclose(rows['other/osgd']['mean'], [0.3, 0.4])
   assert 'other/sgd' not in rows  # nothing run yet
-  diff = reproduce.paired_difference(rows, 'm', 'osgd')
+  diff = reproduce.paired_difference(rows['m/osgd'], rows['m/sgd'])
   np.testing.assert_allclose(diff['mean'], [(0.1 + 0.04) / 2, (0.1 + 0.02) / 2])
 
 
