@@ -164,15 +164,31 @@ def summarize(study: Study, out: pathlib.Path) -> dict:
   return rows
 
 
+def _paired(a: dict | None, b: dict | None):
+  """[S, K] per-seed differences of per-exit test accuracy, row a minus row b; None if no seed."""
+  seeds = sorted(set(a['per_seed']) & set(b['per_seed'])) if a and b else []
+  if not seeds:
+    return None, []
+  return np.array([np.subtract(a['per_seed'][s], b['per_seed'][s]) for s in seeds]), seeds
+
+
 def paired_difference(a: dict | None, b: dict | None) -> dict | None:
   """Per-exit test accuracy of row a minus row b over their common seeds; None if none."""
-  if not a or not b:
+  diff, seeds = _paired(a, b)
+  if diff is None:
     return None
-  seeds = sorted(set(a['per_seed']) & set(b['per_seed']))
-  if not seeds:
-    return None
-  diff = np.array([np.subtract(a['per_seed'][s], b['per_seed'][s]) for s in seeds])
   return {'seeds': seeds, 'mean': diff.mean(0).tolist(), 'std': diff.std(0).tolist()}
+
+
+def pooled_difference(study: Study, rows: dict, method: str, baseline: str = 'sgd'):
+  """Method minus baseline pooled over every (model, seed) pair: first exit, last, exit mean."""
+  diffs = [d for d, _ in (_paired(rows.get(f'{m}/{method}'), rows.get(f'{m}/{baseline}'))
+                          for m in study.models) if d is not None]
+  if not diffs:
+    return None
+  pooled = np.concatenate([np.stack([d[:, 0], d[:, -1], d.mean(1)], 1) for d in diffs])
+  return {'pairs': len(pooled), 'models': len(diffs), 'mean': pooled.mean(0).tolist(),
+          'std': pooled.std(0).tolist()}
 
 
 def markdown(study: Study, rows: dict) -> str:
@@ -211,6 +227,14 @@ def markdown(study: Study, rows: dict) -> str:
               'per exit:',
               [(study.sweep_model, method, rows.get(f'{study.sweep_model}/{method}'),
                 rows.get('independent/sgd')) for method in study.methods_of(study.sweep_model)])
+  lines.extend(['', 'Pooled over models: method minus `sgd`, one pair per (model, seed), '
+                'accuracy points:', '', '| method | models | pairs | first exit | last exit | '
+                'mean over exits |', '|---|---|---|---|---|---|'])
+  for method in dict.fromkeys(m for model in study.models for m in study.methods_of(model)):
+    d = pooled_difference(study, rows, method) if method != 'sgd' else None
+    if d:
+      lines.append(f"| {method} | {d['models']} | {d['pairs']} | " + ' | '.join(
+          f'{100 * m:+.2f} ± {100 * s:.2f}' for m, s in zip(d['mean'], d['std'])) + ' |')
   return '\n'.join(lines) + '\n'
 
 

@@ -59,6 +59,12 @@ def test_paired_difference_and_rate_choice(tmp_path):
   assert 'other/sgd' not in rows  # nothing run yet
   diff = reproduce.paired_difference(rows['m/osgd'], rows['m/sgd'])
   np.testing.assert_allclose(diff['mean'], [(0.1 + 0.04) / 2, (0.1 + 0.02) / 2])
+  _write_run(tmp_path, 'other', 'sgd', 0.2, 0, 0.0, [0.5, 0.2])
+  pooled = reproduce.pooled_difference(study, reproduce.summarize(study, tmp_path), 'osgd')
+  per_pair = np.array([[0.1, 0.1, 0.1], [0.04, 0.02, 0.03], [-0.2, 0.2, 0.0]])  # first, last, mean
+  assert (pooled['models'], pooled['pairs']) == (2, 3)
+  np.testing.assert_allclose(pooled['mean'], per_pair.mean(0), atol=1e-12)
+  np.testing.assert_allclose(pooled['std'], per_pair.std(0), atol=1e-12)
 
 
 def test_a_diverged_run_is_recorded_scores_lowest_and_is_not_retried(tmp_path, monkeypatch):
