@@ -100,3 +100,17 @@ def test_trainer_optimizers_take_a_step(name):
   for _ in range(3):
     state, metrics = step(state, x, y)
   assert np.all(np.isfinite(metrics['exit_losses'])) and int(state.step) == 3
+
+
+def test_cifar_study_runs_the_same_configurations_full_length(tmp_path, monkeypatch):
+  fmnist, cifar = reproduce.full_study(), reproduce.full_study('cifar100')
+  assert (cifar.models, cifar.methods, cifar.learning_rates) == (
+      fmnist.models, fmnist.methods, fmnist.learning_rates)
+  calls = []
+  monkeypatch.setattr(train, 'main', calls.append)
+  reproduce.run_cell(cifar, tmp_path, 'nested_both', 'osgd', 0.1, 2, 'data')
+  argv = dict(zip(calls[0][::2], calls[0][1::2]))
+  assert argv['--dataset'] == 'cifar100' and argv['--num_exits'] == '3'
+  assert int(argv['--epochs']) >= 100 and '--max_steps_per_epoch' not in argv
+  with pytest.raises(ValueError, match='unknown dataset .*cifar10'):
+    reproduce.full_study('cifar-10')
