@@ -243,13 +243,17 @@ def markdown(study: Study, rows: dict) -> str:
               'per exit:',
               [(study.sweep_model, method, rows.get(f'{study.sweep_model}/{method}'),
                 rows.get('independent/sgd')) for method in study.methods_of(study.sweep_model)])
-  lines.extend(['', 'Pooled over models: method minus `sgd`, one pair per (model, seed), '
-                'accuracy points:', '', '| method | models | pairs | first exit | last exit | '
-                'mean over exits |', '|---|---|---|---|---|---|'])
-  for method in dict.fromkeys(m for model in study.models for m in study.methods_of(model)):
-    d = pooled_difference(study, rows, method) if method != 'sgd' else None
+  lines.extend(['', 'Pooled over models: one pair per (model, seed), accuracy points (the OSGD '
+                'variants are also compared with plain `osgd`, which decides its defaults):', '',
+                '| method | minus | models | pairs | first exit | last exit | mean over exits |',
+                '|---|---|---|---|---|---|---|'])
+  methods = list(dict.fromkeys(m for model in study.models for m in study.methods_of(model)))
+  comparisons = [(m, 'sgd') for m in methods if m != 'sgd'] + [
+      (m, 'osgd') for m in methods if m.startswith('osgd_')]
+  for method, baseline in comparisons:
+    d = pooled_difference(study, rows, method, baseline)
     if d:
-      lines.append(f"| {method} | {d['models']} | {d['pairs']} | " + ' | '.join(
+      lines.append(f"| {method} | {baseline} | {d['models']} | {d['pairs']} | " + ' | '.join(
           f'{100 * m:+.2f} ± {100 * s:.2f}' for m, s in zip(d['mean'], d['std'])) + ' |')
   return '\n'.join(lines) + '\n'
 

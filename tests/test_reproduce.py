@@ -65,6 +65,8 @@ def test_paired_difference_and_rate_choice(tmp_path):
   assert (pooled['models'], pooled['pairs']) == (2, 3)
   np.testing.assert_allclose(pooled['mean'], per_pair.mean(0), atol=1e-12)
   np.testing.assert_allclose(pooled['std'], per_pair.std(0), atol=1e-12)
+  reverse = reproduce.pooled_difference(study, reproduce.summarize(study, tmp_path), 'sgd', 'osgd')
+  np.testing.assert_allclose(reverse['mean'], -per_pair.mean(0), atol=1e-12)
 
 
 def test_a_diverged_run_is_recorded_scores_lowest_and_is_not_retried(tmp_path, monkeypatch):
