@@ -202,8 +202,12 @@ def pooled_difference(study: Study, rows: dict, method: str, baseline: str = 'sg
   if not diffs:
     return None
   pooled = np.concatenate([np.stack([d[:, 0], d[:, -1], d.mean(1)], 1) for d in diffs])
-  return {'pairs': len(pooled), 'models': len(diffs), 'mean': pooled.mean(0).tolist(),
-          'std': pooled.std(0).tolist()}
+  n = len(pooled)
+  # Paired t statistic of the mean over exits: |t| >= 2 is what we call a clear difference.
+  spread = pooled[:, 2].std(ddof=1) if n > 1 else np.nan
+  t = pooled[:, 2].mean() / (spread / np.sqrt(n)) if n > 1 and spread > 0 else np.nan
+  return {'pairs': n, 'models': len(diffs), 'mean': pooled.mean(0).tolist(),
+          'std': pooled.std(0).tolist(), 't': float(t)}
 
 
 def markdown(study: Study, rows: dict) -> str:
@@ -244,9 +248,10 @@ def markdown(study: Study, rows: dict) -> str:
               [(study.sweep_model, method, rows.get(f'{study.sweep_model}/{method}'),
                 rows.get('independent/sgd')) for method in study.methods_of(study.sweep_model)])
   lines.extend(['', 'Pooled over models: one pair per (model, seed), accuracy points (the OSGD '
-                'variants are also compared with plain `osgd`, which decides its defaults):', '',
-                '| method | minus | models | pairs | first exit | last exit | mean over exits |',
-                '|---|---|---|---|---|---|---|'])
+                'variants are also compared with plain `osgd`, which decides its defaults); t: '
+                'paired t statistic of the mean over exits:', '',
+                '| method | minus | models | pairs | first exit | last exit | mean over exits | t |',
+                '|---|---|---|---|---|---|---|---|'])
   methods = list(dict.fromkeys(m for model in study.models for m in study.methods_of(model)))
   comparisons = [(m, 'sgd') for m in methods if m != 'sgd'] + [
       (m, 'osgd') for m in methods if m.startswith('osgd_')]
@@ -254,7 +259,8 @@ def markdown(study: Study, rows: dict) -> str:
     d = pooled_difference(study, rows, method, baseline)
     if d:
       lines.append(f"| {method} | {baseline} | {d['models']} | {d['pairs']} | " + ' | '.join(
-          f'{100 * m:+.2f} ± {100 * s:.2f}' for m, s in zip(d['mean'], d['std'])) + ' |')
+          f'{100 * m:+.2f} ± {100 * s:.2f}' for m, s in zip(d['mean'], d['std']))
+                   + f" | {d['t']:+.1f} |")
   return '\n'.join(lines) + '\n'
 
 

@@ -65,6 +65,9 @@ def test_paired_difference_and_rate_choice(tmp_path):
   assert (pooled['models'], pooled['pairs']) == (2, 3)
   np.testing.assert_allclose(pooled['mean'], per_pair.mean(0), atol=1e-12)
   np.testing.assert_allclose(pooled['std'], per_pair.std(0), atol=1e-12)
+  mean_over_exits = per_pair[:, 2]
+  np.testing.assert_allclose(pooled['t'], mean_over_exits.mean() / (
+      mean_over_exits.std(ddof=1) / np.sqrt(3)))
   reverse = reproduce.pooled_difference(study, reproduce.summarize(study, tmp_path), 'sgd', 'osgd')
   np.testing.assert_allclose(reverse['mean'], -per_pair.mean(0), atol=1e-12)
 
