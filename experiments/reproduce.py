@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import itertools
 import json
 import math
 import pathlib
@@ -211,7 +210,9 @@ def pooled_difference(study: Study, rows: dict, method: str, baseline: str = 'sg
 
 
 def markdown(study: Study, rows: dict) -> str:
-  pct = lambda m, s: f'{100 * m:.2f} ± {100 * s:.2f}'
+  def points(means, stds, sign=''):  # accuracy fractions as percent or points, mean ± std
+    return [f'{100 * m:{sign}.2f} ± {100 * s:.2f}' for m, s in zip(means, stds)]
+
   cap = f'at most {study.max_steps_per_epoch} ' if study.max_steps_per_epoch else ''
   lines = [f'Study on {study.dataset} (ours): {study.epochs} epoch(s) of {cap}'
            f'steps of {study.batch_size} images per run; rates '
@@ -227,15 +228,15 @@ def markdown(study: Study, rows: dict) -> str:
     top = ' (top)' if r['learning_rate'] == max(study.learning_rates) else ''
     lines.append(f"| {r['model']} | {r['method']} | {r['learning_rate']}{top} | {seeds} "
                  f"| {' / '.join(f'{f:.2f}' for f in r['mflops'])} "
-                 f"| {' / '.join(pct(m, s) for m, s in zip(r['mean'], r['std']))} |")
+                 f"| {' / '.join(points(r['mean'], r['std']))} |")
   def differences(title, pairs):
     lines.extend(['', title, '', '| model | method | seeds | difference per exit |',
                   '|---|---|---|---|'])
     for model, method, a, b in pairs:
       d = paired_difference(a, b)
       if d:
-        lines.append(f"| {model} | {method} | {len(d['seeds'])} | " + ' / '.join(
-            f'{100 * m:+.2f} ± {100 * s:.2f}' for m, s in zip(d['mean'], d['std'])) + ' |')
+        lines.append(f"| {model} | {method} | {len(d['seeds'])} | "
+                     + ' / '.join(points(d['mean'], d['std'], '+')) + ' |')
 
   differences('Paired difference, method minus `sgd` (summed losses) on the same model, same '
               'seeds, accuracy points per exit:',
@@ -258,9 +259,8 @@ def markdown(study: Study, rows: dict) -> str:
   for method, baseline in comparisons:
     d = pooled_difference(study, rows, method, baseline)
     if d:
-      lines.append(f"| {method} | {baseline} | {d['models']} | {d['pairs']} | " + ' | '.join(
-          f'{100 * m:+.2f} ± {100 * s:.2f}' for m, s in zip(d['mean'], d['std']))
-                   + f" | {d['t']:+.1f} |")
+      lines.append(f"| {method} | {baseline} | {d['models']} | {d['pairs']} | "
+                   + ' | '.join(points(d['mean'], d['std'], '+')) + f" | {d['t']:+.1f} |")
   return '\n'.join(lines) + '\n'
 
 
