@@ -2,6 +2,7 @@
 
   python -m experiments.bench [--models a,b] [--batch_size 64] [--repeats 15] [--json PATH]
   python -m experiments.bench --quick          # under a minute
+  python -m experiments.bench --breakdown      # where a training step's time goes
 
 Every timing is the median over repetitions run round-robin (one of each path
 in turn, so that machine noise hits them alike), reported as a ratio to the
@@ -21,7 +22,8 @@ import numpy as np
 import optax
 
 import anytime_jax as aj
-from anytime_jax import models
+from anytime_jax import conv, data, models
+from anytime_jax.losses import exit_cross_entropy
 from anytime_jax.staged import staged_exit_jacobian
 from anytime_jax.training import (create_train_state, make_train_step, summed_loss_gradient,
                                   vmapped_exit_jacobian)
@@ -67,12 +69,18 @@ def _compile(fn, *args):
   return compiled, (temp / 2 ** 20 if temp is not None else float('nan'))
 
 
-def bench_model(name: str, batch_size: int, repeats: int, shape=(28, 28, 1), width=None) -> dict:
-  network = models.create(name, num_classes=10, width=width)
+def _example(name: str, batch_size: int, shape, width, conv_weight_gradient='xla'):
+  network = models.create(name, num_classes=10, width=width,
+                          conv_weight_gradient=conv_weight_gradient)
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=(batch_size, *shape)), jnp.float32)
   y = jnp.asarray(rng.integers(0, 10, batch_size))
-  variables = models.init_variables(network, jax.random.key(0), x)
+  return network, x, y, models.init_variables(network, jax.random.key(0), x)
+
+
+def bench_model(name: str, batch_size: int, repeats: int, shape=(28, 28, 1), width=None,
+                conv_weight_gradient='xla') -> dict:
+  network, x, y, variables = _example(name, batch_size, shape, width, conv_weight_gradient)
   num_params = sum(p.size for p in jax.tree.leaves(variables['params']))
 
   paths = {
@@ -116,6 +124,87 @@ def bench_model(name: str, batch_size: int, repeats: int, shape=(28, 28, 1), wid
   }
 
 
+def _pipeline_seconds(batch_size: int, shape, repeats: int) -> float:
+  """Seconds per batch of the training input pipeline (in-memory uint8 images, shuffle, normalize)."""
+  rng = np.random.default_rng(0)
+  split = data.Split(rng.integers(0, 256, (8 * batch_size, *shape), dtype=np.uint8),
+                     rng.integers(0, 10, 8 * batch_size).astype(np.int32))
+  dataset = data.Dataset('synthetic', split, split, 10, np.zeros(shape[-1], np.float32) + 0.5,
+                         np.ones(shape[-1], np.float32))
+  start = time.perf_counter()
+  for epoch in range(repeats):
+    for _ in data.train_batches(dataset, batch_size, seed=0, epoch=epoch):
+      pass
+  return (time.perf_counter() - start) / (8 * repeats)
+
+
+def breakdown_model(name: str, batch_size: int, repeats: int, shape=(28, 28, 1), width=None,
+                    conv_modes=conv.WEIGHT_GRADIENTS) -> dict:
+  """Where one OSGD training step's time goes, for each convolution weight gradient.
+
+  Each part is a program of its own, timed round-robin with the others; the
+  parts are differences of nested programs: forward (train mode, with the
+  loss), the input-gradient pass (the backward pass with the parameters held
+  constant: activations, BatchNorm and input gradients of every convolution),
+  the weight gradients (summed-loss gradient minus that), the per-exit extra
+  of the staged engine (staged minus summed), and the optimizer with
+  orthogonalization (OSGD step minus staged).
+  """
+  programs = {}
+  for mode in conv_modes:
+    network, x, y, variables = _example(name, batch_size, shape, width, mode)
+    params, rest = variables['params'], {'batch_stats': variables['batch_stats']}
+
+    def summed_loss(params, x, network=network, rest=rest, y=y):
+      logits, _ = network.apply({'params': params, **rest}, x, train=True, mutable=['batch_stats'])
+      return jnp.sum(exit_cross_entropy(logits, y))
+
+    tx = aj.osgd(0.1)
+    state = create_train_state(network, tx, jax.random.key(0), x)
+    step = jax.jit(make_train_step(network, tx))
+    for part, fn in {
+        'forward': jax.jit(summed_loss),
+        'input_grads': jax.jit(jax.grad(summed_loss, argnums=1)),
+        'summed_grad': jax.jit(jax.grad(summed_loss)),
+        'staged': jax.jit(lambda p, x, n=network, r=rest, y=y: staged_exit_jacobian(
+            n, {'params': p, **r}, x, y)),
+    }.items():
+      programs[mode, part] = lambda fn=fn, p=params, x=x: fn(p, x)
+    programs[mode, 'osgd_step'] = lambda s=step, st=state, x=x, y=y: s(st, x, y)
+  t = _time_round_robin(programs, repeats)
+  pipeline = _pipeline_seconds(batch_size, shape, repeats)
+  parts = {}
+  for mode in conv_modes:
+    m = {part: t[mode, part] for (mode_, part) in t if mode_ == mode}
+    parts[mode] = {
+        'forward': m['forward'],
+        'input_grads': m['input_grads'] - m['forward'],
+        'weight_grads': m['summed_grad'] - m['input_grads'],
+        'per_exit_extra': m['staged'] - m['summed_grad'],
+        'optimizer': m['osgd_step'] - m['staged'],
+        'step': m['osgd_step'],
+    }
+  return {'model': name, 'batch_size': batch_size, 'pipeline': pipeline, 'parts': parts}
+
+
+def format_breakdown(rows: list[dict]) -> str:
+  lines = [
+      '| model | conv weight gradient | forward ms | input grads ms | weight grads ms '
+      '| weight grads / forward | per-exit extra ms | optimizer ms | OSGD step ms '
+      '| img/s (step) | input pipeline ms |',
+      '|---|---|---|---|---|---|---|---|---|---|---|',
+  ]
+  for r in rows:
+    for mode, p in r['parts'].items():
+      lines.append(
+          f"| {r['model']} | {mode} | {1e3 * p['forward']:.1f} | {1e3 * p['input_grads']:.1f} "
+          f"| {1e3 * p['weight_grads']:.1f} | {p['weight_grads'] / p['forward']:.2f} "
+          f"| {1e3 * p['per_exit_extra']:.1f} | {1e3 * p['optimizer']:.1f} "
+          f"| {1e3 * p['step']:.1f} | {r['batch_size'] / p['step']:.0f} "
+          f"| {1e3 * r['pipeline']:.2f} |")
+  return '\n'.join(lines)
+
+
 def format_table(rows: list[dict]) -> str:
   lines = [
       '| model | params | batch | summed grad ms | exit_jacobian | staged | staged (vmap) | floor '
@@ -143,6 +232,10 @@ def main(argv=None):
   parser.add_argument('--width', type=int, default=None, help='override every model\'s width')
   parser.add_argument('--json', default=None, help='also write the results here')
   parser.add_argument('--quick', action='store_true', help='branched only, batch 8, two repeats')
+  parser.add_argument('--conv_weight_gradient', default='xla', choices=conv.WEIGHT_GRADIENTS,
+                      help='how convolutions compute their weight gradient')
+  parser.add_argument('--breakdown', action='store_true',
+                      help='where an OSGD step\'s time goes, for every conv weight gradient')
   args = parser.parse_args(argv)
   names = args.models.split(',')
   if args.quick:
@@ -153,11 +246,18 @@ def main(argv=None):
   print(f'{jax.devices()[0].platform} x{jax.device_count()}, jax {jax.__version__}; '
         f'batch {args.batch_size}, median of {args.repeats}; ratios to the summed-loss '
         'gradient in the same run', flush=True)
+  if args.breakdown:
+    measure = lambda name: breakdown_model(name, args.batch_size, args.repeats, width=args.width)
+    fmt, rows_per_model = format_breakdown, len(conv.WEIGHT_GRADIENTS)
+  else:
+    measure = lambda name: bench_model(name, args.batch_size, args.repeats, width=args.width,
+                                       conv_weight_gradient=args.conv_weight_gradient)
+    fmt, rows_per_model = format_table, 1
   rows = []
   for name in names:
-    rows.append(bench_model(name, args.batch_size, args.repeats, width=args.width))
-    print(format_table(rows[-1:]).splitlines()[-1] if len(rows) > 1 else format_table(rows),
-          flush=True)
+    rows.append(measure(name))
+    table = fmt(rows[-1:]).splitlines()
+    print('\n'.join(table if len(rows) == 1 else table[-rows_per_model:]), flush=True)
   if args.json:
     with open(args.json, 'w') as f:
       json.dump({'device': jax.devices()[0].platform, 'rows': rows}, f, indent=1)

@@ -11,6 +11,7 @@ from typing import Any, Optional
 
 import jax.numpy as jnp
 
+from anytime_jax import conv as conv_lib
 from anytime_jax.models import plans
 from anytime_jax.models.network import AnytimeNetwork
 from anytime_jax.models.network import Stage
@@ -27,7 +28,8 @@ DEFAULT_WIDTH = {'branched': 16, 'nested_width': 4, 'nested_depth': 8,
 
 
 def create(name: str, *, num_classes: int, num_exits: int = 4, width: Optional[int] = None,
-           dtype: Any = jnp.float32, **options: Any) -> AnytimeNetwork:
+           dtype: Any = jnp.float32, conv_weight_gradient: str = 'xla',
+           **options: Any) -> AnytimeNetwork:
   """Builds an anytime network.
 
   Args:
@@ -38,6 +40,10 @@ def create(name: str, *, num_classes: int, num_exits: int = 4, width: Optional[i
     width: channels of the first (full-resolution) blocks; each resolution
       level doubles them. Default: ``DEFAULT_WIDTH[name]``.
     dtype: computation dtype (parameters stay float32); e.g. ``jnp.bfloat16``.
+    conv_weight_gradient: how convolutions compute their weight gradient:
+      ``'xla'`` (default) or ``'contraction'`` (see
+      :func:`anytime_jax.conv.conv_general_dilated`). Results are equal up to
+      float32 rounding; only the speed differs (``python -m experiments.bench``).
     **options: ``blocks_per_stage`` (branched), ``blocks_per_level`` (nested,
       independent), ``num_levels`` (resolution levels, default 3), ``growth``
       (independent: ``'width'``, ``'depth'`` or ``'both'``).
@@ -65,7 +71,11 @@ def create(name: str, *, num_classes: int, num_exits: int = 4, width: Optional[i
     stage_plans = builders[name](num_exits, width, **options)
   except TypeError as e:
     raise ValueError(f'Bad option for model {name!r}: {e}. See anytime_jax.models.create.') from e
-  return AnytimeNetwork(stages=tuple(Stage(plan, num_classes, dtype) for plan in stage_plans))
+  if conv_weight_gradient not in conv_lib.WEIGHT_GRADIENTS:
+    raise ValueError(f'conv_weight_gradient must be one of {conv_lib.WEIGHT_GRADIENTS}, '
+                     f'got {conv_weight_gradient!r}.')
+  return AnytimeNetwork(stages=tuple(Stage(plan, num_classes, dtype, conv_weight_gradient)
+                                     for plan in stage_plans))
 
 
 __all__ = ['ARCHITECTURES', 'AnytimeNetwork', 'DEFAULT_WIDTH', 'Stage', 'apply_stage', 'create',

@@ -19,6 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from anytime_jax import conv as conv_lib
 from anytime_jax.models.plans import IMAGE, Op, StagePlan
 
 Carry = dict[str, dict[str, jax.Array]]
@@ -67,15 +68,24 @@ class ResidualPart(nn.Module):
 
 
 class Stage(nn.Module):
-  """Runs one :class:`StagePlan`: its block parts, then its exit head."""
+  """Runs one :class:`StagePlan`: its block parts, then its exit head.
+
+  ``conv_weight_gradient`` selects how convolutions compute their weight
+  gradient (see :func:`anytime_jax.conv.conv_general_dilated`); the forward
+  pass and every result are the same either way, up to float32 rounding.
+  """
   plan: StagePlan
   num_classes: int
   dtype: Any = jnp.float32
+  conv_weight_gradient: str = 'xla'
 
   @nn.compact
   def __call__(self, carry: Carry, train: bool = False):
     """Returns ``(carry, logits [B, num_classes])``."""
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, padding='SAME')
+    conv_fn = functools.partial(conv_lib.conv_general_dilated,
+                                weight_gradient=self.conv_weight_gradient)
+    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, padding='SAME',
+                             conv_general_dilated=conv_fn)
     norm = functools.partial(nn.BatchNorm, momentum=0.9, epsilon=1e-5, dtype=self.dtype)
     outs, hidden = dict(carry['out']), dict(carry['hidden'])
     for op in self.plan.ops:
