@@ -8,9 +8,11 @@ from anytime_jax.baselines import pcgrad
 from anytime_jax.baselines import sum_exits
 from anytime_jax.anytime import EarlyExit
 from anytime_jax.anytime import budgeted_batch_curve
+from anytime_jax.anytime import calibrate_thresholds
 from anytime_jax.anytime import early_exit
 from anytime_jax.anytime import exit_accuracy
 from anytime_jax.anytime import exit_flops
+from anytime_jax.anytime import exit_scores
 from anytime_jax.anytime import first_confident_exit
 from anytime_jax.anytime import iterate_exits
 from anytime_jax.jacobian import exit_jacobian
@@ -38,10 +40,12 @@ __all__ = [
     'OrthogonalizeState',
     'TrainState',
     'budgeted_batch_curve',
+    'calibrate_thresholds',
     'create_train_state',
     'early_exit',
     'exit_accuracy',
     'exit_flops',
+    'exit_scores',
     'first_confident_exit',
     'iterate_exits',
     'make_train_step',

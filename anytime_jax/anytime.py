@@ -66,17 +66,45 @@ def exit_flops(network: AnytimeNetwork, variables: Any, x: jax.Array) -> list[fl
   return list(_exit_flops(network, spec, tuple(x.shape[1:]), jnp.result_type(x)))
 
 
-def first_confident_exit(logits: jax.Array, thresholds: jax.Array | float) -> jax.Array:
-  """Index of the first exit whose max softmax probability reaches its threshold.
+SCORES = ('softmax', 'margin')
+
+
+def exit_scores(logits: jax.Array, score: str = 'softmax') -> jax.Array:
+  """Each exit's confidence in its prediction: ``[K, N, C]`` logits to ``[K, N]`` scores.
+
+  Args:
+    logits: ``[K, N, C]``.
+    score: ``'softmax'``: the largest softmax probability, in [1/C, 1]; it
+      saturates: in float32 it is exactly 1.0 once the top logit leads the
+      next by about 17, as it does for most examples of a trained network.
+      ``'margin'``: the top logit minus the second, which never saturates;
+      use it to calibrate thresholds on trained networks.
+
+  Returns:
+    ``[K, N]`` float32 scores; larger means more confident.
+  """
+  if score not in SCORES:
+    raise ValueError(f'score must be one of {SCORES}, got {score!r}.')
+  logits = jnp.asarray(logits).astype(jnp.float32)
+  if score == 'softmax':
+    return jnp.max(jax.nn.softmax(logits, axis=-1), axis=-1)
+  top2 = jax.lax.top_k(logits, 2)[0]
+  return top2[..., 0] - top2[..., 1]
+
+
+def first_confident_exit(logits: jax.Array, thresholds: jax.Array | float,
+                         score: str = 'softmax') -> jax.Array:
+  """Index of the first exit whose score (:func:`exit_scores`) reaches its threshold.
 
   Args:
     logits: ``[K, N, C]``.
     thresholds: a scalar or ``[K]``; the last exit always accepts.
+    score: ``'softmax'`` (default) or ``'margin'``.
 
   Returns:
     ``[N]`` int32 exit indices.
   """
-  confidence = jnp.max(jax.nn.softmax(logits.astype(jnp.float32), axis=-1), axis=-1)
+  confidence = exit_scores(logits, score)
   thresholds = jnp.broadcast_to(jnp.asarray(thresholds, jnp.float32), logits.shape[:1])
   accept = (confidence >= thresholds[:, None]).at[-1].set(True)
   return jnp.argmax(accept, axis=0).astype(jnp.int32)
@@ -90,11 +118,12 @@ class EarlyExit(NamedTuple):
 
 
 def early_exit(network: AnytimeNetwork, variables: Any, x: jax.Array,
-               threshold: float | jax.Array) -> EarlyExit:
+               threshold: float | jax.Array, score: str = 'softmax') -> EarlyExit:
   """Confidence-based early exit for a batch; jittable.
 
-  A sample stops at the first exit whose max softmax probability reaches
-  ``threshold`` (or at the last exit). In a batch every stage runs on the
+  A sample stops at the first exit whose score (:func:`exit_scores`: max
+  softmax probability by default, or the logit margin) reaches ``threshold``
+  (a scalar or one per exit), or at the last exit. In a batch every stage runs on the
   device; the returned FLOPs are what each sample would cost alone. To save
   the compute for real, feed one sample (or a batch) to :func:`iterate_exits`
   and stop.
@@ -104,7 +133,7 @@ def early_exit(network: AnytimeNetwork, variables: Any, x: jax.Array,
     used, and its cumulative FLOPs.
   """
   logits = network.apply(variables, x)
-  exits = first_confident_exit(logits, threshold)
+  exits = first_confident_exit(logits, threshold, score)
   predictions = jnp.take_along_axis(jnp.argmax(logits, -1), exits[None], axis=0)[0]
   flops = jnp.asarray(exit_flops(network, variables, x), jnp.float32)[exits]
   return EarlyExit(predictions, exits, flops)
@@ -115,24 +144,42 @@ def exit_accuracy(logits: jax.Array, labels: jax.Array) -> np.ndarray:
   return np.asarray(jnp.mean(jnp.argmax(logits, -1) == labels[None], axis=-1))
 
 
-def _calibrate(confidence: np.ndarray, fractions: np.ndarray) -> np.ndarray:
-  """Thresholds under which ``fractions[k]`` of the samples leave at exit k."""
-  num_exits, n = confidence.shape
+def calibrate_thresholds(scores: np.ndarray, fractions: np.ndarray) -> np.ndarray:
+  """Per-exit thresholds under which ``fractions[k]`` of the samples leave at exit k.
+
+  Exit k takes the ``round(fractions[k] * N)`` highest-scoring samples of
+  those still remaining; its threshold lies halfway between the last one
+  taken and the next, so that the fractions are realised exactly on these
+  scores unless scores tie at the boundary (with a saturating score they do:
+  calibrate on ``'margin'``).
+
+  Args:
+    scores: ``[K, N]`` (:func:`exit_scores`).
+    fractions: ``[K]`` target fractions (the last exit takes the rest).
+
+  Returns:
+    ``[K]`` thresholds for :func:`first_confident_exit` (the last one ``-inf``).
+  """
+  num_exits, n = scores.shape
   remaining = np.ones(n, bool)
   thresholds = np.full(num_exits, -np.inf)
   for k in range(num_exits - 1):
-    count = int(round(fractions[k] * n))
-    conf = confidence[k][remaining]
-    if count <= 0 or conf.size == 0:
+    pool = np.sort(scores[k][remaining])[::-1]
+    count = min(int(round(fractions[k] * n)), pool.size)
+    if count <= 0:
       thresholds[k] = np.inf
       continue
-    thresholds[k] = np.sort(conf)[::-1][min(count, conf.size) - 1]
-    remaining &= ~(confidence[k] >= thresholds[k])
+    below = pool[count] if count < pool.size else -np.inf
+    thresholds[k] = pool[count - 1] if below == -np.inf else (pool[count - 1] + below) / 2
+    if thresholds[k] == below:  # adjacent floats: no midpoint between them
+      thresholds[k] = pool[count - 1]
+    remaining &= ~(scores[k] >= thresholds[k])
   return thresholds
 
 
 def budgeted_batch_curve(val_logits, val_labels, test_logits, test_labels,
-                         flops: Sequence[float], num_points: int = 20) -> list[dict]:
+                         flops: Sequence[float], num_points: int = 20,
+                         score: str = 'margin') -> list[dict]:
   """Accuracy vs average FLOPs under a budget, as in MSDNet (Huang et al. 2018).
 
   For each point, the fraction of samples leaving at exit k follows a
@@ -145,25 +192,31 @@ def budgeted_batch_curve(val_logits, val_labels, test_logits, test_labels,
     val_labels, test_labels: ``[N]``.
     flops: cumulative FLOPs per exit (:func:`exit_flops`).
     num_points: number of budgets.
+    score: what the thresholds apply to (:func:`exit_scores`); the default
+      logit margin does not saturate on trained networks.
 
   Returns:
     Points sorted by FLOPs: dicts with ``flops`` (average per test sample),
-    ``accuracy``, ``q`` and ``thresholds``.
+    ``accuracy``, ``q``, ``target_fractions`` and ``validation_fractions``
+    (the exit fractions realised on validation), and ``thresholds``.
   """
   num_exits = len(flops)
-  val_logits = jnp.asarray(val_logits)
-  conf_val = np.asarray(jnp.max(jax.nn.softmax(val_logits.astype(jnp.float32), -1), -1))
-  if conf_val.shape[0] != num_exits:
-    raise ValueError(f'{conf_val.shape[0]} exits of logits but {num_exits} FLOPs entries.')
+  scores_val = np.asarray(exit_scores(val_logits, score))
+  if scores_val.shape[0] != num_exits:
+    raise ValueError(f'{scores_val.shape[0]} exits of logits but {num_exits} FLOPs entries.')
   flops = np.asarray(flops, np.float64)
   test_pred = np.asarray(jnp.argmax(jnp.asarray(test_logits), -1))
   points = []
   for q in np.geomspace(0.05, 20.0, num_points):
     fractions = q ** np.arange(num_exits)
     fractions /= fractions.sum()
-    thresholds = _calibrate(conf_val, fractions)
-    exits = np.asarray(first_confident_exit(jnp.asarray(test_logits), jnp.asarray(thresholds)))
+    thresholds = calibrate_thresholds(scores_val, fractions)
+    val_exits = np.asarray(first_confident_exit(jnp.asarray(val_logits), thresholds, score))
+    exits = np.asarray(first_confident_exit(jnp.asarray(test_logits), thresholds, score))
     correct = test_pred[exits, np.arange(exits.size)] == np.asarray(test_labels)
     points.append({'q': float(q), 'flops': float(flops[exits].mean()),
-                   'accuracy': float(correct.mean()), 'thresholds': thresholds.tolist()})
+                   'accuracy': float(correct.mean()), 'target_fractions': fractions.tolist(),
+                   'validation_fractions': (np.bincount(val_exits, minlength=num_exits)
+                                            / max(val_exits.size, 1)).tolist(),
+                   'thresholds': thresholds.tolist()})
   return sorted(points, key=lambda p: p['flops'])

@@ -1,18 +1,28 @@
-"""The reproduction study: every model trained with OSGD and the baselines, over seeds.
+"""The study: OSGD and nested networks, measured where neither budget nor step size decides.
 
-  python -m experiments.reproduce                 # the study on Fashion-MNIST, resumable
-  python -m experiments.reproduce --quick         # a smoke run on digits (CI)
+  python -m experiments.reproduce                 # pilot, sweeps, seeds; resumable
+  python -m experiments.reproduce --quick         # the same pipeline on digits, minutes (CI)
   python -m experiments.reproduce --report_only   # tables and plots from the finished runs
 
-Protocol (DESIGN.md 2.5): every method gets the same learning-rate sweep on
-seed 0 of the sweep model (the study's first); the rate with the best
-validation accuracy (mean over exits, validation = training images held out)
-is then used for that method on the other seeds and on every other model, and
-test accuracy is reported at that rate. Same seed = same initialization and
-data order for every method, so differences are paired. A run whose loss
-diverges is recorded as such (it scores lowest in the sweep). Every run is one
-`experiments.train` workdir under --out/runs; finished runs are skipped and an
-interrupted one resumes, so the study can be continued across sittings.
+Protocol:
+
+1. **Regime by measurement.** A pilot (:mod:`experiments.pilot`) trains the
+   summed-loss baseline and the independent networks at several lengths and
+   picks the shortest at which the baseline has plateaued and capacity matters.
+2. **Step size chosen fairly.** Every (model, method) gets its own rate sweep
+   at the study's budget on the selection seed, which is never reported; the
+   rate with the best validation accuracy (mean over exits) wins, and while it
+   sits at an end of the grid the grid grows by a factor of 2 that way.
+3. **Paired seeds.** The reported seeds give every method the same
+   initialization and data order, so differences are paired per seed.
+4. **Statistics by code.** Mean ± sample std (ddof=1); per model, paired
+   differences with their t and the number of comparisons in the table
+   (Bonferroni at a family-wise 5 %); nested against independent networks at
+   matched width with both sizes; nested against branched at matched FLOPs.
+
+Every run is a `train_and_evaluate` workdir under ``--out/runs``; finished runs
+are read back, interrupted ones resume, diverged ones are recorded (and score
+lowest in a sweep), so the study continues across sittings.
 """
 
 from __future__ import annotations
@@ -22,100 +32,82 @@ import dataclasses
 import json
 import math
 import pathlib
-import sys
+from typing import Optional
 
 import jax
 import numpy as np
 
-from experiments import train
+from experiments import pilot as pilot_lib
+from experiments import stats, study_runs, train
 from experiments.checkpoint import atomic_write
+
+REFERENCE = 'independent'  # the non-anytime networks, trained with summed-loss SGD
+BASELINE = 'sgd'
 
 
 @dataclasses.dataclass(frozen=True)
 class Study:
-  """One study: its runs are models x methods x seeds at each method's chosen rate."""
-  dataset: str
-  models: dict  # name -> num_exits; the first is the sweep model
-  methods: tuple  # trained on every model
-  seeds: tuple
-  learning_rates: tuple  # swept on the sweep model, seed 0
-  epochs: int
-  max_steps_per_epoch: int | None  # None: whole epochs
-  batch_size: int = 128
-  sweep_model_methods: tuple = ()  # trained on the sweep model only
-
-  @property
-  def sweep_model(self) -> str:
-    return next(iter(self.models))
+  """Models x methods x seeds, each (model, method) at the rate its own sweep chose."""
+  pilot: pilot_lib.Pilot  # fixes the regime's length
+  models: dict  # anytime model -> number of exits; the reference gets the first model's
+  methods: tuple
+  learning_rates: tuple  # the initial grid of every sweep
+  seeds: tuple = (1, 2, 3)  # reported
+  selection_seed: int = 0  # sweeps only
+  max_grid_extensions: int = 3
 
   def methods_of(self, model: str) -> tuple:
-    return self.methods + (self.sweep_model_methods if model == self.sweep_model else ())
+    return (BASELINE,) if model == REFERENCE else self.methods
+
+  def num_exits(self, model: str) -> int:
+    return self.models.get(model, next(iter(self.models.values())))
+
+  @property
+  def all_models(self) -> tuple:
+    first, *rest = self.models
+    return (first, REFERENCE, *rest)  # the reference early: every model is compared to it
 
 
 DATASETS = ('fashion_mnist', 'cifar10', 'cifar100')
 
 
 def full_study(dataset: str = 'fashion_mnist') -> Study:
-  """The study's models and methods; on Fashion-MNIST sized for a CPU.
+  """The study's models and methods; on Fashion-MNIST sized for 2 CPU cores.
 
-  Fashion-MNIST: 1 epoch of 150 steps of 128 images per run (19,200 images,
-  about a third of the training split), which fits the whole study into a few
-  hours on 2 CPU cores. CIFAR-10/100: the same configurations with a
-  full-length schedule (200 epochs, crop-and-flip augmentation), for users with
-  accelerators and the data.
+  Fashion-MNIST: 10,000 training images, the pilot choosing among 4, 8 and 16
+  epochs. CIFAR-10/100: the whole training split (crop-and-flip augmentation),
+  the pilot choosing among 50, 100 and 200 epochs: for accelerators.
   """
   if dataset not in DATASETS:
     raise ValueError(f'unknown dataset {dataset!r}; the study runs on one of {DATASETS}')
-  cpu_sized = dataset == 'fashion_mnist'
+  pilot = (pilot_lib.Pilot(dataset, train_size=10_000, epochs=(4, 8, 16))
+           if dataset == 'fashion_mnist' else
+           pilot_lib.Pilot(dataset, train_size=None, epochs=(50, 100, 200)))
   return Study(
-      dataset=dataset,
-      models={'nested_width': 4, 'branched': 4, 'nested_depth': 4, 'nested_both': 3},
-      methods=('sgd', 'osgd', 'osgd_global', 'osgd_exit_norm', 'pcgrad', 'mgda', 'adaloss'),
-      sweep_model_methods=('sgd_mean',),
-      seeds=(0, 1, 2), learning_rates=(0.05, 0.1, 0.2, 0.4), epochs=1 if cpu_sized else 200,
-      max_steps_per_epoch=150 if cpu_sized else None)
+      pilot=pilot,
+      models={'nested_width': 4, 'branched': 4},
+      methods=('sgd', 'osgd', 'osgd_global', 'osgd_sum_norm', 'pcgrad'),
+      learning_rates=(0.05, 0.1, 0.2))
 
 
 def quick_study() -> Study:
-  return Study(dataset='digits', models={'nested_width': 3, 'branched': 3},
-               methods=('sgd', 'osgd'), seeds=(0,), learning_rates=(0.1,), epochs=1,
-               max_steps_per_epoch=8, batch_size=32)
+  """The whole pipeline on digits in a few minutes; its criteria always pass."""
+  return Study(
+      pilot=pilot_lib.Pilot('digits', train_size=None, epochs=(1,), batch_size=32,
+                            max_steps_per_epoch=6, last_epoch_points=math.inf,
+                            doubling_points=math.inf, capacity_points=-math.inf),
+      models={'nested_width': 3, 'branched': 3}, methods=('sgd', 'osgd'),
+      learning_rates=(0.1,), seeds=(1,), max_grid_extensions=0)
 
 
-def _run_dir(out, model, method, lr, seed):
-  return out / 'runs' / model / method / f'lr{lr}' / f'seed{seed}'
+def regime(study: Study, out: pathlib.Path) -> Optional[study_runs.Regime]:
+  """The study's regime once its pilot has decided the length; None before."""
+  epochs, _ = pilot_lib.choose_epochs(study.pilot, pilot_lib.measure(study.pilot, out))
+  return None if epochs is None else study.pilot.regime(epochs)
 
 
-def run_cell(study: Study, out: pathlib.Path, model: str, method: str, lr: float, seed: int,
-             data_dir: str) -> dict:
-  """Trains one run unless it has finished (or diverged) before; returns its outcome."""
-  workdir = _run_dir(out, model, method, lr, seed)
-  if _outcome(out, model, method, lr, seed) is None:
-    print(f'== {model} {method} lr={lr} seed={seed}', file=sys.stderr, flush=True)
-    num_exits = study.models.get(model, study.models[study.sweep_model])
-    argv = ['--model', model, '--optimizer', method, '--dataset', study.dataset,
-            '--num_exits', str(num_exits), '--epochs', str(study.epochs),
-            '--batch_size', str(study.batch_size), '--learning_rate', str(lr),
-            '--seed', str(seed), '--workdir', str(workdir), '--data_dir', data_dir]
-    if study.max_steps_per_epoch:
-      argv += ['--max_steps_per_epoch', str(study.max_steps_per_epoch)]
-    try:
-      train.main(argv)
-    except train.Diverged as e:
-      print(e, file=sys.stderr, flush=True)
-      workdir.mkdir(parents=True, exist_ok=True)
-      atomic_write(workdir / 'diverged.json', json.dumps({'step': e.step, 'message': str(e)}))
-  return _outcome(out, model, method, lr, seed)
-
-
-def _outcome(out, model, method, lr, seed):
-  """The run's results, {'diverged': step} if its loss diverged, None if not run yet."""
-  workdir = _run_dir(out, model, method, lr, seed)
-  if (workdir / 'results.json').exists():
-    return json.loads((workdir / 'results.json').read_text())
-  if (workdir / 'diverged.json').exists():
-    return {'diverged': json.loads((workdir / 'diverged.json').read_text())['step']}
-  return None
+def _run_dir(out, model, method, lr, seed) -> pathlib.Path:
+  return out / 'runs' / model / method / f'lr{lr:g}' / f'seed{seed}'
 
 
 def _score(outcome: dict) -> float:
@@ -124,183 +116,273 @@ def _score(outcome: dict) -> float:
   return float(np.mean([e['validation_accuracy'] for e in outcome['exits']]))
 
 
-def best_rate(study, out, method):
-  """The rate with the best seed-0 validation score on the sweep model; None before its sweep."""
-  scores = {}
-  for lr in study.learning_rates:
-    outcome = _outcome(out, study.sweep_model, method, lr, study.seeds[0])
-    if outcome is None:
-      return None
-    scores[lr] = _score(outcome)
-  return max(scores, key=scores.get)
+def _run(study, reg, out, model, method, lr, seed, data_dir, train_missing):
+  workdir = _run_dir(out, model, method, lr, seed)
+  if not train_missing:
+    return study_runs.outcome(workdir)
+  config = reg.config(model, method, lr, seed, study.num_exits(model))
+  return study_runs.ensure(workdir, config, data_dir)
+
+
+def sweep(study, reg, out, model, method, data_dir='', train_missing=False) -> dict:
+  """The rate sweep of one (model, method) on the selection seed.
+
+  Returns ``{'rate': chosen or None (sweep unfinished), 'scores': {rate:
+  validation score}, 'at_end': whether the chosen rate is still at an end}``.
+  """
+  grid = sorted(study.learning_rates)
+  for extension in range(study.max_grid_extensions + 1):
+    scores = {}
+    for lr in grid:
+      done = _run(study, reg, out, model, method, lr, study.selection_seed, data_dir,
+                  train_missing)
+      if done is None:
+        return {'rate': None, 'scores': scores, 'at_end': None}
+      scores[lr] = _score(done)
+    best = max(scores, key=scores.get)
+    at_end = len(grid) > 1 and best in (grid[0], grid[-1])
+    if not at_end or extension == study.max_grid_extensions:
+      return {'rate': best, 'scores': scores, 'at_end': at_end}
+    grid = [best / 2, *grid] if best == grid[0] else [*grid, best * 2]
+  raise AssertionError('unreachable')
 
 
 def run(study: Study, out: pathlib.Path, data_dir: str) -> None:
-  # The sweep model first (its sweep fixes every rate), then the independent
-  # networks (the reference every model is compared to), then the other
-  # models; cell by cell, so that a study cut short leaves whole cells.
-  for method in study.methods_of(study.sweep_model):
-    for lr in study.learning_rates:
-      run_cell(study, out, study.sweep_model, method, lr, study.seeds[0], data_dir)
-    for seed in study.seeds[1:]:
-      run_cell(study, out, study.sweep_model, method, best_rate(study, out, method), seed,
-               data_dir)
-  for seed in study.seeds:
-    run_cell(study, out, 'independent', 'sgd', best_rate(study, out, 'sgd'), seed, data_dir)
-  for model in list(study.models)[1:]:
+  """Pilot, then per model: every method's sweep, then its reported seeds."""
+  pilot_lib.run(study.pilot, out, data_dir)
+  reg = regime(study, out)
+  if reg is None:
+    raise SystemExit('error: ' + pilot_lib.choose_epochs(
+        study.pilot, pilot_lib.measure(study.pilot, out))[1])
+  for model in study.all_models:
     for method in study.methods_of(model):
+      rate = sweep(study, reg, out, model, method, data_dir, train_missing=True)['rate']
       for seed in study.seeds:
-        run_cell(study, out, model, method, best_rate(study, out, method), seed, data_dir)
+        _run(study, reg, out, model, method, rate, seed, data_dir, train_missing=True)
 
+
+# ----- the report -----
 
 def summarize(study: Study, out: pathlib.Path) -> dict:
-  """Per (model, method): chosen rate and per-exit test accuracy over the finished seeds."""
+  """Per (model, method): the sweep and per-seed results at the chosen rate."""
+  reg = regime(study, out)
   rows = {}
-  pairs = [(m, k) for m in study.models for k in study.methods_of(m)] + [('independent', 'sgd')]
-  for model, method in pairs:
-    lr = best_rate(study, out, method)
-    if lr is None:
-      continue
-    outcomes = {s: _outcome(out, model, method, lr, s) for s in study.seeds}
-    runs = {s: r for s, r in outcomes.items() if r and 'diverged' not in r}
-    if not runs:
-      continue
-    acc = np.array([[e['test_accuracy'] for e in r['exits']] for r in runs.values()])
-    first = next(iter(runs.values()))
-    rows[f'{model}/{method}'] = {
-        'model': model, 'method': method, 'learning_rate': lr, 'seeds': sorted(runs),
-        'diverged_seeds': sorted(s for s, r in outcomes.items() if r and 'diverged' in r),
-        'mflops': [e['flops'] / 1e6 for e in first['exits']],
-        'mean': acc.mean(0).tolist(), 'std': acc.std(0).tolist(),
-        'per_seed': {s: [e['test_accuracy'] for e in r['exits']] for s, r in runs.items()},
-        'budgeted_batch': first['budgeted_batch'],  # of the first finished seed
-        'budgeted_batch_exits': [e['test_accuracy'] for e in first['exits']]}
+  if reg is None:
+    return rows
+  for model in study.all_models:
+    for method in study.methods_of(model):
+      chosen = sweep(study, reg, out, model, method)
+      if chosen['rate'] is None:
+        continue
+      outcomes = {s: _run(study, reg, out, model, method, chosen['rate'], s, '', False)
+                  for s in study.seeds}
+      runs = {s: r for s, r in outcomes.items() if r and 'diverged' not in r}
+      if not runs:
+        continue
+      first = next(iter(runs.values()))
+      rows[f'{model}/{method}'] = {
+          'model': model, 'method': method, 'learning_rate': chosen['rate'],
+          'rate_at_grid_end': chosen['at_end'],
+          'sweep': {f'{lr:g}': s for lr, s in chosen['scores'].items()},
+          'seeds': sorted(runs),
+          'diverged_seeds': sorted(s for s, r in outcomes.items() if r and 'diverged' in r),
+          'mflops': [e['flops'] / 1e6 for e in first['exits']],
+          'params': [e['params'] for e in first['exits']],
+          'test': {s: [e['test_accuracy'] for e in r['exits']] for s, r in runs.items()},
+          'validation': {s: [e['validation_accuracy'] for e in r['exits']]
+                         for s, r in runs.items()},
+          'budgeted_batch': {s: r['budgeted_batch'] for s, r in runs.items()},
+          'train_seconds': float(sum(r['train_seconds'] for r in runs.values())),
+      }
   return rows
 
 
-def _paired(a: dict | None, b: dict | None):
-  """[S, K] per-seed differences of per-exit test accuracy, row a minus row b; None if no seed."""
-  seeds = sorted(set(a['per_seed']) & set(b['per_seed'])) if a and b else []
+def paired(a: Optional[dict], b: Optional[dict], split: str = 'test'):
+  """``[S, K]`` per-seed differences, row a minus row b, over their common seeds."""
+  if not a or not b:
+    return None
+  seeds = sorted(set(a[split]) & set(b[split]))
   if not seeds:
-    return None, []
-  return np.array([np.subtract(a['per_seed'][s], b['per_seed'][s]) for s in seeds]), seeds
-
-
-def paired_difference(a: dict | None, b: dict | None) -> dict | None:
-  """Per-exit test accuracy of row a minus row b over their common seeds; None if none."""
-  diff, seeds = _paired(a, b)
-  if diff is None:
     return None
-  return {'seeds': seeds, 'mean': diff.mean(0).tolist(), 'std': diff.std(0).tolist()}
+  return np.array([np.subtract(a[split][s], b[split][s]) for s in seeds])
 
 
-def pooled_difference(study: Study, rows: dict, method: str, baseline: str = 'sgd'):
-  """Method minus baseline pooled over every (model, seed) pair: first exit, last, exit mean."""
-  diffs = [d for d, _ in (_paired(rows.get(f'{m}/{method}'), rows.get(f'{m}/{baseline}'))
-                          for m in study.models) if d is not None]
-  if not diffs:
+def _interpolate(mflops, accuracy, at):
+  """Accuracy at ``at`` MFLOPs on the piecewise-linear curve in log FLOPs."""
+  return np.interp(np.log(at), np.log(mflops), accuracy)
+
+
+def matched_cost(a: dict, b: dict) -> Optional[dict]:
+  """Row a minus row b at equal cumulative FLOPs, paired per seed.
+
+  Compared at each exit's FLOPs of either model that lies inside both models'
+  FLOPs ranges, on each run's accuracy-vs-log-FLOPs curve.
+  """
+  lo = max(a['mflops'][0], b['mflops'][0])
+  hi = min(a['mflops'][-1], b['mflops'][-1])
+  points = sorted(f for f in {*a['mflops'], *b['mflops']} if lo <= f <= hi)
+  seeds = sorted(set(a['test']) & set(b['test']))
+  if not points or not seeds:
     return None
-  pooled = np.concatenate([np.stack([d[:, 0], d[:, -1], d.mean(1)], 1) for d in diffs])
-  n = len(pooled)
-  # Paired t statistic of the mean over exits: |t| >= 2 is what we call a clear difference.
-  spread = pooled[:, 2].std(ddof=1) if n > 1 else np.nan
-  t = pooled[:, 2].mean() / (spread / np.sqrt(n)) if n > 1 and spread > 0 else np.nan
-  return {'pairs': n, 'models': len(diffs), 'mean': pooled.mean(0).tolist(),
-          'std': pooled.std(0).tolist(), 't': float(t)}
+  diff = np.array([[_interpolate(a['mflops'], a['test'][s], f)
+                    - _interpolate(b['mflops'], b['test'][s], f) for f in points] for s in seeds])
+  return {'mflops': points, 'diff': diff}
 
 
-def markdown(study: Study, rows: dict) -> str:
-  def points(means, stds, sign=''):  # accuracy fractions as percent or points, mean ± std
-    return [f'{100 * m:{sign}.2f} ± {100 * s:.2f}' for m, s in zip(means, stds)]
+def _points(values, sign=''):
+  mean, std = stats.mean_std(100 * np.asarray(values))
+  return [f'{m:{sign}.2f} ± {s:.2f}' for m, s in zip(mean, std)]
 
-  cap = f'at most {study.max_steps_per_epoch} ' if study.max_steps_per_epoch else ''
-  lines = [f'Study on {study.dataset} (ours): {study.epochs} epoch(s) of {cap}'
-           f'steps of {study.batch_size} images per run; rates '
-           f'swept on seed 0 of {study.sweep_model} over {list(study.learning_rates)}, chosen per '
-           'method on validation and used on every model ("top": the largest rate swept won); test '
-           'accuracy (%) mean ± std over the seeds (runs whose loss diverged are counted apart).',
-           '',
-           '| model | method | lr | seeds | MFLOPs per exit | test accuracy per exit |',
-           '|---|---|---|---|---|---|']
+
+def _difference_rows(title, comparisons, num_comparisons):
+  """A table of paired differences with per-row t of the mean over exits."""
+  lines = ['', title, '', '| model | comparison | seeds | difference per exit (points) '
+           '| mean over exits | t | clear |', '|---|---|---|---|---|---|---|']
+  for model, label, diff in comparisons:
+    t = stats.paired_t(diff.mean(1))
+    crit = stats.critical_t(len(diff), num_comparisons)
+    clear = 'yes' if abs(t) >= crit else 'no'
+    lines.append(f"| {model} | {label} | {len(diff)} | {' / '.join(_points(diff, '+'))} "
+                 f"| {_points(diff.mean(1, keepdims=True), '+')[0]} | {t:+.2f} | {clear} |")
+  return lines
+
+
+def markdown(study: Study, rows: dict, out: pathlib.Path) -> str:
+  reg = regime(study, out)
+  if reg is None or not rows:
+    return 'No finished study runs yet.\n'
+  size = f'{reg.train_size:,}' if reg.train_size else 'all'
+  lines = [
+      f'Study on {reg.dataset} (ours): {size} training images, {reg.epochs} epochs of batches '
+      f'of {reg.batch_size} (length from the pilot), warmup {100 * reg.warmup_fraction:.0f} % '
+      f'then cosine; each rate chosen on seed {study.selection_seed} (not reported) by '
+      'validation accuracy, mean over exits ("end": the chosen rate is still at an end of its '
+      f'grid); seeds {list(study.seeds)} reported, test accuracy (%) mean ± sample std.', '',
+      '| model | method | rate (swept) | seeds | params per exit | MFLOPs per exit '
+      '| test accuracy per exit |', '|---|---|---|---|---|---|---|']
   for r in rows.values():
-    seeds = f"{len(r['seeds'])}" + (f" (+{len(r['diverged_seeds'])} diverged)"
-                                     if r['diverged_seeds'] else '')
-    top = ' (top)' if r['learning_rate'] == max(study.learning_rates) else ''
-    lines.append(f"| {r['model']} | {r['method']} | {r['learning_rate']}{top} | {seeds} "
+    seeds = str(len(r['seeds'])) + (f" (+{len(r['diverged_seeds'])} diverged)"
+                                    if r['diverged_seeds'] else '')
+    swept = ', '.join(r['sweep'])
+    end = ' end' if r['rate_at_grid_end'] else ''
+    lines.append(f"| {r['model']} | {r['method']} | {r['learning_rate']:g}{end} ({swept}) "
+                 f"| {seeds} | {' / '.join(f'{p:,}' for p in r['params'])} "
                  f"| {' / '.join(f'{f:.2f}' for f in r['mflops'])} "
-                 f"| {' / '.join(points(r['mean'], r['std']))} |")
-  def differences(title, pairs):
-    lines.extend(['', title, '', '| model | method | seeds | difference per exit |',
-                  '|---|---|---|---|'])
-    for model, method, a, b in pairs:
-      d = paired_difference(a, b)
-      if d:
-        lines.append(f"| {model} | {method} | {len(d['seeds'])} | "
-                     + ' / '.join(points(d['mean'], d['std'], '+')) + ' |')
+                 f"| {' / '.join(_points(list(r['test'].values())))} |")
 
-  differences('Paired difference, method minus `sgd` (summed losses) on the same model, same '
-              'seeds, accuracy points per exit:',
-              [(model, method, rows.get(f'{model}/{method}'), rows.get(f'{model}/sgd'))
-               for model in study.models for method in study.methods_of(model)
-               if method != 'sgd'])
-  differences(f'Nested minus independent: exit k of {study.sweep_model} against independent '
-              'network k of the same width (trained with `sgd`), same seeds, accuracy points '
-              'per exit:',
-              [(study.sweep_model, method, rows.get(f'{study.sweep_model}/{method}'),
-                rows.get('independent/sgd')) for method in study.methods_of(study.sweep_model)])
-  lines.extend(['', 'Pooled over models: one pair per (model, seed), accuracy points (the OSGD '
-                'variants are also compared with plain `osgd`, which decides its defaults); t: '
-                'paired t statistic of the mean over exits:', '',
-                '| method | minus | models | pairs | first exit | last exit | mean over exits | t |',
-                '|---|---|---|---|---|---|---|---|'])
-  methods = list(dict.fromkeys(m for model in study.models for m in study.methods_of(model)))
-  comparisons = [(m, 'sgd') for m in methods if m != 'sgd'] + [
-      (m, 'osgd') for m in methods if m.startswith('osgd_')]
-  for method, baseline in comparisons:
-    d = pooled_difference(study, rows, method, baseline)
-    if d:
-      lines.append(f"| {method} | {baseline} | {d['models']} | {d['pairs']} | "
-                   + ' | '.join(points(d['mean'], d['std'], '+')) + f" | {d['t']:+.1f} |")
+  anytime = [m for m in study.all_models if m != REFERENCE]
+  versus_sgd = [(model, f'{method} − {BASELINE}',
+                 paired(rows.get(f'{model}/{method}'), rows.get(f'{model}/{BASELINE}')))
+                for model in anytime for method in study.methods if method != BASELINE]
+  versus_osgd = [(model, f'{method} − osgd',
+                  paired(rows.get(f'{model}/{method}'), rows.get(f'{model}/osgd')))
+                 for model in anytime for method in study.methods
+                 if method.startswith('osgd_')]
+  comparisons = [c for c in versus_sgd + versus_osgd if c[2] is not None]
+  lines += _difference_rows(
+      f'Paired differences per model (test accuracy, points; t of the mean over exits; '
+      f'"clear": |t| beyond the two-sided 5 % Bonferroni bound for the {len(comparisons)} '
+      'comparisons in this table). `osgd_sum_norm` has OSGD\'s direction at the summed '
+      'gradient\'s length, so `osgd_sum_norm − osgd` isolates step length and '
+      '`osgd_sum_norm − sgd` the direction:', comparisons, len(comparisons))
+
+  first = next(iter(study.models))
+  reference = rows.get(f'{REFERENCE}/{BASELINE}')
+  nested = [(first, f'{method} − independent', paired(rows.get(f'{first}/{method}'), reference))
+            for method in study.methods]
+  nested = [c for c in nested if c[2] is not None]
+  if nested and reference:
+    nested_row = rows[f'{first}/{BASELINE}']
+    own = np.diff([0.0, *reference['params']]), np.diff([0.0, *reference['mflops']])
+    lines += _difference_rows(
+        f'Nested against independent networks of the same width: exit k of `{first}` minus '
+        f'independent network k (trained alone with `{BASELINE}`). Sizes per exit: nested '
+        f"(cumulative) {' / '.join(f'{p:,}' for p in nested_row['params'])} params, "
+        f"{' / '.join(f'{f:.2f}' for f in nested_row['mflops'])} MFLOPs; independent network k "
+        f"alone {' / '.join(f'{int(p):,}' for p in own[0])} params, "
+        f"{' / '.join(f'{f:.2f}' for f in own[1])} MFLOPs:", nested, len(nested))
+
+  if len(anytime) > 1:
+    lines += ['', f'Nested against branched at equal cost: `{anytime[0]}` minus `{anytime[1]}` '
+              'at the same cumulative FLOPs (each run\'s accuracy interpolated in log FLOPs '
+              'between its exits), paired per seed, points:', '',
+              '| method | seeds | at MFLOPs | difference |', '|---|---|---|---|']
+    for method in study.methods:
+      a, b = rows.get(f'{anytime[0]}/{method}'), rows.get(f'{anytime[1]}/{method}')
+      m = matched_cost(a, b) if a and b else None
+      if m:
+        lines.append(f"| {method} | {len(m['diff'])} | "
+                     f"{' / '.join(f'{f:.2f}' for f in m['mflops'])} | "
+                     f"{' / '.join(_points(m['diff'], '+'))} |")
+
+  best = early_exit_choice(rows)
+  if best:
+    lines += ['', f"Early exit (budgeted batch, thresholds on the logit margin calibrated on "
+              f"validation): `{best['model']}` with `{best['method']}`, the anytime "
+              'configuration with the best validation accuracy (mean over exits and seeds); '
+              '`budgeted_batch.png` shows its curve averaged over the reported seeds.']
   return '\n'.join(lines) + '\n'
+
+
+def early_exit_choice(rows: dict) -> Optional[dict]:
+  """The anytime configuration with the best mean validation accuracy."""
+  anytime = [r for r in rows.values() if r['model'] != REFERENCE]
+  if not anytime:
+    return None
+  return max(anytime, key=lambda r: np.mean(list(r['validation'].values())))
+
+
+def mean_curve(row: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """The budgeted-batch curve averaged over seeds, point by point (same budgets ``q``).
+
+  Returns ``(mflops [P], accuracy mean [P], accuracy sample std [P])``.
+  """
+  curves = [sorted(c, key=lambda p: p['q']) for c in row['budgeted_batch'].values()]
+  flops = np.mean([[p['flops'] for p in c] for c in curves], 0) / 1e6
+  mean, std = stats.mean_std(np.array([[p['accuracy'] for p in c] for c in curves]))
+  order = np.argsort(flops)
+  return flops[order], mean[order], std[order]
 
 
 def plot(study: Study, rows: dict, out: pathlib.Path) -> None:
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  models = list(study.models)
-  fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 3.6), squeeze=False)
-  reference = rows.get('independent/sgd')
-  for ax, model in zip(axes[0], models):
+  anytime = [m for m in study.all_models if m != REFERENCE]
+  fig, axes = plt.subplots(1, len(anytime), figsize=(5 * len(anytime), 3.8), squeeze=False)
+  reference = rows.get(f'{REFERENCE}/{BASELINE}')
+  for ax, model in zip(axes[0], anytime):
     for r in rows.values():
       if r['model'] == model:
-        ax.errorbar(r['mflops'], 100 * np.array(r['mean']), yerr=100 * np.array(r['std']),
-                    marker='o', capsize=2, label=r['method'])
+        mean, std = stats.mean_std(100 * np.array(list(r['test'].values())))
+        ax.errorbar(r['mflops'], mean, yerr=np.nan_to_num(std), marker='o', capsize=2,
+                    label=r['method'])
     if reference:
-      ax.errorbar(reference['mflops'], 100 * np.array(reference['mean']),
-                  yerr=100 * np.array(reference['std']), color='k', ls='--', marker='s',
-                  label='independent')
+      mean, std = stats.mean_std(100 * np.array(list(reference['test'].values())))
+      ax.errorbar(np.diff([0.0, *reference['mflops']]), mean, yerr=np.nan_to_num(std),
+                  color='k', ls='--', marker='s', label='independent (each alone)')
     ax.set_xscale('log')
     ax.set_title(model)
-    ax.set_xlabel('MFLOPs (cumulative)')
+    ax.set_xlabel('MFLOPs (cumulative to the exit)')
     ax.grid(alpha=0.3)
   axes[0][0].set_ylabel('test accuracy (%)')
-  axes[0][0].legend(fontsize=7)  # the first panel fills first in a study cut short
+  axes[0][0].legend(fontsize=7)
   fig.tight_layout()
   fig.savefig(out / 'accuracy_vs_flops.png', dpi=110)
   plt.close(fig)
-  anytime = {k: r for k, r in rows.items() if r['model'] != 'independent'}
-  if anytime:
-    best = max(anytime.values(), key=lambda r: r['mean'][-1])
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    curve = best['budgeted_batch']
-    ax.plot([p['flops'] / 1e6 for p in curve], [100 * p['accuracy'] for p in curve], '.-',
-            label=f"{best['model']} + {best['method']} early exit (seed {best['seeds'][0]})")
-    ax.plot(best['mflops'], 100 * np.array(best['budgeted_batch_exits']), 'o',
-            label=f"single exits (seed {best['seeds'][0]})")
+  best = early_exit_choice(rows)
+  if best:
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    flops, mean, std = mean_curve(best)
+    ax.plot(flops, 100 * mean, '.-', label=f"early exit, mean of {len(best['seeds'])} seeds")
+    ax.fill_between(flops, 100 * (mean - np.nan_to_num(std)), 100 * (mean + np.nan_to_num(std)),
+                    alpha=0.2)
+    exit_mean, _ = stats.mean_std(100 * np.array(list(best['test'].values())))
+    ax.plot(best['mflops'], exit_mean, 'o', label='single exits, same seeds')
     ax.set_xscale('log')
     ax.set_xlabel('average MFLOPs per image')
     ax.set_ylabel('test accuracy (%)')
+    ax.set_title(f"{best['model']} + {best['method']}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -309,23 +391,28 @@ def plot(study: Study, rows: dict, out: pathlib.Path) -> None:
 
 
 def report(study: Study, out: pathlib.Path) -> str:
+  """Writes pilot.md, learning_curves.png, study.md, summary.json and the plots."""
+  pilot_text = pilot_lib.markdown(study.pilot, pilot_lib.measure(study.pilot, out))
+  atomic_write(out / 'pilot.md', pilot_text)
+  pilot_lib.plot(study.pilot, out, out / 'learning_curves.png')
   rows = summarize(study, out)
-  text = markdown(study, rows)
+  text = markdown(study, rows, out)
   atomic_write(out / 'study.md', text)
   atomic_write(out / 'summary.json', json.dumps(rows, indent=1))
-  plot(study, rows, out)
-  return text
+  if rows:
+    plot(study, rows, out)
+  return pilot_text + '\n' + text
 
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--dataset', default='fashion_mnist', choices=DATASETS,
-                      help='cifar10/cifar100: the full-length study (needs an accelerator)')
+                      help='cifar10/cifar100: the whole training split, for accelerators')
   parser.add_argument('--out', default=None,
                       help='default: results/ (results/<dataset>/ for CIFAR, results/quick/ '
                       'with --quick)')
   parser.add_argument('--data_dir', default=train.data.DEFAULT_DATA_DIR)
-  parser.add_argument('--quick', action='store_true', help='a smoke run on digits')
+  parser.add_argument('--quick', action='store_true', help='the same pipeline on digits, minutes')
   parser.add_argument('--report_only', action='store_true')
   args = parser.parse_args(argv)
   study = quick_study() if args.quick else full_study(args.dataset)
@@ -334,8 +421,8 @@ def main(argv=None):
   out = pathlib.Path(args.out or default_out)
   out.mkdir(parents=True, exist_ok=True)
   if not jax.config.jax_compilation_cache_dir:
-    # The seeds of one (model, method, rate) differ in data only: they reuse
-    # the first seed's compiled programs from this on-disk cache.
+    # Runs of one (model, method) differ in data and rate only: they reuse
+    # the first run's compiled programs from this on-disk cache.
     jax.config.update('jax_compilation_cache_dir',
                       str(pathlib.Path(args.data_dir) / 'xla_cache'))
   if not args.report_only:

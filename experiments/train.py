@@ -29,8 +29,8 @@ from anytime_jax import data, models
 from experiments import checkpoint, optimizers, report
 
 
-class Diverged(SystemExit):
-  """The loss became NaN or infinite; the last good checkpoint is kept."""
+class Diverged(RuntimeError):
+  """The loss became NaN or infinite at ``step``; the last good checkpoint is kept."""
 
   def __init__(self, message: str, step: int):
     super().__init__(message)
@@ -52,6 +52,8 @@ class Config:
   num_exits: int = 4
   width: Optional[int] = None
   validation_size: int = 5000
+  train_size: Optional[int] = None  # use only this many training examples (after validation)
+  eval_every: int = 1  # epochs between validation evaluations (0: at the end only)
   augment: Optional[bool] = None  # default: on for CIFAR
   max_steps_per_epoch: Optional[int] = None  # smoke runs: cut every epoch short
   seed: int = 0
@@ -80,6 +82,11 @@ def parse_args(argv=None):
   p.add_argument('--width', type=int, default=None, help='base width (default: per model)')
   p.add_argument('--validation_size', type=int, default=defaults.validation_size,
                  help='training examples held out to calibrate early exit (capped at 10%%)')
+  p.add_argument('--train_size', type=int, default=None,
+                 help='train on this many of the remaining training examples (default: all)')
+  p.add_argument('--eval_every', type=int, default=defaults.eval_every,
+                 help='epochs between validation accuracies in metrics.jsonl (0: at the end '
+                 'only); the test split is evaluated once, at the end')
   p.add_argument('--augment', action=argparse.BooleanOptionalAction, default=None,
                  help='random crop and flip (default: on for CIFAR)')
   p.add_argument('--max_steps_per_epoch', type=int, default=None,
@@ -98,6 +105,10 @@ def parse_args(argv=None):
   for name in ('epochs', 'batch_size', 'num_exits', 'checkpoint_every'):
     if getattr(args, name) < 1:
       raise SystemExit(f'error: --{name} must be a positive integer, got {getattr(args, name)}')
+  if args.train_size is not None and args.train_size < 1:
+    raise SystemExit(f'error: --train_size must be a positive integer, got {args.train_size}')
+  if args.eval_every < 0:
+    raise SystemExit(f'error: --eval_every must be 0 or positive, got {args.eval_every}')
   if not args.learning_rate > 0:
     raise SystemExit(f'error: --learning_rate must be positive, got {args.learning_rate}')
   fields = {f.name for f in dataclasses.fields(Config)}
@@ -105,12 +116,17 @@ def parse_args(argv=None):
   return config, args
 
 
-def _split_validation(dataset: data.Dataset, size: int, seed: int):
-  """Holds out ``size`` training examples (fixed by the seed) as a validation split."""
+def _split_validation(dataset: data.Dataset, size: int, seed: int,
+                      train_size: Optional[int] = None):
+  """Holds out ``size`` training examples (fixed by the seed) as a validation split.
+
+  With ``train_size``, training uses only that many of the other examples.
+  """
   size = min(size, len(dataset.train) // 10)
   order = np.random.default_rng([seed, 12345]).permutation(len(dataset.train))
+  train_order = order[size:] if train_size is None else order[size:size + train_size]
   take = lambda idx: data.Split(dataset.train.images[idx], dataset.train.labels[idx])
-  return dataclasses.replace(dataset, train=take(order[size:])), take(order[:size])
+  return dataclasses.replace(dataset, train=take(train_order)), take(order[:size])
 
 
 class Progress:
@@ -137,19 +153,39 @@ class Progress:
 
 
 def evaluate(eval_step, state, split, dataset, batch_size, shard):
-  """Logits ``[K, N, C]`` of a whole split (no example dropped)."""
+  """Logits ``[K, N, C]`` of a whole split (no example dropped; N may be 0)."""
   outs = []
   for images, labels, mask in data.eval_batches(split, dataset, batch_size):
     logits = eval_step(state, shard(images))
     outs.append(np.asarray(logits)[:, mask])
+  if not outs:
+    empty = jax.eval_shape(eval_step, state, jnp.zeros((batch_size, *dataset.image_shape)))
+    return np.zeros((empty.shape[0], 0, empty.shape[2]), np.float32)
   return np.concatenate(outs, axis=1)
 
 
-def main(argv=None):
-  config, args = parse_args(argv)
-  if args.distributed:
-    jax.distributed.initialize()
-  workdir = pathlib.Path(args.workdir)
+def train_and_evaluate(config: Config, workdir: str | os.PathLike, *,
+                       data_dir: str = data.DEFAULT_DATA_DIR, source_dir: Optional[str] = None,
+                       checkpoint_every: int = 200) -> dict:
+  """Trains (or resumes) one run in ``workdir`` and returns its results.
+
+  Args:
+    config: what determines the results (stored in ``workdir/config.json``;
+      resuming with another config is refused).
+    workdir: checkpoints, ``metrics.jsonl``, ``results.json`` and a plot.
+    data_dir: where the prepared TFDS files live.
+    source_dir: a directory with the dataset's raw files.
+    checkpoint_every: steps between checkpoints (also saved at every epoch end).
+
+  Returns:
+    The dict written to ``results.json``.
+
+  Raises:
+    Diverged: the loss became NaN or infinite.
+    SystemExit: a bad configuration or a dataset that cannot be found, with
+      the message to show.
+  """
+  workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   checkpoint.check_config(workdir, dataclasses.asdict(config))
 
@@ -165,10 +201,11 @@ def main(argv=None):
     return jax.make_array_from_process_local_data(batch_sharding, local)
 
   try:
-    dataset = data.load(config.dataset, args.data_dir, args.source_dir)
+    dataset = data.load(config.dataset, data_dir, source_dir)
   except data.DatasetUnavailableError as e:
     raise SystemExit(f'error: {e}') from None
-  dataset, validation = _split_validation(dataset, config.validation_size, config.seed)
+  dataset, validation = _split_validation(dataset, config.validation_size, config.seed,
+                                          config.train_size)
   augmentation = config.augment if config.augment is not None else config.dataset.startswith('cifar')
   steps_per_epoch = data.num_train_batches(dataset, config.batch_size)
   if config.max_steps_per_epoch:
@@ -189,6 +226,9 @@ def main(argv=None):
                        donate_argnums=0)
   eval_step = jax.jit(lambda s, x: network.apply({'params': s.params, 'batch_stats': s.batch_stats}, x))
 
+  def logits_of(split):
+    return evaluate(eval_step, state, split, dataset, config.batch_size, shard)
+
   manager = checkpoint.Manager(workdir / 'checkpoints')
   state, step = manager.restore_latest(state)
   if step:
@@ -197,7 +237,7 @@ def main(argv=None):
   process = (jax.process_index(), jax.process_count())
 
   start_epoch = step // steps_per_epoch
-  test_logits = None  # the last epoch's evaluation is the final one
+  val_logits = None  # the last epoch's evaluation is the final one
   for epoch in range(start_epoch, config.epochs):
     skip = step - epoch * steps_per_epoch
     progress = Progress(steps_per_epoch, f'epoch {epoch + 1}/{config.epochs}')
@@ -222,31 +262,46 @@ def main(argv=None):
             'Lower --learning_rate and run again with a fresh --workdir.', step)
       losses.append(np.asarray(metrics['exit_losses']))
       progress.update(i + 1, loss, images_seen)
-      if step % args.checkpoint_every == 0:
+      if step % checkpoint_every == 0:
         manager.save(step, state)
     progress.close()
     manager.save(step, state)
     seconds = time.perf_counter() - epoch_start
-    test_logits = evaluate(eval_step, state, dataset.test, dataset, config.batch_size, shard)
-    accuracy = aj.exit_accuracy(jnp.asarray(test_logits), jnp.asarray(dataset.test.labels))
-    report.append_metrics(workdir, {
-        'epoch': epoch + 1, 'step': step,
-        'train_exit_losses': np.mean(losses, 0).tolist() if losses else None,
-        'test_accuracy': accuracy.tolist(), 'seconds': seconds,
-        'images_per_second': images_seen / seconds})
-    print(f'epoch {epoch + 1}: test accuracy per exit '
-          + ' '.join(f'{a:.4f}' for a in accuracy), file=sys.stderr, flush=True)
+    last = epoch + 1 == config.epochs
+    record = {'epoch': epoch + 1, 'step': step,
+              'train_exit_losses': np.mean(losses, 0).tolist() if losses else None,
+              'seconds': seconds, 'images_per_second': images_seen / seconds}
+    if last or (config.eval_every and (epoch + 1) % config.eval_every == 0):
+      val_logits = logits_of(validation)
+      accuracy = aj.exit_accuracy(jnp.asarray(val_logits), jnp.asarray(validation.labels))
+      record['validation_accuracy'] = accuracy.tolist()
+      print(f'epoch {epoch + 1}: validation accuracy per exit '
+            + ' '.join(f'{a:.4f}' for a in accuracy), file=sys.stderr, flush=True)
+    report.append_metrics(workdir, record)
 
   flops = aj.exit_flops(network, {'params': state.params, 'batch_stats': state.batch_stats},
                         example)
-  if test_logits is None:  # resumed after the last epoch had finished
-    test_logits = evaluate(eval_step, state, dataset.test, dataset, config.batch_size, shard)
-  val_logits = evaluate(eval_step, state, validation, dataset, config.batch_size, shard)
-  results = report.results(config, network, state, flops, test_logits, dataset.test.labels,
-                           val_logits, validation.labels, workdir)
+  if val_logits is None:  # resumed after the last epoch had finished
+    val_logits = logits_of(validation)
+  results = report.results(config, network, state, flops, logits_of(dataset.test),
+                           dataset.test.labels, val_logits, validation.labels, workdir)
   if jax.process_index() == 0:
     report.write_results(workdir, results)
     report.plot(workdir, results)
+  return results
+
+
+def main(argv=None):
+  """Parses flags, trains, prints the per-exit table; a divergence exits with its message."""
+  config, args = parse_args(argv)
+  if args.distributed:
+    jax.distributed.initialize()
+  try:
+    results = train_and_evaluate(config, args.workdir, data_dir=args.data_dir,
+                                 source_dir=args.source_dir,
+                                 checkpoint_every=args.checkpoint_every)
+  except Diverged as e:
+    raise SystemExit(str(e)) from None
   print(report.table(results))
   return results
 

@@ -180,12 +180,43 @@ def test_exit_accuracy_and_budgeted_curve():
   curve = aj.budgeted_batch_curve(logits[:, :200], labels[:200], logits[:, 200:], labels[200:], flops)
   assert curve[0]['flops'] >= 1.0 and curve[-1]['flops'] <= 4.0
   assert curve[-1]['flops'] > curve[0]['flops']
-  # Confidence separates right from wrong here, so early exit beats the last
-  # exit's accuracy at a lower average cost somewhere on the curve.
+  # The margin separates right from wrong here (3..4 against 1..2), so a budget
+  # that sends most samples out early is both cheaper and more accurate than
+  # the last exit alone; broken calibration (or scores) would lose that.
   last = (logits[2, 200:].argmax(-1) == labels[200:]).mean()
-  assert max(p['accuracy'] for p in curve) >= last
+  assert any(p['flops'] < 3.0 and p['accuracy'] > last + 0.1 for p in curve)
   with pytest.raises(ValueError, match='FLOPs entries'):
     aj.budgeted_batch_curve(logits, labels, logits, labels, [1.0, 2.0])
+
+
+def test_margin_score_does_not_saturate_where_softmax_does():
+  logits = jnp.asarray([[[0.0, 30.0, 1.0], [0.0, 40.0, 2.0], [0.0, 0.5, 0.25]]])
+  softmax = np.exp([0.0, 0.5, 0.25]) / np.exp([0.0, 0.5, 0.25]).sum()
+  np.testing.assert_array_equal(aj.exit_scores(logits)[0, :2], [1.0, 1.0])
+  np.testing.assert_allclose(aj.exit_scores(logits)[0, 2], softmax.max(), rtol=1e-6)
+  np.testing.assert_allclose(aj.exit_scores(logits, 'margin'), [[29.0, 38.0, 0.25]])
+  with pytest.raises(ValueError, match="'softmax', 'margin'"):
+    aj.exit_scores(logits, 'entropy')
+
+
+def test_calibration_realises_the_target_exit_fractions_on_trained_logits():
+  # Logit gaps of 20-60, as a trained network gives: every softmax score is 1.0.
+  rng = np.random.default_rng(1)
+  n, num_exits = 1000, 4
+  logits = np.zeros((num_exits, n, 10), np.float32)
+  logits[:, np.arange(n), rng.integers(0, 10, n)] = rng.uniform(20, 60, (num_exits, n))
+  labels = logits[-1].argmax(-1)
+  assert np.all(np.asarray(aj.exit_scores(logits)) == 1.0)
+  curve = aj.budgeted_batch_curve(logits, labels, logits, labels, [1.0, 2.0, 4.0, 8.0])
+  for point in curve:
+    target = np.asarray(point['target_fractions'])
+    counts = np.round(target[:-1] * n)
+    expected = np.append(counts, n - counts.sum()) / n
+    np.testing.assert_allclose(point['validation_fractions'], expected, atol=1e-12)
+  saturated = aj.budgeted_batch_curve(logits, labels, logits, labels, [1.0, 2.0, 4.0, 8.0],
+                                      score='softmax')
+  assert any(not np.allclose(p['validation_fractions'], p['target_fractions'], atol=0.01)
+             for p in saturated)  # why the margin is the default
 
 
 def test_create_rejects_bad_input():

@@ -1,6 +1,7 @@
-"""The reproduction study's smoke mode, its resumption, and every optimizer of the trainer."""
+"""The study: pilot, rate sweeps, statistics, matched comparisons, and every trainer optimizer."""
 
 import json
+import math
 import pathlib
 import subprocess
 import sys
@@ -8,89 +9,173 @@ import sys
 import jax
 import numpy as np
 import pytest
+from scipy import stats as scipy_stats
 
 import anytime_jax as aj
 from anytime_jax import data, models
-from experiments import optimizers, reproduce, train
+from experiments import optimizers, pilot, reproduce, stats, study_runs, train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
+def test_statistics_against_hand_computed_values():
+  mean, std = stats.mean_std([[1.0, 10.0], [3.0, 10.0], [5.0, 10.0]])
+  np.testing.assert_allclose(mean, [3.0, 10.0])
+  np.testing.assert_allclose(std, [2.0, 0.0])  # ddof=1: sqrt(((-2)^2 + 0 + 2^2) / 2)
+  assert np.isnan(stats.mean_std([[1.0]])[1][0])
+  np.testing.assert_allclose(stats.paired_t([1.0, 2.0, 3.0]), 2.0 / (1.0 / np.sqrt(3)))
+  assert math.isnan(stats.paired_t([1.0])) and math.isnan(stats.paired_t([2.0, 2.0]))
+  np.testing.assert_allclose(stats.critical_t(3, 1), 4.302652729911275)  # t(0.975, 2 dof)
+  np.testing.assert_allclose(stats.critical_t(3, 10), scipy_stats.t.ppf(1 - 0.05 / 20, 2))
+  assert stats.critical_t(3, 10) > stats.critical_t(3, 1)
+
+
+def _results(val, test, mflops=(1.0, 4.0), params=(10, 30)):
+  exits = [{'exit': k + 1, 'flops': 1e6 * f, 'params': p, 'test_accuracy': t,
+            'validation_accuracy': val} for k, (f, p, t) in enumerate(zip(mflops, params, test))]
+  curve = [{'q': q, 'flops': 1e6 * (1 + q), 'accuracy': a} for q, a in ((0.5, 0.4), (2.0, 0.6))]
+  return {'exits': exits, 'budgeted_batch': curve, 'train_seconds': 1.0}
+
+
+def _write(workdir, results):
+  workdir.mkdir(parents=True, exist_ok=True)
+  (workdir / 'results.json').write_text(json.dumps(results))
+
+
+def _toy_study(**kwargs):
+  toy_pilot = pilot.Pilot('toy', train_size=None, epochs=(1,), models=('m', 'independent'),
+                          last_epoch_points=math.inf,
+                          doubling_points=math.inf, capacity_points=-math.inf)
+  return reproduce.Study(**{'pilot': toy_pilot, 'models': {'m': 2}, 'methods': ('sgd', 'osgd'),
+                            'learning_rates': (0.1, 0.2), 'seeds': (1, 2),
+                            'max_grid_extensions': 2, **kwargs})
+
+
+def test_the_sweep_grows_its_grid_until_the_chosen_rate_is_interior(tmp_path):
+  study = _toy_study()
+  write = lambda lr, val: _write(reproduce._run_dir(tmp_path, 'm', 'sgd', lr, 0),
+                                 _results(val, [0.5, 0.5]))
+  write(0.1, 0.5)
+  write(0.2, 0.7)
+  assert reproduce.sweep(study, None, tmp_path, 'm', 'sgd')['rate'] is None  # 0.4 is missing
+  write(0.4, 0.8)
+  assert reproduce.sweep(study, None, tmp_path, 'm', 'sgd')['rate'] is None  # and now 0.8
+  write(0.8, 0.6)
+  chosen = reproduce.sweep(study, None, tmp_path, 'm', 'sgd')
+  assert chosen['rate'] == 0.4 and not chosen['at_end']
+  assert sorted(chosen['scores']) == [0.1, 0.2, 0.4, 0.8]
+  capped = reproduce.sweep(_toy_study(max_grid_extensions=1), None, tmp_path, 'm', 'sgd')
+  assert capped['rate'] == 0.4 and capped['at_end']  # 0.4 is the last rate it may try
+
+
+def test_downward_growth_and_divergence_scoring_lowest(tmp_path):
+  study = _toy_study()
+  _write(reproduce._run_dir(tmp_path, 'm', 'osgd', 0.1, 0), _results(0.6, [0.5, 0.5]))
+  diverged = reproduce._run_dir(tmp_path, 'm', 'osgd', 0.2, 0)
+  diverged.mkdir(parents=True)
+  (diverged / 'diverged.json').write_text(json.dumps({'step': 3, 'message': 'nan'}))
+  assert reproduce.sweep(study, None, tmp_path, 'm', 'osgd')['rate'] is None  # 0.05 missing
+  _write(reproduce._run_dir(tmp_path, 'm', 'osgd', 0.05, 0), _results(0.5, [0.5, 0.5]))
+  chosen = reproduce.sweep(study, None, tmp_path, 'm', 'osgd')
+  assert chosen['rate'] == 0.1 and chosen['scores'][0.2] == -math.inf
+
+
+def test_run_trains_pilot_sweeps_and_seeds_once_each(tmp_path, monkeypatch):
+  study = _toy_study(max_grid_extensions=0)
+  calls = []
+
+  def fake_train(config, workdir, data_dir):
+    calls.append((config.model, config.optimizer, config.learning_rate, config.seed,
+                  config.epochs, config.eval_every))
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    if config.learning_rate == 0.2 and config.optimizer == 'osgd':
+      raise train.Diverged('error: the loss became nan at step 3', 3)
+    (workdir / 'metrics.jsonl').write_text(json.dumps(
+        {'epoch': 1, 'step': 1, 'validation_accuracy': [0.5, 0.6]}) + '\n')
+    score = 0.7 if config.learning_rate == 0.2 else 0.6
+    _write(workdir, _results(score, [0.5 + 0.01 * config.seed, 0.6]))
+
+  monkeypatch.setattr(train, 'train_and_evaluate', fake_train)
+  reproduce.run(study, tmp_path, '')
+  pilots = [c for c in calls if c[5] == 1]
+  assert [(c[0], c[1]) for c in pilots] == [('m', 'sgd'), ('independent', 'sgd')]
+  study_calls = [c for c in calls if c[5] == 0]
+  # Per model: each method's sweep on seed 0, then its reported seeds at the chosen rate.
+  assert [(c[0], c[1], c[2], c[3]) for c in study_calls] == [
+      ('m', 'sgd', 0.1, 0), ('m', 'sgd', 0.2, 0), ('m', 'sgd', 0.2, 1), ('m', 'sgd', 0.2, 2),
+      ('m', 'osgd', 0.1, 0), ('m', 'osgd', 0.2, 0), ('m', 'osgd', 0.1, 1), ('m', 'osgd', 0.1, 2),
+      ('independent', 'sgd', 0.1, 0), ('independent', 'sgd', 0.2, 0),
+      ('independent', 'sgd', 0.2, 1), ('independent', 'sgd', 0.2, 2)]
+  reproduce.run(study, tmp_path, '')
+  assert len(calls) == 2 + 12  # nothing retrained, the diverged run included
+  rows = reproduce.summarize(study, tmp_path)
+  assert rows['m/osgd']['learning_rate'] == 0.1 and rows['m/osgd']['seeds'] == [1, 2]
+  text = reproduce.report(study, tmp_path)
+  assert '| m | osgd − sgd | 2 |' in text and 'for the 1 comparisons' in text
+  for name in ('pilot.md', 'study.md', 'summary.json', 'learning_curves.png',
+               'accuracy_vs_flops.png', 'budgeted_batch.png'):
+    assert (tmp_path / name).exists()
+
+
+def test_matched_cost_compares_at_equal_flops_in_log_space():
+  a = {'mflops': [1.0, 4.0, 16.0], 'test': {1: [0.5, 0.7, 0.8]}}
+  b = {'mflops': [2.0, 8.0], 'test': {1: [0.6, 0.9]}}
+  m = reproduce.matched_cost(a, b)
+  assert m['mflops'] == [2.0, 4.0, 8.0]
+  # a at 2 MFLOPs: halfway (in log) from 1 to 4 -> 0.6; at 8: halfway 4 -> 16 -> 0.75.
+  # b at 4 MFLOPs: halfway from 2 to 8 -> 0.75.
+  np.testing.assert_allclose(m['diff'], [[0.6 - 0.6, 0.7 - 0.75, 0.75 - 0.9]])
+
+
+def test_pilot_chooses_the_shortest_length_meeting_every_criterion():
+  p = pilot.Pilot('toy', train_size=None, epochs=(4, 8, 16))
+  row = lambda last_epoch, doubling, capacity: {
+      'last_exit': 80.0, 'last_epoch_gain': last_epoch, 'doubling_gain': doubling,
+      'independent': [80.0, 80.0 + capacity], 'capacity_gain': capacity}
+  rows = {4: row(0.1, 1.2, 5.0), 8: row(0.1, 0.2, 2.0), 16: row(0.1, np.nan, 5.0)}
+  assert pilot.choose_epochs(p, rows)[0] is None  # 4: doubling; 8: capacity; 16: unmeasured
+  rows[8] = row(0.1, 0.2, 3.5)
+  epochs, why = pilot.choose_epochs(p, rows)
+  assert epochs == 8 and 'twice the epochs add +0.20' in why
+  rows[4] = row(0.5, 0.2, 5.0)
+  assert pilot.choose_epochs(p, rows)[0] == 8  # 4: its last epoch still adds 0.5
+
+
+def test_pilot_measures_its_criteria_from_learning_curves(tmp_path):
+  p = pilot.Pilot('toy', train_size=None, epochs=(2, 4))
+  for model, epochs, curve in [('nested_width', 2, [[0.5, 0.7], [0.6, 0.8]]),
+                               ('nested_width', 4, [[0.5, 0.7]] * 3 + [[0.6, 0.81]]),
+                               ('independent', 2, [[0.5, 0.7], [0.6, 0.75]]),
+                               ('independent', 4, [[0.5, 0.7]] * 4)]:
+    workdir = p.workdir(tmp_path, model, epochs)
+    workdir.mkdir(parents=True)
+    (workdir / 'metrics.jsonl').write_text(''.join(
+        json.dumps({'epoch': i + 1, 'validation_accuracy': a}) + '\n' for i, a in enumerate(curve)))
+  rows = pilot.measure(p, tmp_path)
+  np.testing.assert_allclose([rows[2]['last_epoch_gain'], rows[2]['doubling_gain'],
+                              rows[2]['capacity_gain']], [10.0, 1.0, 15.0])
+  np.testing.assert_allclose(rows[4]['last_epoch_gain'], 11.0)
+  assert np.isnan(rows[4]['doubling_gain'])
+
+
+@pytest.mark.slow
 def test_quick_study_runs_reports_and_skips_finished_runs(tmp_path):
   data.prepare('digits', str(tmp_path / 'tfds'))
   cmd = [sys.executable, '-m', 'experiments.reproduce', '--quick', '--out', str(tmp_path / 'out'),
          '--data_dir', str(tmp_path / 'tfds')]
-  first = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=900)
+  first = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=1200)
   assert first.returncode == 0, first.stderr[-3000:]
-  assert '| nested_width | osgd |' in first.stdout and '| independent | sgd |' in first.stdout
   summary = json.loads((tmp_path / 'out' / 'summary.json').read_text())
   assert set(summary) == {'nested_width/sgd', 'nested_width/osgd', 'branched/sgd',
                           'branched/osgd', 'independent/sgd'}
-  assert {r['learning_rate'] for r in summary.values()} == {0.1}  # the sweep model's rate
-  for name in ('study.md', 'accuracy_vs_flops.png', 'budgeted_batch.png'):
+  assert '| nested_width | osgd − sgd |' in first.stdout
+  for name in ('study.md', 'pilot.md', 'accuracy_vs_flops.png', 'budgeted_batch.png',
+               'learning_curves.png'):
     assert (tmp_path / 'out' / name).exists()
   again = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
   assert again.returncode == 0 and '==' not in again.stderr  # nothing retrained
   assert first.stdout.endswith(again.stdout)  # the same report, now without training
-
-
-def _write_run(out, model, method, lr, seed, val, test):
-  d = reproduce._run_dir(out, model, method, lr, seed)
-  d.mkdir(parents=True)
-  (d / 'results.json').write_text(json.dumps({'exits': [
-      {'flops': 1e6 * (k + 1), 'validation_accuracy': val, 'test_accuracy': test[k]}
-      for k in range(2)], 'budgeted_batch': []}))
-
-
-def test_paired_difference_and_rate_choice(tmp_path):
-  study = reproduce.Study('toy', {'m': 2, 'other': 2}, ('sgd', 'osgd'), (0, 1), (0.1, 0.2), 1, 1)
-  write = lambda *a: _write_run(tmp_path, 'm', *a)
-  write('sgd', 0.1, 0, 0.5, [0.5, 0.6]); write('sgd', 0.2, 0, 0.7, [0.6, 0.7])
-  write('sgd', 0.2, 1, 0.7, [0.62, 0.72])
-  write('osgd', 0.1, 0, 0.8, [0.7, 0.8]); write('osgd', 0.2, 0, 0.6, [0.1, 0.1])
-  write('osgd', 0.1, 1, 0.8, [0.66, 0.74])
-  _write_run(tmp_path, 'other', 'osgd', 0.1, 0, 0.0, [0.3, 0.4])  # at the sweep model's rate
-  _write_run(tmp_path, 'other', 'osgd', 0.2, 0, 0.9, [0.9, 0.9])  # not swept here: ignored
-  assert reproduce.best_rate(study, tmp_path, 'sgd') == 0.2
-  assert reproduce.best_rate(study, tmp_path, 'osgd') == 0.1
-  rows = reproduce.summarize(study, tmp_path)
-  np.testing.assert_allclose(rows['m/osgd']['mean'], [0.68, 0.77])
-  np.testing.assert_allclose(rows['other/osgd']['mean'], [0.3, 0.4])
-  assert 'other/sgd' not in rows  # nothing run yet
-  diff = reproduce.paired_difference(rows['m/osgd'], rows['m/sgd'])
-  np.testing.assert_allclose(diff['mean'], [(0.1 + 0.04) / 2, (0.1 + 0.02) / 2])
-  _write_run(tmp_path, 'other', 'sgd', 0.2, 0, 0.0, [0.5, 0.2])
-  pooled = reproduce.pooled_difference(study, reproduce.summarize(study, tmp_path), 'osgd')
-  per_pair = np.array([[0.1, 0.1, 0.1], [0.04, 0.02, 0.03], [-0.2, 0.2, 0.0]])  # first, last, mean
-  assert (pooled['models'], pooled['pairs']) == (2, 3)
-  np.testing.assert_allclose(pooled['mean'], per_pair.mean(0), atol=1e-12)
-  np.testing.assert_allclose(pooled['std'], per_pair.std(0), atol=1e-12)
-  mean_over_exits = per_pair[:, 2]
-  np.testing.assert_allclose(pooled['t'], mean_over_exits.mean() / (
-      mean_over_exits.std(ddof=1) / np.sqrt(3)))
-  reverse = reproduce.pooled_difference(study, reproduce.summarize(study, tmp_path), 'sgd', 'osgd')
-  np.testing.assert_allclose(reverse['mean'], -per_pair.mean(0), atol=1e-12)
-
-
-def test_a_diverged_run_is_recorded_scores_lowest_and_is_not_retried(tmp_path, monkeypatch):
-  study = reproduce.Study('toy', {'m': 2}, ('sgd',), (0, 1), (0.1, 0.2), 1, 1)
-  calls = []
-  def fake_main(argv):
-    calls.append(argv)
-    if argv[argv.index('--learning_rate') + 1] == '0.2':
-      raise train.Diverged('error: the loss became nan at step 3', 3)
-    arg = lambda name: argv[argv.index(name) + 1]
-    _write_run(tmp_path, arg('--model'), 'sgd', 0.1, int(arg('--seed')), 0.1, [0.2, 0.3])
-  monkeypatch.setattr(train, 'main', fake_main)
-  assert reproduce.run_cell(study, tmp_path, 'm', 'sgd', 0.2, 0, '') == {'diverged': 3}
-  reproduce.run_cell(study, tmp_path, 'm', 'sgd', 0.1, 0, '')
-  assert reproduce.best_rate(study, tmp_path, 'sgd') == 0.1  # despite its low score
-  reproduce.run(study, tmp_path, '')  # seed 1 at 0.1, then the independent networks
-  assert [(c[1], c[c.index('--seed') + 1]) for c in calls[2:]] == [
-      ('m', '1'), ('independent', '0'), ('independent', '1')]
-  reproduce.run(study, tmp_path, '')
-  assert len(calls) == 5  # nothing retried, the diverged run included
-  assert reproduce.summarize(study, tmp_path)['m/sgd']['seeds'] == [0, 1]
 
 
 @pytest.mark.parametrize('name', ['pcgrad', 'mgda', 'adaloss', 'osgd_exit_norm'])
@@ -107,15 +192,12 @@ def test_trainer_optimizers_take_a_step(name):
   assert np.all(np.isfinite(metrics['exit_losses'])) and int(state.step) == 3
 
 
-def test_cifar_study_runs_the_same_configurations_full_length(tmp_path, monkeypatch):
-  fmnist, cifar = reproduce.full_study(), reproduce.full_study('cifar100')
-  assert (cifar.models, cifar.methods, cifar.learning_rates) == (
-      fmnist.models, fmnist.methods, fmnist.learning_rates)
-  calls = []
-  monkeypatch.setattr(train, 'main', calls.append)
-  reproduce.run_cell(cifar, tmp_path, 'nested_both', 'osgd', 0.1, 2, 'data')
-  argv = dict(zip(calls[0][::2], calls[0][1::2]))
-  assert argv['--dataset'] == 'cifar100' and argv['--num_exits'] == '3'
-  assert int(argv['--epochs']) >= 100 and '--max_steps_per_epoch' not in argv
+def test_regime_builds_the_configs_every_run_shares():
+  regime = study_runs.Regime('fashion_mnist', epochs=10, train_size=1000)
+  config = regime.config('branched', 'osgd', 0.2, seed=3, num_exits=4)
+  assert (config.epochs, config.train_size, config.learning_rate, config.seed) == (10, 1000, 0.2, 3)
+  assert config.warmup_epochs == pytest.approx(0.5) and config.eval_every == 0
   with pytest.raises(ValueError, match='unknown dataset .*cifar10'):
     reproduce.full_study('cifar-10')
+  cifar = reproduce.full_study('cifar100')
+  assert cifar.pilot.train_size is None and min(cifar.pilot.epochs) >= 50

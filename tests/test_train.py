@@ -49,7 +49,23 @@ def test_end_to_end_on_digits(tmp_path, data_dir):
   assert results['budgeted_batch'] and results['images_per_second'] > 0
   metrics = [json.loads(l) for l in (workdir / 'metrics.jsonl').read_text().splitlines()]
   assert [m['epoch'] for m in metrics] == [1, 2]
+  assert all(len(m['validation_accuracy']) == 3 for m in metrics)  # --eval_every 1
   assert (workdir / 'accuracy_vs_flops.png').stat().st_size > 1000
+
+
+def test_train_and_evaluate_takes_a_config_and_a_workdir(tmp_path, data_dir):
+  config = train.Config(dataset='digits', batch_size=32, epochs=2, num_exits=2, train_size=100,
+                        eval_every=0, learning_rate=0.1, width=4)
+  results = train.train_and_evaluate(config, tmp_path / 'run', data_dir=data_dir)
+  assert results == json.loads((tmp_path / 'run' / 'results.json').read_text())
+  metrics = [json.loads(l) for l in (tmp_path / 'run' / 'metrics.jsonl').read_text().splitlines()]
+  assert [m['step'] for m in metrics] == [3, 6]  # 100 images: 3 batches of 32 per epoch
+  assert 'validation_accuracy' not in metrics[0]  # --eval_every 0: only at the end
+  assert metrics[1]['validation_accuracy'] == [e['validation_accuracy'] for e in results['exits']]
+  diverging = dataclasses.replace(config, learning_rate=1e30, epochs=1)
+  with pytest.raises(train.Diverged) as e:
+    train.train_and_evaluate(diverging, tmp_path / 'nan', data_dir=data_dir)
+  assert e.value.step >= 1 and 'the loss became' in str(e.value)
 
 
 def test_kill_and_resume_gives_the_same_results(tmp_path, data_dir):

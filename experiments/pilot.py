@@ -1,0 +1,145 @@
+"""The pilot that fixes a study's training length before the study spends its budget.
+
+A study can test the paper's claims only in a regime where (a) the summed-loss
+baseline has plateaued at its last exit and (b) capacity matters: the
+independent networks' accuracy rises clearly with their size. The pilot trains
+the summed-loss baseline (``nested_width``) and the independent networks with
+SGD at several lengths on the selection seed (never a reported seed), with the
+validation accuracy after every epoch, and :func:`choose_epochs` picks the
+shortest length that meets both criteria (and whose doubling adds little).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import pathlib
+from typing import Optional
+
+import numpy as np
+
+from experiments import study_runs
+
+
+@dataclasses.dataclass(frozen=True)
+class Pilot:
+  """Candidate lengths for one data regime, and the criteria they must meet."""
+  dataset: str
+  train_size: Optional[int]
+  epochs: tuple[int, ...]  # increasing; each ideally double the one before
+  models: tuple[str, ...] = ('nested_width', 'independent')
+  learning_rate: float = 0.1
+  seed: int = 0  # the selection seed
+  num_exits: int = 4
+  batch_size: int = 128
+  max_steps_per_epoch: Optional[int] = None
+  last_epoch_points: float = 0.3  # (a) the last epoch adds less than this (validation, last exit)
+  doubling_points: float = 0.5  # (a) and twice the epochs adds less than this
+  capacity_points: float = 3.0  # (b) largest minus smallest independent network at least this
+
+  def regime(self, epochs: int) -> study_runs.Regime:
+    return study_runs.Regime(self.dataset, epochs, self.train_size, self.batch_size,
+                             self.max_steps_per_epoch)
+
+  def workdir(self, out: pathlib.Path, model: str, epochs: int) -> pathlib.Path:
+    return out / 'pilot' / model / f'epochs{epochs}'
+
+
+def run(pilot: Pilot, out: pathlib.Path, data_dir: str) -> None:
+  for model in pilot.models:
+    for epochs in pilot.epochs:
+      config = pilot.regime(epochs).config(model, 'sgd', pilot.learning_rate, pilot.seed,
+                                           pilot.num_exits, eval_every=1)
+      study_runs.ensure(pilot.workdir(out, model, epochs), config, data_dir)
+
+
+def _validation(curve: list[dict]) -> np.ndarray:
+  """[epochs, K] validation accuracy after each epoch."""
+  return np.array([r['validation_accuracy'] for r in curve])
+
+
+def measure(pilot: Pilot, out: pathlib.Path) -> dict:
+  """Per length: the criteria's numbers, from the finished pilot runs (in points)."""
+  rows = {}
+  for epochs in pilot.epochs:
+    base = _validation(study_runs.learning_curve(pilot.workdir(out, pilot.models[0], epochs)))
+    ref = _validation(study_runs.learning_curve(pilot.workdir(out, pilot.models[1], epochs)))
+    if len(base) < epochs or len(ref) < epochs:
+      continue
+    rows[epochs] = {
+        'last_exit': 100 * base[-1, -1],
+        'last_epoch_gain': 100 * (base[-1, -1] - base[-2, -1]) if epochs > 1 else np.nan,
+        'independent': (100 * ref[-1]).tolist(),
+        'capacity_gain': 100 * (ref[-1, -1] - ref[-1, 0]),
+    }
+  for epochs, row in rows.items():
+    longer = [e for e in rows if e > epochs]
+    row['doubling_gain'] = (rows[min(longer)]['last_exit'] - row['last_exit']) if longer else np.nan
+  return rows
+
+
+def _below(value: float, bound: float) -> bool:
+  """``value < bound``; an unmeasured (NaN) value passes only an infinite bound."""
+  return bound == math.inf or value < bound
+
+
+def choose_epochs(pilot: Pilot, rows: dict) -> tuple[Optional[int], str]:
+  """The shortest length meeting every criterion, and why; None if none does.
+
+  The longest length has no doubling to compare with, so it can be chosen
+  only where that criterion is switched off.
+  """
+  for epochs, r in sorted(rows.items()):
+    if (_below(r['last_epoch_gain'], pilot.last_epoch_points)
+        and _below(r['doubling_gain'], pilot.doubling_points)
+        and not _below(r['capacity_gain'], pilot.capacity_points)):
+      return epochs, (f'{epochs} epochs: the last epoch adds {r["last_epoch_gain"]:+.2f} points '
+                      f'(< {pilot.last_epoch_points}), twice the epochs add '
+                      f'{r["doubling_gain"]:+.2f} (< {pilot.doubling_points}), and the largest '
+                      f'independent network is {r["capacity_gain"]:+.2f} points above the '
+                      f'smallest (>= {pilot.capacity_points}).')
+  return None, ('no pilot length meets every criterion: train longer, or change the regime '
+                '(see the table).')
+
+
+def markdown(pilot: Pilot, rows: dict) -> str:
+  chosen, why = choose_epochs(pilot, rows)
+  size = f'{pilot.train_size:,}' if pilot.train_size else 'all'
+  lines = [
+      f'Pilot on {pilot.dataset} (ours): {size} training images, SGD (summed losses), rate '
+      f'{pilot.learning_rate}, selection seed {pilot.seed}, validation accuracy (%) after the last '
+      f'epoch; `{pilot.models[0]}` is the baseline, `{pilot.models[1]}` the capacity check.', '',
+      f'| epochs | {pilot.models[0]} last exit | last epoch adds | twice the epochs add '
+      f'| {pilot.models[1]} per network | largest minus smallest |',
+      '|---|---|---|---|---|---|']
+  for epochs, r in sorted(rows.items()):
+    lines.append(f"| {epochs} | {r['last_exit']:.2f} | {r['last_epoch_gain']:+.2f} "
+                 f"| {r['doubling_gain']:+.2f} | {' / '.join(f'{a:.2f}' for a in r['independent'])} "
+                 f"| {r['capacity_gain']:+.2f} |")
+  lines += ['', f'Chosen: {why}' if chosen else f'Not decided: {why}']
+  return '\n'.join(lines) + '\n'
+
+
+def plot(pilot: Pilot, out: pathlib.Path, path: pathlib.Path) -> None:
+  """Validation accuracy per epoch of every pilot run: one panel per model."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, axes = plt.subplots(1, len(pilot.models), figsize=(5 * len(pilot.models), 3.6),
+                           squeeze=False)
+  for ax, model in zip(axes[0], pilot.models):
+    for epochs in pilot.epochs:
+      acc = _validation(study_runs.learning_curve(pilot.workdir(out, model, epochs)))
+      if len(acc):
+        for k in range(acc.shape[1]):
+          ax.plot(np.arange(1, len(acc) + 1), 100 * acc[:, k],
+                  color=f'C{pilot.epochs.index(epochs)}', alpha=0.4 + 0.6 * k / acc.shape[1],
+                  label=f'{epochs} epochs' if k == acc.shape[1] - 1 else None)
+    ax.set_title(f'{model} (SGD): every exit, validation')
+    ax.set_xlabel('epoch')
+    ax.grid(alpha=0.3)
+  axes[0][0].set_ylabel('validation accuracy (%)')
+  axes[0][0].legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)

@@ -1,0 +1,67 @@
+"""Runs of a study: the regime they share, where each lives, and its outcome.
+
+Every run is one :func:`experiments.train.train_and_evaluate` workdir; a
+finished run is read back, never retrained, an interrupted one resumes from its
+checkpoint, and a run whose loss diverged is recorded as such.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import sys
+from typing import Optional
+
+from experiments import train
+from experiments.checkpoint import atomic_write
+
+
+@dataclasses.dataclass(frozen=True)
+class Regime:
+  """What every run of a study shares: data, length and schedule."""
+  dataset: str
+  epochs: int
+  train_size: Optional[int] = None  # None: the whole training split less validation
+  batch_size: int = 128
+  max_steps_per_epoch: Optional[int] = None
+  warmup_fraction: float = 0.05  # of all steps, linear, then cosine decay
+
+  def config(self, model: str, method: str, learning_rate: float, seed: int, num_exits: int,
+             eval_every: int = 0) -> train.Config:
+    return train.Config(
+        model=model, optimizer=method, dataset=self.dataset, epochs=self.epochs,
+        batch_size=self.batch_size, learning_rate=learning_rate,
+        warmup_epochs=self.warmup_fraction * self.epochs, num_exits=num_exits,
+        train_size=self.train_size, max_steps_per_epoch=self.max_steps_per_epoch, seed=seed,
+        eval_every=eval_every)
+
+
+def outcome(workdir: pathlib.Path) -> Optional[dict]:
+  """The run's results, ``{'diverged': step}`` if its loss diverged, None if not run yet."""
+  if (workdir / 'results.json').exists():
+    return json.loads((workdir / 'results.json').read_text())
+  if (workdir / 'diverged.json').exists():
+    return {'diverged': json.loads((workdir / 'diverged.json').read_text())['step']}
+  return None
+
+
+def learning_curve(workdir: pathlib.Path) -> list[dict]:
+  """The run's per-epoch records (``metrics.jsonl``)."""
+  path = workdir / 'metrics.jsonl'
+  return [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
+
+
+def ensure(workdir: pathlib.Path, config: train.Config, data_dir: str) -> dict:
+  """Trains the run unless it has finished (or diverged) before; returns its outcome."""
+  done = outcome(workdir)
+  if done is not None:
+    return done
+  print(f'== {workdir}', file=sys.stderr, flush=True)
+  try:
+    train.train_and_evaluate(config, workdir, data_dir=data_dir)
+  except train.Diverged as e:
+    print(e, file=sys.stderr, flush=True)
+    workdir.mkdir(parents=True, exist_ok=True)
+    atomic_write(workdir / 'diverged.json', json.dumps({'step': e.step, 'message': str(e)}))
+  return outcome(workdir)
