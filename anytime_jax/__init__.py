@@ -26,11 +26,27 @@ from anytime_jax.training import TrainState
 from anytime_jax.training import create_train_state
 from anytime_jax.training import make_train_step
 from anytime_jax.training import summed_loss_gradient
+from anytime_jax.weightings import aligned_mtl
+from anytime_jax.weightings import cagrad
+from anytime_jax.weightings import dualproj
+from anytime_jax.weightings import gradvac
+from anytime_jax.weightings import gram_weighting
+from anytime_jax.weightings import imtl_g
+from anytime_jax.weightings import nash_mtl
+from anytime_jax.weightings import upgrad
 
 __version__ = '0.1.0'
 
 __all__ = [
     'EarlyExit',
+    'aligned_mtl',
+    'cagrad',
+    'dualproj',
+    'gradvac',
+    'gram_weighting',
+    'imtl_g',
+    'nash_mtl',
+    'upgrad',
     'adaloss',
     'mean_exits',
     'mgda',

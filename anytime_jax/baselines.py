@@ -9,48 +9,24 @@ linear combinations whose weights come from the ``[K, K]`` Gram matrix
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from anytime_jax import gram as gram_lib
-
-
-def _gram_weighting(weights_fn: Callable[..., jax.Array], granularity, *,
-                    init_state: Callable[[], NamedTuple] = optax.EmptyState,
-                    next_state: Optional[Callable] = None):
-  """A transformation summing exit gradients with Gram-derived weights.
-
-  ``weights_fn(gram [K, K], state) -> [K]`` runs once per group;
-  ``next_state(state, **extra_args)`` advances the state once per update.
-  """
-
-  def init_fn(params):
-    del params
-    return init_state()
-
-  def update_fn(updates, state, params=None, **extra_args):
-    _, ids, grams = gram_lib.exit_grams(updates, params, granularity)
-    weights = jax.vmap(lambda g: weights_fn(g, state))(grams)
-    if next_state is not None:
-      state = next_state(state, **extra_args)
-    return gram_lib.combine(updates, weights, ids), state
-
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+from anytime_jax.weightings import gram_weighting, min_norm_weights
 
 
 def sum_exits() -> optax.GradientTransformationExtraArgs:
   """The plain sum of the exit gradients: SGD on the summed losses."""
-  return _gram_weighting(lambda g, s: jnp.ones(g.shape[-1], g.dtype), 'global')
+  return gram_weighting(lambda g: jnp.ones(g.shape[-1], g.dtype))
 
 
 def mean_exits() -> optax.GradientTransformationExtraArgs:
   """The mean of the exit gradients: SGD on the averaged losses."""
-  return _gram_weighting(lambda g, s: jnp.full(g.shape[-1], 1.0 / g.shape[-1], g.dtype),
-                         'global')
+  return gram_weighting(lambda g: jnp.full(g.shape[-1], 1.0 / g.shape[-1], g.dtype))
 
 
 class PCGradState(NamedTuple):
@@ -90,40 +66,14 @@ def pcgrad(seed: int = 0, granularity: gram_lib.Granularity = 'global'
     granularity: as in :func:`anytime_jax.orthogonalize`; the paper uses the
       whole parameter vector (``'global'``).
   """
-  def weights(gram, state):
-    order = jax.random.permutation(state.key, gram.shape[-1])
-    return jnp.sum(pcgrad_coefficients(gram, order), axis=0)
+  def weighting(grams, state, **_):
+    key, use = jax.random.split(state.key)  # never draw from a key that is kept
+    order = jax.random.permutation(use, grams.shape[-1])
+    weights = jax.vmap(lambda g: jnp.sum(pcgrad_coefficients(g, order), axis=0))(grams)
+    return weights, PCGradState(key)
 
-  return _gram_weighting(weights, granularity,
-                         init_state=lambda: PCGradState(jax.random.key(seed)),
-                         next_state=lambda s, **_: PCGradState(jax.random.split(s.key)[0]))
-
-
-def project_to_simplex(v: jax.Array) -> jax.Array:
-  """Euclidean projection of ``v`` ``[K]`` onto the probability simplex (sort-based)."""
-  u = jnp.sort(v)[::-1]
-  cumulative = jnp.cumsum(u) - 1.0
-  index = jnp.arange(1, v.shape[-1] + 1, dtype=v.dtype)
-  rho = jnp.sum(u - cumulative / index > 0)
-  theta = cumulative[rho - 1] / rho.astype(v.dtype)
-  return jnp.maximum(v - theta, 0.0)
-
-
-def min_norm_weights(gram: jax.Array, iterations: int = 200) -> jax.Array:
-  """The point of the simplex minimizing ``a^T G a``: accelerated projected gradient (FISTA)."""
-  num_exits = gram.shape[-1]
-  scale = jnp.maximum(jnp.trace(gram), jnp.finfo(gram.dtype).tiny)
-  g = gram / scale  # eigenvalues now in [0, 1]: step 1/L with L = 2 works
-  start = jnp.full(num_exits, 1.0 / num_exits, gram.dtype)
-
-  def step(t, carry):
-    a, y, momentum = carry
-    a_next = project_to_simplex(y - (g @ y))
-    momentum_next = (1 + jnp.sqrt(1 + 4 * momentum ** 2)) / 2
-    y = a_next + (momentum - 1) / momentum_next * (a_next - a)
-    return a_next, y, momentum_next
-
-  return jax.lax.fori_loop(0, iterations, step, (start, start, jnp.ones((), gram.dtype)))[0]
+  return gram_weighting(weighting, granularity=granularity,
+                        init_state=lambda groups: PCGradState(jax.random.key(seed)))
 
 
 def mgda(iterations: int = 200, granularity: gram_lib.Granularity = 'global'
@@ -135,7 +85,7 @@ def mgda(iterations: int = 200, granularity: gram_lib.Granularity = 'global'
   projected gradient on the Gram matrix (any K). Its norm is at most that of the smallest
   gradient, so MGDA wants a larger learning rate than the summed loss.
   """
-  return _gram_weighting(lambda g, s: min_norm_weights(g, iterations), granularity)
+  return gram_weighting(lambda g: min_norm_weights(g, iterations), granularity=granularity)
 
 
 class AdaLossState(NamedTuple):
@@ -154,20 +104,16 @@ def adaloss(num_exits: int, decay: float = 0.9, eps: float = 1e-8
   ``tx.update(jac, state, params, losses=losses)`` (``[K]``); the average uses
   the losses up to the previous step.
   """
-  def weights(gram, state):
-    inverse = 1.0 / (state.average + eps)
-    w = jnp.where(state.count > 0, inverse / jnp.sum(inverse) * num_exits, 1.0)
-    return w.astype(gram.dtype)
-
-  def next_state(state, losses=None, **_):
+  def weighting(grams, state, losses=None, **_):
     if losses is None or jnp.shape(losses) != (num_exits,):
       raise ValueError(f'adaloss needs the [{num_exits}] per-exit losses: call '
                        'tx.update(jac, state, params, losses=losses).')
+    inverse = 1.0 / (state.average + eps)
+    w = jnp.where(state.count > 0, inverse / jnp.sum(inverse) * num_exits, 1.0)
     losses = jnp.asarray(losses, jnp.float32)
     average = jnp.where(state.count > 0, decay * state.average + (1 - decay) * losses, losses)
-    return AdaLossState(average, state.count + 1)
+    return jnp.broadcast_to(w, grams.shape[:2]), AdaLossState(average, state.count + 1)
 
-  return _gram_weighting(weights, 'global',
-                         init_state=lambda: AdaLossState(jnp.zeros(num_exits, jnp.float32),
-                                                         jnp.zeros((), jnp.int32)),
-                         next_state=next_state)
+  return gram_weighting(weighting,
+                        init_state=lambda groups: AdaLossState(jnp.zeros(num_exits, jnp.float32),
+                                                               jnp.zeros((), jnp.int32)))

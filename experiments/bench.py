@@ -3,6 +3,7 @@
   python -m experiments.bench [--models a,b] [--batch_size 64] [--repeats 15] [--json PATH]
   python -m experiments.bench --quick          # under a minute
   python -m experiments.bench --breakdown      # where a training step's time goes
+  python -m experiments.bench --methods        # every exit-gradient combination's cost
 
 Every timing is the median over repetitions run round-robin (one of each path
 in turn, so that machine noise hits them alike), reported as a ratio to the
@@ -24,6 +25,7 @@ import optax
 import anytime_jax as aj
 from anytime_jax import conv, data, models
 from anytime_jax.losses import exit_cross_entropy
+from experiments import optimizers
 from anytime_jax.staged import staged_exit_jacobian
 from anytime_jax.training import (create_train_state, make_train_step, summed_loss_gradient,
                                   vmapped_exit_jacobian)
@@ -187,6 +189,33 @@ def breakdown_model(name: str, batch_size: int, repeats: int, shape=(28, 28, 1),
   return {'model': name, 'batch_size': batch_size, 'pipeline': pipeline, 'parts': parts}
 
 
+def bench_methods(name: str, batch_size: int, repeats: int, shape=(28, 28, 1), width=None) -> dict:
+  """Each combination's update on one step's per-exit gradients, against computing them."""
+  network, x, y, variables = _example(name, batch_size, shape, width)
+  staged = jax.jit(lambda v: staged_exit_jacobian(network, v, x, y))
+  jac, losses, _ = staged(variables)
+  params = variables['params']
+  programs = {'per_exit_gradients': lambda: staged(variables)}
+  for method, make in optimizers.PER_EXIT.items():
+    head = make(network.num_exits)
+    update = jax.jit(lambda j, s, head=head: head.update(j, s, params, losses=losses)[0])
+    programs[method] = lambda u=update, s=head.init(params): u(jac, s)
+  t = _time_round_robin(programs, repeats)
+  base = t.pop('per_exit_gradients')
+  return {'model': name, 'batch_size': batch_size, 'per_exit_gradients': base,
+          'methods': {m: {'seconds': sec, 'over_gradients': sec / base} for m, sec in t.items()}}
+
+
+def format_methods(rows: list[dict]) -> str:
+  lines = ['| model | method | update ms | / per-exit gradients |', '|---|---|---|---|']
+  for r in rows:
+    lines.append(f"| {r['model']} | (per-exit gradients) | {1e3 * r['per_exit_gradients']:.1f} "
+                 '| 100% |')
+    lines += [f"| {r['model']} | {method} | {1e3 * m['seconds']:.2f} "
+              f"| {100 * m['over_gradients']:.1f}% |" for method, m in r['methods'].items()]
+  return '\n'.join(lines)
+
+
 def format_breakdown(rows: list[dict]) -> str:
   lines = [
       '| model | conv weight gradient | forward ms | input grads ms | weight grads ms '
@@ -236,6 +265,8 @@ def main(argv=None):
                       help='how convolutions compute their weight gradient')
   parser.add_argument('--breakdown', action='store_true',
                       help='where an OSGD step\'s time goes, for every conv weight gradient')
+  parser.add_argument('--methods', action='store_true',
+                      help='the cost of every exit-gradient combination\'s update')
   args = parser.parse_args(argv)
   names = args.models.split(',')
   if args.quick:
@@ -246,7 +277,10 @@ def main(argv=None):
   print(f'{jax.devices()[0].platform} x{jax.device_count()}, jax {jax.__version__}; '
         f'batch {args.batch_size}, median of {args.repeats}; ratios to the summed-loss '
         'gradient in the same run', flush=True)
-  if args.breakdown:
+  if args.methods:
+    measure = lambda name: bench_methods(name, args.batch_size, args.repeats, width=args.width)
+    fmt, rows_per_model = format_methods, 1 + len(optimizers.PER_EXIT)
+  elif args.breakdown:
     measure = lambda name: breakdown_model(name, args.batch_size, args.repeats, width=args.width)
     fmt, rows_per_model = format_breakdown, len(conv.WEIGHT_GRADIENTS)
   else:

@@ -7,7 +7,7 @@ import optax
 import anytime_jax as aj
 
 # Per-exit combinations (each followed by the same SGD), by name; K is the number of exits.
-_PER_EXIT = {
+PER_EXIT = {
     'osgd': lambda k: aj.orthogonalize(),
     'osgd_global': lambda k: aj.orthogonalize(granularity='global'),
     'osgd_exit_norm': lambda k: aj.orthogonalize(rescale='exit_norm'),
@@ -15,9 +15,16 @@ _PER_EXIT = {
     'pcgrad': lambda k: aj.pcgrad(),
     'mgda': lambda k: aj.mgda(),
     'adaloss': lambda k: aj.adaloss(k),
+    'upgrad': lambda k: aj.upgrad(),
+    'dualproj': lambda k: aj.dualproj(),
+    'cagrad': lambda k: aj.cagrad(),
+    'imtl_g': lambda k: aj.imtl_g(),
+    'aligned_mtl': lambda k: aj.aligned_mtl(),
+    'gradvac': lambda k: aj.gradvac(k),
+    'nash_mtl': lambda k: aj.nash_mtl(),
 }
 _SUMMED = {'sgd': 'sum', 'sgd_mean': 'mean'}
-OPTIMIZERS = tuple(_PER_EXIT) + tuple(_SUMMED)
+OPTIMIZERS = tuple(PER_EXIT) + tuple(_SUMMED)
 
 
 def schedule(config, total_steps: int, steps_per_epoch: int) -> optax.Schedule:
@@ -35,8 +42,8 @@ def make(name: str, config, total_steps: int, steps_per_epoch: int):
   """
   lr = schedule(config, total_steps, steps_per_epoch)
   tail = aj.sgd_tail(lr, config.momentum, weight_decay=config.weight_decay)
-  if name in _PER_EXIT:
-    return optax.chain(_PER_EXIT[name](config.num_exits), tail), True
+  if name in PER_EXIT:
+    return optax.chain(PER_EXIT[name](config.num_exits), tail), True
   if name in _SUMMED:
     return tail, False
   raise ValueError(f'Unknown optimizer {name!r}; choose one of {", ".join(OPTIMIZERS)}.')

@@ -3,7 +3,6 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 import anytime_jax as aj
@@ -93,19 +92,3 @@ def test_adaloss_weights_by_inverse_running_loss():
   np.testing.assert_allclose(state.average, average)
   with pytest.raises(ValueError, match='per-exit losses'):
     tx.update(grads, state, None)
-
-
-@pytest.mark.parametrize('make', [aj.sum_exits, aj.mean_exits, aj.pcgrad, aj.mgda,
-                                  lambda: aj.adaloss(4)], ids=['sum', 'mean', 'pcgrad', 'mgda', 'adaloss'])
-def test_chain_under_jit_with_bfloat16(make):
-  params = {'w': jnp.zeros((3, 2)), 'b': jnp.zeros(2)}
-  jac = jax.tree.map(lambda p: jnp.asarray(np.random.default_rng(0).normal(size=(4, *p.shape)),
-                                           jnp.bfloat16), params)
-  head = make()
-  combined, _ = jax.jit(head.update)(jac, head.init(params), params, losses=jnp.ones(4))
-  assert all(u.dtype == jnp.bfloat16 for u in jax.tree.leaves(combined))
-  tx = optax.chain(make(), optax.sgd(0.1, momentum=0.9))
-  updates, _ = jax.jit(tx.update)(jac, tx.init(params), params, losses=jnp.ones(4))
-  assert all(np.all(np.isfinite(np.float32(u))) for u in jax.tree.leaves(updates))
-  with pytest.raises(ValueError, match='number of exits|exit axis'):
-    tx.update(jax.tree.map(lambda j: j[0], jac), tx.init(params), params, losses=jnp.ones(4))
