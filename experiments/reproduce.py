@@ -3,6 +3,7 @@
   python -m experiments.reproduce                 # pilot, sweeps, seeds; resumable
   python -m experiments.reproduce --quick         # the same pipeline on digits, minutes (CI)
   python -m experiments.reproduce --report_only   # tables and plots from the finished runs
+  python -m experiments.reproduce --screen        # every method, short runs, one seed
 
 Protocol:
 
@@ -38,7 +39,7 @@ import jax
 import numpy as np
 
 from experiments import pilot as pilot_lib
-from experiments import stats, study_runs, train
+from experiments import optimizers, stats, study_runs, train
 from experiments.checkpoint import atomic_write
 
 REFERENCE = 'independent'  # the non-anytime networks, trained with summed-loss SGD
@@ -98,6 +99,59 @@ def quick_study() -> Study:
                             doubling_points=math.inf, capacity_points=-math.inf),
       models={'nested_width': 3, 'branched': 3}, methods=('sgd', 'osgd'),
       learning_rates=(0.1,), seeds=(1,), max_grid_extensions=0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Screen:
+  """Every method of the trainer on one model, short runs at a few rates, one seed.
+
+  Cheap evidence for choosing which methods earn a place in the study; its
+  ranking is of short runs, where step length weighs heavily.
+  """
+  regime: study_runs.Regime
+  model: str = 'nested_width'
+  num_exits: int = 4
+  learning_rates: tuple = (0.05, 0.1, 0.2)
+  seed: int = 0
+  methods: tuple = optimizers.OPTIMIZERS
+
+
+def full_screen() -> Screen:
+  return Screen(study_runs.Regime('fashion_mnist', epochs=1, train_size=10_000))
+
+
+def quick_screen() -> Screen:
+  return Screen(study_runs.Regime('digits', epochs=1, batch_size=32, max_steps_per_epoch=6),
+                num_exits=3, learning_rates=(0.1,), methods=('sgd', 'osgd', 'upgrad'))
+
+
+def screen(spec: Screen, out: pathlib.Path, data_dir: str, train_missing: bool) -> str:
+  """Runs (or reads) the screening and returns its table; writes ``screen.md``."""
+  lines = [f'Screening (ours): `{spec.model}` on {spec.regime.dataset}, '
+           f'{spec.regime.train_size or "all"} training images, {spec.regime.epochs} epoch(s), '
+           f'seed {spec.seed}, best of rates {list(spec.learning_rates)} by validation accuracy '
+           '(mean over exits); short runs rank step lengths as much as directions.', '',
+           '| method | rate | validation, mean over exits | test accuracy per exit |',
+           '|---|---|---|---|']
+  for method in spec.methods:
+    outcomes = {}
+    for lr in spec.learning_rates:
+      workdir = out / 'screen' / method / f'lr{lr:g}'
+      config = spec.regime.config(spec.model, method, lr, spec.seed, spec.num_exits)
+      outcomes[lr] = (study_runs.ensure(workdir, config, data_dir) if train_missing
+                      else study_runs.outcome(workdir))
+    if any(o is None for o in outcomes.values()):
+      continue
+    best = max(outcomes, key=lambda lr: _score(outcomes[lr]))
+    if 'diverged' in outcomes[best]:
+      lines.append(f'| {method} | all diverged | | |')
+      continue
+    exits = outcomes[best]['exits']
+    lines.append(f'| {method} | {best:g} | {100 * _score(outcomes[best]):.2f} | '
+                 + ' / '.join(f"{100 * e['test_accuracy']:.2f}" for e in exits) + ' |')
+  text = '\n'.join(lines) + '\n'
+  atomic_write(out / 'screen.md', text)
+  return text
 
 
 def regime(study: Study, out: pathlib.Path) -> Optional[study_runs.Regime]:
@@ -414,6 +468,8 @@ def main(argv=None):
   parser.add_argument('--data_dir', default=train.data.DEFAULT_DATA_DIR)
   parser.add_argument('--quick', action='store_true', help='the same pipeline on digits, minutes')
   parser.add_argument('--report_only', action='store_true')
+  parser.add_argument('--screen', action='store_true',
+                      help='only the screening of every method (short runs, one seed)')
   args = parser.parse_args(argv)
   study = quick_study() if args.quick else full_study(args.dataset)
   default_out = ('results/quick' if args.quick else
@@ -425,6 +481,10 @@ def main(argv=None):
     # the first run's compiled programs from this on-disk cache.
     jax.config.update('jax_compilation_cache_dir',
                       str(pathlib.Path(args.data_dir) / 'xla_cache'))
+  if args.screen:
+    spec = quick_screen() if args.quick else full_screen()
+    print(screen(spec, out, args.data_dir, train_missing=not args.report_only))
+    return
   if not args.report_only:
     run(study, out, args.data_dir)
   print(report(study, out))
