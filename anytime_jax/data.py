@@ -25,6 +25,7 @@ import pathlib
 import pickle
 import tarfile
 import urllib.request
+import zlib
 from collections.abc import Iterator
 from typing import Optional
 
@@ -172,7 +173,7 @@ def _raw_examples(name: str, source_dir: Optional[str], download_dir: pathlib.Pa
       raise DatasetUnavailableError(
           f'fashion_mnist: the files are not in {where} ({"; ".join(errors) or "no download tried"}). '
           f'To get them: {HOW_TO_GET[name]}.')
-    read = lambda key: read_idx(found / _FASHION_FILES[key])
+    read = lambda key: _readable(name, found / _FASHION_FILES[key], read_idx)
     return {s: (read(f'{s}_images')[..., None], read(f'{s}_labels')) for s in ('train', 'test')}
   archive, url = _CIFAR[name]
   found = _find([archive], [source_dir] if source_dir else [str(download_dir)])
@@ -185,7 +186,18 @@ def _raw_examples(name: str, source_dir: Optional[str], download_dir: pathlib.Pa
     raise DatasetUnavailableError(
         f'{name}: {archive} is not in {source_dir or download_dir} '
         f'({"; ".join(errors) or "no download tried"}). To get it: {HOW_TO_GET[name]}.')
-  return read_cifar_archive(found / archive, name)
+  return _readable(name, found / archive, lambda path: read_cifar_archive(path, name))
+
+
+def _readable(name: str, path: pathlib.Path, reader):
+  """``reader(path)``, or a :class:`DatasetUnavailableError` naming the file and the fix."""
+  try:
+    return reader(path)
+  except (OSError, EOFError, ValueError, KeyError, pickle.UnpicklingError, tarfile.TarError,
+          zlib.error) as e:
+    raise DatasetUnavailableError(
+        f'{name}: {path} is truncated or corrupt ({type(e).__name__}: {e}). Replace it: '
+        f'{HOW_TO_GET[name]}.') from e
 
 
 # ----- TFDS builders (array_record, no TensorFlow) -----

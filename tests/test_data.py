@@ -115,6 +115,38 @@ def test_corrupt_idx_is_rejected(tmp_path):
     data.read_idx(tmp_path / 'bad.gz')
 
 
+@pytest.mark.parametrize('damage', ['truncated', 'not_gzip', 'cut_gzip'])
+def test_damaged_fashion_mnist_fails_in_seconds_naming_the_file_then_recovers(tmp_path, damage):
+  src = tmp_path / 'src'
+  src.mkdir()
+  write_fashion_mnist(src)
+  victim = src / data._FASHION_FILES['train_images']
+  good = victim.read_bytes()
+  if damage == 'truncated':  # a valid gzip of an IDX file cut short
+    victim.write_bytes(gzip.compress(gzip.decompress(good)[:1000]))
+  elif damage == 'not_gzip':
+    victim.write_bytes(b'<html>404 not found</html>')
+  else:  # the download stopped half way
+    victim.write_bytes(good[:len(good) // 2])
+  start = time.perf_counter()
+  with pytest.raises(data.DatasetUnavailableError,
+                     match=f'{victim.name} is truncated or corrupt.*Replace it'):
+    data.load('fashion_mnist', data_dir=str(tmp_path / 'tfds'), source_dir=str(src))
+  assert time.perf_counter() - start < 30
+  victim.write_bytes(good)  # the fix the message names works, in the same data_dir
+  assert len(data.load('fashion_mnist', data_dir=str(tmp_path / 'tfds'),
+                       source_dir=str(src)).train) == 30
+
+
+def test_damaged_cifar_archive_names_the_file(tmp_path):
+  write_cifar(tmp_path, 'cifar10')
+  archive = tmp_path / data._CIFAR['cifar10'][0]
+  archive.write_bytes(archive.read_bytes()[:200])
+  with pytest.raises(data.DatasetUnavailableError, match='cifar-10-python.tar.gz is truncated or '
+                     'corrupt.*cifar.html'):
+    data.load('cifar10', data_dir=str(tmp_path / 'tfds'), source_dir=str(tmp_path))
+
+
 def _toy_dataset(n=50):
   images = np.arange(n * 4 * 4, dtype=np.uint8).reshape(n, 4, 4, 1)
   split = data.Split(images, np.arange(n, dtype=np.int32) % 10)

@@ -216,22 +216,32 @@ def test_inject_hyperparams():
       learning_rate=0.1, weight_decay=1e-3, eps=1e-5, num_exits=4, diagnostics=True)
   state = tx.init(params)
   updates, state = jax.jit(tx.update)(jac, state, params)
-  state.hyperparams['learning_rate'] = jnp.asarray(0.05)
-  halved, _ = jax.jit(tx.update)(jac, tx.init(params), params)
   plain = aj.osgd(0.1, weight_decay=1e-3)
   want, _ = plain.update(jac, plain.init(params), params)
   for u, w in zip(jax.tree.leaves(updates), jax.tree.leaves(want)):
     np.testing.assert_allclose(u, w, rtol=1e-5, atol=1e-7)
-  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(halved))
+  # The injected rate is the one used: halve it in a fresh state and the step halves.
+  fresh = tx.init(params)
+  fresh.hyperparams['learning_rate'] = jnp.asarray(0.05)
+  halved, _ = jax.jit(tx.update)(jac, fresh, params)
+  for h, w in zip(jax.tree.leaves(halved), jax.tree.leaves(want)):
+    np.testing.assert_allclose(h, 0.5 * w, rtol=1e-5, atol=1e-8)
 
 
 def test_osgd_weight_decay_is_decoupled_and_not_projected():
   params, jac = _problem(jnp.float32)
+  lr, momentum, decay = 0.1, 0.9, 0.01
+  tx = aj.osgd(lr, momentum=momentum, weight_decay=decay)
+  direction, _ = aj.orthogonalize().update(jac, optax.EmptyState(), params)
+  first, state = tx.update(jac, tx.init(params), params)
   zero_jac = jax.tree.map(jnp.zeros_like, jac)
-  tx = aj.osgd(0.1, momentum=0.9, weight_decay=0.01)
-  updates, _ = tx.update(zero_jac, tx.init(params), params)
-  for u, p in zip(jax.tree.leaves(updates), jax.tree.leaves(params)):
-    np.testing.assert_allclose(u, -0.1 * 0.01 * p, rtol=1e-6)
+  second, _ = tx.update(zero_jac, state, params)
+  # Decoupled: the decay joins after momentum, so the second step's momentum carries only
+  # the first direction; decay inside momentum would add momentum * decay * p to it.
+  for u1, u2, d, p in zip(jax.tree.leaves(first), jax.tree.leaves(second),
+                          jax.tree.leaves(direction), jax.tree.leaves(params)):
+    np.testing.assert_allclose(u1, -lr * (d + decay * p), rtol=1e-5, atol=1e-8)
+    np.testing.assert_allclose(u2, -lr * (momentum * d + decay * p), rtol=1e-5, atol=1e-8)
 
 
 def test_osgd_equals_manual_chain_with_nesterov_and_schedule():

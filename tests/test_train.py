@@ -10,6 +10,7 @@ import sys
 import textwrap
 import time
 
+import numpy as np
 import pytest
 
 from anytime_jax import data
@@ -188,3 +189,18 @@ def test_end_to_end_on_fashion_mnist(tmp_path):
   results = json.loads((tmp_path / 'run' / 'results.json').read_text())
   assert results['config']['dataset'] == 'fashion_mnist'
   assert max(e['test_accuracy'] for e in results['exits']) > 0.3, out.stdout  # chance: 0.1
+
+
+def test_validation_is_held_out_of_training_and_train_size_takes_from_the_rest():
+  n = 200
+  images = np.arange(n, dtype=np.uint8).reshape(n, 1, 1, 1)  # every image unique
+  split = data.Split(images, np.arange(n, dtype=np.int32) % 10)
+  dataset = data.Dataset('toy', split, split, 10, np.zeros(1, np.float32), np.ones(1, np.float32))
+  train_part, validation = train._split_validation(dataset, 15, seed=3)
+  ids = lambda s: set(s.images.ravel().tolist())
+  assert len(validation) == 15 and len(train_part.train) == 185
+  assert not ids(validation) & ids(train_part.train)
+  small, same_validation = train._split_validation(dataset, 15, seed=3, train_size=50)
+  assert len(small.train) == 50 and ids(small.train) <= ids(train_part.train)
+  assert ids(same_validation) == ids(validation)  # train_size never moves the validation split
+  assert ids(train._split_validation(dataset, 15, seed=4)[1]) != ids(validation)
