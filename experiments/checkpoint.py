@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import sys
 import tempfile
 from typing import Any
 
@@ -42,6 +43,7 @@ class Manager:
   """Saves and restores a training-state pytree by step, keeping the last two."""
 
   def __init__(self, directory: pathlib.Path):
+    self.directory = pathlib.Path(directory).absolute()
     self._manager = ocp.CheckpointManager(
         pathlib.Path(directory).absolute(),
         options=ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=False))
@@ -54,12 +56,36 @@ class Manager:
       self._manager.save(step, args=ocp.args.StandardSave(state))
       self._manager.wait_until_finished()
 
-  def restore_latest(self, template: Any) -> tuple[Any, int]:
-    """The latest checkpoint shaped and sharded like ``template``, or ``(template, 0)``."""
-    step = self._manager.latest_step()
-    if step is None:
-      return template, 0
+  def steps(self) -> list[int]:
+    return sorted(self._manager.all_steps())
+
+  def drop_from(self, step: int) -> int:
+    """Deletes every checkpoint at ``step`` or later; returns the latest step kept (0: none)."""
+    for s in self.steps():
+      if s >= step:
+        self._manager.delete(s)
+    return self.latest_step()
+
+  def restore(self, step: int, template: Any) -> Any:
+    """Checkpoint ``step`` shaped and sharded like ``template``."""
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
     restored = self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
     # orbax hands NamedTuples back as tuples: put the leaves into the template's structure.
-    return jax.tree.unflatten(jax.tree.structure(template), jax.tree.leaves(restored)), step
+    return jax.tree.unflatten(jax.tree.structure(template), jax.tree.leaves(restored))
+
+  def restore_latest(self, template: Any) -> tuple[Any, int]:
+    """The latest readable checkpoint of this run, or ``(template, 0)``.
+
+    A checkpoint that cannot be read (cut short by a crash, truncated on disk)
+    is reported, deleted so that it is written again, and the one before it
+    is tried.
+    """
+    for step in reversed(self.steps()):
+      try:
+        return self.restore(step, template), step
+      except Exception as e:  # pylint: disable=broad-except  # orbax/tensorstore raise many kinds
+        print(f'warning: checkpoint {step} in {self.directory} is unreadable '
+              f'({type(e).__name__}: {str(e)[:200]}); deleting it and resuming from an older '
+              'one', file=sys.stderr)
+        self._manager.delete(step)
+    return template, 0

@@ -54,6 +54,7 @@ class Config:
   validation_size: int = 5000
   train_size: Optional[int] = None  # use only this many training examples (after validation)
   eval_every: int = 1  # epochs between validation evaluations (0: at the end only)
+  init_from: Optional[str] = None  # start from another run's latest parameters and statistics
   augment: Optional[bool] = None  # default: on for CIFAR
   max_steps_per_epoch: Optional[int] = None  # smoke runs: cut every epoch short
   seed: int = 0
@@ -91,6 +92,9 @@ def parse_args(argv=None):
                  help='random crop and flip (default: on for CIFAR)')
   p.add_argument('--max_steps_per_epoch', type=int, default=None,
                  help='cut every epoch to this many steps (smoke runs)')
+  p.add_argument('--init_from', default=None,
+                 help='start from the parameters and BatchNorm statistics of the latest '
+                 'checkpoint of this workdir (e.g. a diverged run, with a lower rate)')
   p.add_argument('--seed', type=int, default=defaults.seed)
   p.add_argument('--workdir', default='runs/default', help='checkpoints, metrics, results')
   p.add_argument('--data_dir', default=data.DEFAULT_DATA_DIR, help='prepared TFDS files')
@@ -164,6 +168,22 @@ def evaluate(eval_step, state, split, dataset, batch_size, shard):
   return np.concatenate(outs, axis=1)
 
 
+def _initialized_from(state: aj.TrainState, source: pathlib.Path) -> aj.TrainState:
+  """``state`` with the parameters and BatchNorm statistics of ``source``'s latest checkpoint."""
+  directory = source / 'checkpoints' if (source / 'checkpoints').is_dir() else source
+  manager = checkpoint.Manager(directory)
+  step = manager.latest_step()
+  if not step:
+    raise SystemExit(f'error: --init_from {source}: no checkpoint there.')
+  try:
+    restored = manager.restore(step, state)
+  except Exception as e:  # pylint: disable=broad-except
+    raise SystemExit(f'error: --init_from {source}: checkpoint {step} does not fit this run '
+                     f'(same --model, --num_exits, --width and --optimizer?): {e}') from None
+  print(f'starting from step {step} of {directory}', file=sys.stderr)
+  return state._replace(params=restored.params, batch_stats=restored.batch_stats)
+
+
 def train_and_evaluate(config: Config, workdir: str | os.PathLike, *,
                        data_dir: str = data.DEFAULT_DATA_DIR, source_dir: Optional[str] = None,
                        checkpoint_every: int = 200) -> dict:
@@ -233,6 +253,8 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *,
   state, step = manager.restore_latest(state)
   if step:
     print(f'resuming from step {step} of {total_steps} ({workdir / "checkpoints"})', file=sys.stderr)
+  elif config.init_from:
+    state = _initialized_from(state, pathlib.Path(config.init_from))
   report.truncate_metrics(workdir, step)
   process = (jax.process_index(), jax.process_count())
 
@@ -255,10 +277,14 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *,
       images_seen += config.batch_size
       loss = float(metrics['loss'])
       if not math.isfinite(loss):
+        # This loss is the one of the state after step - 1: that state and any later one
+        # are bad; every earlier state had a finite loss of its own.
         progress.close()
+        kept = manager.drop_from(step - 1)
+        where = (f'the last good checkpoint is step {kept} in {workdir / "checkpoints"}: start '
+                 f'from it with --init_from {workdir}' if kept else 'no checkpoint was good')
         raise Diverged(
-            f'error: the loss became {loss} at step {step} (epoch {epoch + 1}); stopping. The last '
-            f'good checkpoint is kept in {workdir / "checkpoints"} (step {manager.latest_step()}). '
+            f'error: the loss became {loss} at step {step} (epoch {epoch + 1}); stopping; {where}. '
             'Lower --learning_rate and run again with a fresh --workdir.', step)
       losses.append(np.asarray(metrics['exit_losses']))
       progress.update(i + 1, loss, images_seen)

@@ -4,6 +4,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -12,9 +13,12 @@ import time
 
 import numpy as np
 import pytest
+import jax
+import jax.numpy as jnp
 
-from anytime_jax import data
-from experiments import checkpoint, train
+import anytime_jax as aj
+from anytime_jax import data, models
+from experiments import checkpoint, optimizers, train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SMALL = ['--dataset', 'digits', '--batch_size', '32', '--max_steps_per_epoch', '20',
@@ -96,13 +100,47 @@ def test_kill_and_resume_gives_the_same_results(tmp_path, data_dir):
   assert [m['epoch'] for m in metrics] == [1, 2]
 
 
-def test_nan_loss_stops_and_keeps_the_last_checkpoint(tmp_path, data_dir):
+def test_divergence_keeps_only_good_states_and_a_new_run_starts_from_them(tmp_path, data_dir):
   workdir = tmp_path / 'nan'
-  out = _train([*SMALL, '--learning_rate', '1e30', '--checkpoint_every', '1', '--workdir',
-                str(workdir), '--data_dir', data_dir], check=False)
-  assert out.returncode != 0
-  assert 'the loss became' in out.stderr and 'last good checkpoint' in out.stderr
-  assert not (workdir / 'results.json').exists()
+  args = [*SMALL, '--checkpoint_every', '1', '--data_dir', data_dir]
+  out = _train([*args, '--learning_rate', '3e38', '--workdir', str(workdir)], check=False)
+  assert out.returncode != 0 and not (workdir / 'results.json').exists()
+  diverged_at = int(re.search(r'the loss became nan at step (\d+)', out.stderr).group(1))
+  kept = int(re.search(r'the last good checkpoint is step (\d+)', out.stderr).group(1))
+  assert kept == diverged_at - 2  # the state after step - 1 produced the NaN loss
+  assert checkpoint.Manager(workdir / 'checkpoints').steps()[-1] == kept
+  # The kept state's own loss is finite: evaluate it on a training batch.
+  config, _ = train.parse_args([*args, '--learning_rate', '3e38'])
+  dataset = data.load('digits', data_dir)
+  network = models.create('nested_width', num_classes=10, num_exits=3)
+  tx, _ = optimizers.make('osgd', config, 40, 20)
+  template = aj.create_train_state(network, tx, jax.random.key(0), jnp.zeros((1, 8, 8, 1)))
+  state = checkpoint.Manager(workdir / 'checkpoints').restore(kept, template)
+  images, labels = next(data.train_batches(dataset, 32, seed=0, epoch=0))
+  logits = network.apply({'params': state.params, 'batch_stats': state.batch_stats}, images)
+  assert np.all(np.isfinite(aj.exit_cross_entropy(logits, labels)))
+  # A new run with a lower rate starts from it.
+  again = _train([*args, '--learning_rate', '0.05', '--init_from', str(workdir), '--workdir',
+                  str(tmp_path / 'lower')])
+  assert f'starting from step {kept}' in again.stderr
+
+
+def test_a_damaged_latest_checkpoint_is_skipped_and_said(tmp_path, data_dir):
+  workdir = tmp_path / 'run'
+  args = [*SMALL, '--epochs', '1', '--checkpoint_every', '5', '--data_dir', data_dir,
+          '--workdir', str(workdir)]
+  straight = _train([*args, '--max_steps_per_epoch', '10'])
+  assert straight.returncode == 0
+  manager = checkpoint.Manager(workdir / 'checkpoints')
+  assert manager.steps() == [5, 10]
+  for f in (workdir / 'checkpoints' / '10').rglob('*'):  # truncate every file of the latest
+    if f.is_file():
+      f.write_bytes(f.read_bytes()[:7])
+  (workdir / 'results.json').unlink()
+  resumed = _train([*args, '--max_steps_per_epoch', '10'])
+  assert 'checkpoint 10' in resumed.stderr and 'unreadable' in resumed.stderr
+  assert 'resuming from step 5' in resumed.stderr
+  assert json.loads((workdir / 'results.json').read_text())['exits']
 
 
 @pytest.mark.parametrize('flag,value,expected', [
