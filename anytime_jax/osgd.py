@@ -24,6 +24,7 @@ import optax
 from anytime_jax import gram as gram_lib
 
 RESCALE_OPTIONS = (None, 'exit_norm', 'sum_norm')
+ALGORITHMS = ('gram', 'vectors')
 
 
 class OrthogonalizeState(NamedTuple):
@@ -115,6 +116,71 @@ def rescale_coefficients(coeffs: jax.Array, gram: jax.Array,
   raise ValueError(f'Unknown rescale {rescale!r}; choose one of {RESCALE_OPTIONS}.')
 
 
+def gram_schmidt_vectors(rows: jax.Array, eps: float = 1e-5,
+                         priority: Optional[Sequence[int]] = None) -> jax.Array:
+  """Gram-Schmidt on the vectors themselves: ``[K, D]`` rows to the kept ``u_k`` ``[K, D]``.
+
+  Modified Gram-Schmidt with a second pass ("twice is enough") in float32:
+  the kept vectors are orthogonal to float32 accuracy even for nearly
+  collinear exit gradients, where the Gram-matrix path's accuracy is float32's
+  epsilon times the Gram matrix's condition number. Same conventions as
+  :func:`gram_schmidt_coefficients` (``eps``, ``priority``; rows stay in exit
+  order).
+  """
+  rows = rows.astype(jnp.float32)
+  order = range(rows.shape[0]) if priority is None else priority
+  tiny = jnp.finfo(jnp.float32).tiny
+  kept = [None] * rows.shape[0]
+  for k in order:
+    u = rows[k]
+    for _ in range(2):
+      for v in (kept[j] for j in order if kept[j] is not None):
+        norm = jnp.vdot(v, v)
+        u = u - jnp.where(norm > 0, jnp.vdot(v, u) / jnp.where(norm > 0, norm, 1.0), 0.0) * v
+    alive = jnp.vdot(u, u) > eps * jnp.vdot(rows[k], rows[k]) + tiny
+    kept[k] = jnp.where(alive, u, 0.0)
+  return jnp.stack(kept)
+
+
+def orthogonalize_vectors(rows: jax.Array, eps: float = 1e-5,
+                          priority: Optional[Sequence[int]] = None,
+                          rescale: Optional[str] = None) -> jax.Array:
+  """``sum_k u_k`` of :func:`gram_schmidt_vectors`, rescaled as in :func:`rescale_coefficients`.
+
+  Returns:
+    ``[D]`` float32.
+  """
+  rows = rows.astype(jnp.float32)
+  u = gram_schmidt_vectors(rows, eps, priority)
+  if rescale == 'exit_norm':
+    u_norms = jnp.linalg.norm(u, axis=1, keepdims=True)
+    g_norms = jnp.linalg.norm(rows, axis=1, keepdims=True)
+    u = jnp.where(u_norms > 0, u * g_norms / jnp.where(u_norms > 0, u_norms, 1.0), 0.0)
+  total = jnp.sum(u, axis=0)
+  if rescale == 'sum_norm':
+    norm = jnp.linalg.norm(total)
+    total = jnp.where(norm > 0, total * jnp.linalg.norm(jnp.sum(rows, axis=0))
+                      / jnp.where(norm > 0, norm, 1.0), 0.0)
+  return total
+
+
+def _orthogonalize_groups_by_vectors(updates, ids, num_groups, eps, priority, rescale):
+  """Per group: flatten its leaves to ``[K, D]``, orthogonalize the vectors, split back."""
+  leaves, treedef = jax.tree_util.tree_flatten(updates)
+  out = [None] * len(leaves)
+  for group in range(num_groups):
+    members = [i for i, gid in enumerate(ids) if gid == group]
+    rows = jnp.concatenate([leaves[i].reshape(leaves[i].shape[0], -1).astype(jnp.float32)
+                            for i in members], axis=1)
+    total = orthogonalize_vectors(rows, eps, priority, rescale)
+    offset = 0
+    for i in members:
+      size = leaves[i][0].size
+      out[i] = total[offset:offset + size].reshape(leaves[i].shape[1:]).astype(leaves[i].dtype)
+      offset += size
+  return jax.tree_util.tree_unflatten(treedef, out)
+
+
 def _check_priority(priority: Optional[Sequence[int]], num_exits: int) -> None:
   if priority is not None and sorted(priority) != list(range(num_exits)):
     raise ValueError(
@@ -131,6 +197,7 @@ def orthogonalize(
     priority: Optional[Sequence[int]] = None,
     diagnostics: bool = False,
     num_exits: Optional[int] = None,
+    algorithm: str = 'gram',
 ) -> optax.GradientTransformationExtraArgs:
   """Orthogonalizes per-exit gradients in exit order and sums them (OSGD).
 
@@ -167,6 +234,16 @@ def orthogonalize(
       exits' cosine matrix in the state (needs ``num_exits``).
     num_exits: K; needed for ``diagnostics``, checked against the updates
       when given.
+    algorithm: ``'gram'`` (default): Gram-Schmidt in coefficient space from the
+      ``[K, K]`` Gram matrix, never flattening a group; its accuracy is float32's
+      epsilon times the Gram matrix's condition number. Measured against a
+      float64 modified Gram-Schmidt (K up to 8, 100,000 parameters, exit
+      gradients nearly collinear, squared residuals between ``eps`` and 1e-2
+      of their norm): the summed direction within 7.8e-5 relative error, the
+      (implicit) kept vectors orthogonal to |cos| <= 1.3e-2. ``'vectors'``:
+      modified Gram-Schmidt with a second pass on the flattened gradients of
+      each group (:func:`gram_schmidt_vectors`): 7.9e-8 and 8.1e-9 in the same
+      test, at a higher cost (``python -m experiments.bench --methods``).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
@@ -176,6 +253,8 @@ def orthogonalize(
   """
   if rescale not in RESCALE_OPTIONS:
     raise ValueError(f'Unknown rescale {rescale!r}; choose one of {RESCALE_OPTIONS}.')
+  if algorithm not in ALGORITHMS:
+    raise ValueError(f'Unknown algorithm {algorithm!r}; choose one of {ALGORITHMS}.')
   if diagnostics and num_exits is None:
     raise ValueError('orthogonalize(diagnostics=True) needs num_exits=K to size '
                      'its state; pass the number of exits of your network.')
@@ -199,7 +278,10 @@ def orthogonalize(
     _check_priority(priority, k)
     coeffs = jax.vmap(lambda g: rescale_coefficients(
         gram_schmidt_coefficients(g, eps, priority), g, rescale))(grams)
-    out = gram_lib.combine(updates, jnp.sum(coeffs, axis=1), ids)
+    if algorithm == 'gram':
+      out = gram_lib.combine(updates, jnp.sum(coeffs, axis=1), ids)
+    else:
+      out = _orthogonalize_groups_by_vectors(updates, ids, grams.shape[0], eps, priority, rescale)
     if diagnostics:
       total = jnp.sum(grams, axis=0)
       grad_norms = jnp.sqrt(jnp.maximum(jnp.diagonal(total), 0.0))
@@ -225,6 +307,7 @@ def osgd(
     priority: Optional[Sequence[int]] = None,
     diagnostics: bool = False,
     num_exits: Optional[int] = None,
+    algorithm: str = 'gram',
 ) -> optax.GradientTransformationExtraArgs:
   """OSGD with momentum: :func:`orthogonalize` chained with SGD.
 
@@ -247,6 +330,7 @@ def osgd(
     priority: see :func:`orthogonalize`.
     diagnostics: see :func:`orthogonalize`.
     num_exits: see :func:`orthogonalize`.
+    algorithm: see :func:`orthogonalize`.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` taking per-exit gradients.
@@ -254,7 +338,7 @@ def osgd(
   return optax.chain(
       orthogonalize(granularity=granularity, rescale=rescale, eps=eps,
                     priority=priority, diagnostics=diagnostics,
-                    num_exits=num_exits),
+                    num_exits=num_exits, algorithm=algorithm),
       sgd_tail(learning_rate, momentum, nesterov, weight_decay))
 
 

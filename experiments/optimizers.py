@@ -12,6 +12,7 @@ PER_EXIT = {
     'osgd_global': lambda k: aj.orthogonalize(granularity='global'),
     'osgd_exit_norm': lambda k: aj.orthogonalize(rescale='exit_norm'),
     'osgd_sum_norm': lambda k: aj.orthogonalize(rescale='sum_norm'),
+    'osgd_vectors': lambda k: aj.orthogonalize(algorithm='vectors'),
     'pcgrad': lambda k: aj.pcgrad(),
     'mgda': lambda k: aj.mgda(),
     'adaloss': lambda k: aj.adaloss(k),
