@@ -312,28 +312,38 @@ def num_train_batches(dataset: Dataset, batch_size: int) -> int:
 
 def train_batches(dataset: Dataset, batch_size: int, *, seed: int, epoch: int,
                   augmentation: bool = False, process_index: int = 0,
-                  process_count: int = 1) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+                  process_count: int = 1, start: int = 0
+                  ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
   """One epoch of shuffled training batches; the order depends only on (seed, epoch).
 
   With several processes, each yields its ``batch_size / process_count`` slice
-  of every global batch.
+  of every global batch. Augmentation draws from a stream of its own per
+  (seed, epoch, process, batch), so processes differ and a resumed epoch
+  (``start``: the first batch to yield) repeats exactly what it skipped.
   """
   if batch_size % process_count:
     raise ValueError(f'batch_size {batch_size} does not divide over {process_count} processes.')
-  rng = np.random.default_rng([seed, epoch])
-  order = rng.permutation(len(dataset.train))
+  order = np.random.default_rng([seed, epoch]).permutation(len(dataset.train))
   local = batch_size // process_count
-  for b in range(num_train_batches(dataset, batch_size)):
+  for b in range(start, num_train_batches(dataset, batch_size)):
     idx = order[b * batch_size:(b + 1) * batch_size][process_index * local:(process_index + 1) * local]
     images = dataset.train.images[idx]
     if augmentation:
-      images = augment(images, rng)
+      images = augment(images, np.random.default_rng([seed, epoch, process_index, b]))
     yield normalize(images, dataset), dataset.train.labels[idx]
 
 
-def eval_batches(split: Split, dataset: Dataset, batch_size: int
-                 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-  """The whole split in order, last batch padded: yields (images, labels, mask)."""
+def eval_batches(split: Split, dataset: Dataset, batch_size: int, *, process_index: int = 0,
+                 process_count: int = 1) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+  """The whole split in order, last batch padded: yields (images, labels, mask).
+
+  ``mask`` ``[batch_size]`` marks the real examples of the global batch; with
+  several processes, images and labels are this process's slice of it.
+  """
+  if batch_size % process_count:
+    raise ValueError(f'batch_size {batch_size} does not divide over {process_count} processes.')
+  local = slice(process_index * batch_size // process_count,
+                (process_index + 1) * batch_size // process_count)
   for start in range(0, len(split), batch_size):
     images = split.images[start:start + batch_size]
     labels = split.labels[start:start + batch_size]
@@ -341,4 +351,4 @@ def eval_batches(split: Split, dataset: Dataset, batch_size: int
     if valid < batch_size:
       images = np.concatenate([images, np.zeros((batch_size - valid, *images.shape[1:]), images.dtype)])
       labels = np.concatenate([labels, np.zeros(batch_size - valid, labels.dtype)])
-    yield normalize(images, dataset), labels, np.arange(batch_size) < valid
+    yield normalize(images[local], dataset), labels[local], np.arange(batch_size) < valid

@@ -35,7 +35,7 @@ def check_config(workdir: pathlib.Path, config: dict) -> None:
       raise SystemExit(
           f'error: {workdir} holds a run with another configuration ({diff}, as saved vs now). '
           'Use a fresh --workdir, or repeat the original flags to resume it.')
-  else:
+  elif jax.process_index() == 0:
     atomic_write(path, json.dumps(config, indent=1, sort_keys=True))
 
 

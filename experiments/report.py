@@ -17,7 +17,7 @@ from experiments.checkpoint import atomic_write
 def truncate_metrics(workdir: pathlib.Path, step: int) -> None:
   """Drops metrics lines from after ``step`` (a resumed run writes them again)."""
   path = workdir / 'metrics.jsonl'
-  if not path.exists():
+  if not path.exists() or jax.process_index() != 0:
     return
   kept = []
   for line in path.read_text().splitlines():

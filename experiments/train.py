@@ -101,7 +101,12 @@ def parse_args(argv=None):
   p.add_argument('--source_dir', default=None,
                  help='directory with the raw dataset files (IDX files, CIFAR archives)')
   p.add_argument('--checkpoint_every', type=int, default=200, help='steps between checkpoints')
-  p.add_argument('--distributed', action='store_true', help='call jax.distributed.initialize()')
+  p.add_argument('--distributed', action='store_true',
+                 help='call jax.distributed.initialize() (the cluster from the environment, or '
+                 'from the next three flags)')
+  p.add_argument('--coordinator_address', default=None, help='with --distributed: host:port')
+  p.add_argument('--num_processes', type=int, default=None, help='with --distributed')
+  p.add_argument('--process_id', type=int, default=None, help='with --distributed')
   args = p.parse_args(argv)
   _choices('model', args.model, models.ARCHITECTURES)
   _choices('optimizer', args.optimizer, optimizers.OPTIMIZERS)
@@ -157,9 +162,15 @@ class Progress:
 
 
 def evaluate(eval_step, state, split, dataset, batch_size, shard):
-  """Logits ``[K, N, C]`` of a whole split (no example dropped; N may be 0)."""
+  """Logits ``[K, N, C]`` of a whole split on every process (no example dropped; N may be 0).
+
+  Each process feeds its slice of every batch; ``eval_step`` returns the
+  logits replicated, so every process reads all of them.
+  """
   outs = []
-  for images, labels, mask in data.eval_batches(split, dataset, batch_size):
+  for images, labels, mask in data.eval_batches(split, dataset, batch_size,
+                                                process_index=jax.process_index(),
+                                                process_count=jax.process_count()):
     logits = eval_step(state, shard(images))
     outs.append(np.asarray(logits)[:, mask])
   if not outs:
@@ -244,7 +255,9 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *,
   train_step = jax.jit(aj.make_train_step(network, tx, per_exit=per_exit,
                                           reduction=optimizers.reduction(config.optimizer)),
                        donate_argnums=0)
-  eval_step = jax.jit(lambda s, x: network.apply({'params': s.params, 'batch_stats': s.batch_stats}, x))
+  eval_step = jax.jit(
+      lambda s, x: network.apply({'params': s.params, 'batch_stats': s.batch_stats}, x),
+      out_shardings=replicated)
 
   def logits_of(split):
     return evaluate(eval_step, state, split, dataset, config.batch_size, shard)
@@ -266,12 +279,10 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *,
     epoch_start, images_seen, losses = time.perf_counter(), 0, []
     batches = data.train_batches(dataset, config.batch_size, seed=config.seed, epoch=epoch,
                                  augmentation=augmentation, process_index=process[0],
-                                 process_count=process[1])
-    for i, (images, labels) in enumerate(batches):
+                                 process_count=process[1], start=skip)
+    for i, (images, labels) in enumerate(batches, start=skip):
       if i >= steps_per_epoch:
         break
-      if i < skip:
-        continue
       state, metrics = train_step(state, shard(images), shard(labels))
       step += 1
       images_seen += config.batch_size
@@ -321,7 +332,7 @@ def main(argv=None):
   """Parses flags, trains, prints the per-exit table; a divergence exits with its message."""
   config, args = parse_args(argv)
   if args.distributed:
-    jax.distributed.initialize()
+    jax.distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
   try:
     results = train_and_evaluate(config, args.workdir, data_dir=args.data_dir,
                                  source_dir=args.source_dir,

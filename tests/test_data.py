@@ -169,6 +169,21 @@ def test_train_batches_are_seeded_and_shard_over_processes():
   assert x.dtype == np.float32 and x.shape == (8, 4, 4, 1)
 
 
+def test_augmentation_differs_per_process_and_resumes_exactly():
+  n = 64
+  images = np.tile(np.arange(16, dtype=np.uint8).reshape(1, 4, 4, 1), (n, 1, 1, 1))  # all alike
+  ds = data.Dataset('toy', data.Split(images, np.zeros(n, np.int32)), data.Split(images, np.zeros(n, np.int32)),
+                    10, np.zeros(1, np.float32), np.ones(1, np.float32))
+  batches = lambda **kw: [x for x, _ in data.train_batches(ds, 8, seed=0, epoch=0,
+                                                           augmentation=True, **kw)]
+  p0, p1 = batches(process_index=0, process_count=2), batches(process_index=1, process_count=2)
+  # Identical images: any difference between the processes' slices is their augmentation.
+  assert not all(np.array_equal(a, b) for a, b in zip(p0, p1))
+  np.testing.assert_array_equal(np.stack(batches(process_index=1, process_count=2)), np.stack(p1))
+  resumed = batches(process_index=1, process_count=2, start=3)
+  np.testing.assert_array_equal(np.stack(resumed), np.stack(p1[3:]))
+
+
 def test_eval_batches_cover_the_whole_split():
   ds = _toy_dataset()
   seen = []

@@ -6,6 +6,7 @@ import os
 import pathlib
 import re
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -242,3 +243,33 @@ def test_validation_is_held_out_of_training_and_train_size_takes_from_the_rest()
   assert len(small.train) == 50 and ids(small.train) <= ids(train_part.train)
   assert ids(same_validation) == ids(validation)  # train_size never moves the validation split
   assert ids(train._split_validation(dataset, 15, seed=4)[1]) != ids(validation)
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_train_and_evaluate_like_one(tmp_path, data_dir):
+  common = [*SMALL, '--data_dir', data_dir, '--seed', '1']
+  # One process with two devices: the same global batch over the same two shards.
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2',
+             JAX_PLATFORMS='cpu')
+  _train([*common, '--workdir', str(tmp_path / 'one')], env=env)
+  port = _free_port()
+  procs = [subprocess.Popen(
+      [sys.executable, '-m', 'experiments.train', *common, '--workdir', str(tmp_path / 'two'),
+       '--distributed', '--coordinator_address', f'127.0.0.1:{port}', '--num_processes', '2',
+       '--process_id', str(i)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      text=True, env=dict(os.environ, JAX_PLATFORMS='cpu')) for i in range(2)]
+  outs = [p.communicate(timeout=600) for p in procs]
+  for p, (_, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-4000:]
+  one = json.loads((tmp_path / 'one' / 'results.json').read_text())
+  two = json.loads((tmp_path / 'two' / 'results.json').read_text())
+  for key in ('test_accuracy', 'validation_accuracy'):
+    assert [e[key] for e in two['exits']] == [e[key] for e in one['exits']]
+  metrics = (tmp_path / 'two' / 'metrics.jsonl').read_text().splitlines()
+  assert len(metrics) == 2  # written once, by process 0
+  assert all('| exit |' in out for out, _ in outs)  # every process prints the table
