@@ -24,11 +24,14 @@ def atomic_write(path: pathlib.Path, text: str) -> None:
   os.replace(tmp, path)
 
 
-def check_config(workdir: pathlib.Path, config: dict) -> None:
-  """Stores the config on the first run; refuses to resume a run with another one."""
+def check_config(workdir: pathlib.Path, config: dict, defaults: dict | None = None) -> None:
+  """Stores the config on the first run; refuses to resume a run with another one.
+
+  ``defaults`` fill the fields a run saved by an older version lacks.
+  """
   path = workdir / 'config.json'
   if path.exists():
-    saved = json.loads(path.read_text())
+    saved = {**(defaults or {}), **json.loads(path.read_text())}
     if saved != config:
       diff = {k: (saved.get(k), config.get(k)) for k in set(saved) | set(config)
               if saved.get(k) != config.get(k)}

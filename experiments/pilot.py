@@ -4,9 +4,11 @@ A study can test the paper's claims only in a regime where (a) the summed-loss
 baseline has plateaued at its last exit and (b) capacity matters: the
 independent networks' accuracy rises clearly with their size. The pilot trains
 the summed-loss baseline (``nested_width``) and the independent networks with
-SGD at several lengths on the selection seed (never a reported seed), with the
-validation accuracy after every epoch, and :func:`choose_epochs` picks the
-shortest length that meets both criteria (and whose doubling adds little).
+SGD at several base widths and lengths on the selection seed (never a reported
+seed), with the validation accuracy after every epoch, and :func:`choose`
+picks the cheapest candidate that meets the criteria: the smallest width
+first (a network half as wide costs about half as much here), then the
+shortest length.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ class Pilot:
   dataset: str
   train_size: Optional[int]
   epochs: tuple[int, ...]  # increasing; each ideally double the one before
+  widths: tuple = (None,)  # candidate base widths (None: the models' defaults)
   models: tuple[str, ...] = ('nested_width', 'independent')
   learning_rate: float = 0.1
   seed: int = 0  # the selection seed
@@ -34,23 +37,26 @@ class Pilot:
   batch_size: int = 128
   max_steps_per_epoch: Optional[int] = None
   last_epoch_points: float = 0.3  # (a) the last epoch adds less than this (validation, last exit)
-  doubling_points: float = 0.5  # (a) and twice the epochs adds less than this
+  doubling_points: float = 1.0  # (a) and twice the epochs add less, where measured
   capacity_points: float = 3.0  # (b) largest minus smallest independent network at least this
 
-  def regime(self, epochs: int) -> study_runs.Regime:
+  def regime(self, width: Optional[int], epochs: int) -> study_runs.Regime:
     return study_runs.Regime(self.dataset, epochs, self.train_size, self.batch_size,
-                             self.max_steps_per_epoch)
+                             self.max_steps_per_epoch, width=width)
 
-  def workdir(self, out: pathlib.Path, model: str, epochs: int) -> pathlib.Path:
-    return out / 'pilot' / model / f'epochs{epochs}'
+  def workdir(self, out: pathlib.Path, width: Optional[int], model: str,
+              epochs: int) -> pathlib.Path:
+    folder = 'default_width' if width is None else f'width{width}'
+    return out / 'pilot' / folder / model / f'epochs{epochs}'
 
 
 def run(pilot: Pilot, out: pathlib.Path, data_dir: str) -> None:
-  for model in pilot.models:
-    for epochs in pilot.epochs:
-      config = pilot.regime(epochs).config(model, 'sgd', pilot.learning_rate, pilot.seed,
-                                           pilot.num_exits, eval_every=1)
-      study_runs.ensure(pilot.workdir(out, model, epochs), config, data_dir)
+  for width in pilot.widths:
+    for model in pilot.models:
+      for epochs in pilot.epochs:
+        config = pilot.regime(width, epochs).config(model, 'sgd', pilot.learning_rate,
+                                                    pilot.seed, pilot.num_exits, eval_every=1)
+        study_runs.ensure(pilot.workdir(out, width, model, epochs), config, data_dir)
 
 
 def _validation(curve: list[dict]) -> np.ndarray:
@@ -59,11 +65,18 @@ def _validation(curve: list[dict]) -> np.ndarray:
 
 
 def measure(pilot: Pilot, out: pathlib.Path) -> dict:
-  """Per length: the criteria's numbers, from the finished pilot runs (in points)."""
+  """Per (width, length): the criteria's numbers, from the finished pilot runs (in points)."""
+  return {(width, epochs): row for width in pilot.widths
+          for epochs, row in _measure_width(pilot, out, width).items()}
+
+
+def _measure_width(pilot: Pilot, out: pathlib.Path, width: Optional[int]) -> dict:
   rows = {}
   for epochs in pilot.epochs:
-    base = _validation(study_runs.learning_curve(pilot.workdir(out, pilot.models[0], epochs)))
-    ref = _validation(study_runs.learning_curve(pilot.workdir(out, pilot.models[1], epochs)))
+    base = _validation(study_runs.learning_curve(pilot.workdir(out, width, pilot.models[0],
+                                                               epochs)))
+    ref = _validation(study_runs.learning_curve(pilot.workdir(out, width, pilot.models[1],
+                                                              epochs)))
     if len(base) < epochs or len(ref) < epochs:
       continue
     rows[epochs] = {
@@ -83,37 +96,45 @@ def _below(value: float, bound: float) -> bool:
   return bound == math.inf or value < bound
 
 
-def choose_epochs(pilot: Pilot, rows: dict) -> tuple[Optional[int], str]:
-  """The shortest length meeting every criterion, and why; None if none does.
+def _width_order(width: Optional[int]) -> float:
+  return -1 if width is None else width
 
-  The longest length has no doubling to compare with, so it can be chosen
-  only where that criterion is switched off.
+
+def choose(pilot: Pilot, rows: dict) -> tuple[Optional[tuple], str]:
+  """The cheapest ``(width, epochs)`` meeting every criterion, and why; None if none does.
+
+  Candidates in order of cost: the smallest width first, then the shortest
+  length. The longest length has no doubling to compare with: there the
+  doubling criterion is not measured and does not decide.
   """
-  for epochs, r in sorted(rows.items()):
+  for (width, epochs), r in sorted(rows.items(), key=lambda i: (_width_order(i[0][0]), i[0][1])):
     if (_below(r['last_epoch_gain'], pilot.last_epoch_points)
-        and _below(r['doubling_gain'], pilot.doubling_points)
+        and (math.isnan(r['doubling_gain'])
+             or _below(r['doubling_gain'], pilot.doubling_points))
         and not _below(r['capacity_gain'], pilot.capacity_points)):
-      return epochs, (f'{epochs} epochs: the last epoch adds {r["last_epoch_gain"]:+.2f} points '
-                      f'(< {pilot.last_epoch_points}), twice the epochs add '
-                      f'{r["doubling_gain"]:+.2f} (< {pilot.doubling_points}), and the largest '
-                      f'independent network is {r["capacity_gain"]:+.2f} points above the '
-                      f'smallest (>= {pilot.capacity_points}).')
-  return None, ('no pilot length meets every criterion: train longer, or change the regime '
+      named = 'default width' if width is None else f'base width {width}'
+      return (width, epochs), (
+          f'{named}, {epochs} epochs: the last epoch adds {r["last_epoch_gain"]:+.2f} points '
+          f'(< {pilot.last_epoch_points}), twice the epochs add {r["doubling_gain"]:+.2f} '
+          f'(< {pilot.doubling_points}), and the largest independent network is '
+          f'{r["capacity_gain"]:+.2f} points above the smallest (>= {pilot.capacity_points}).')
+  return None, ('no pilot candidate meets every criterion: train longer, or change the regime '
                 '(see the table).')
 
 
 def markdown(pilot: Pilot, rows: dict) -> str:
-  chosen, why = choose_epochs(pilot, rows)
+  chosen, why = choose(pilot, rows)
   size = f'{pilot.train_size:,}' if pilot.train_size else 'all'
   lines = [
       f'Pilot on {pilot.dataset} (ours): {size} training images, SGD (summed losses), rate '
       f'{pilot.learning_rate}, selection seed {pilot.seed}, validation accuracy (%) after the last '
       f'epoch; `{pilot.models[0]}` is the baseline, `{pilot.models[1]}` the capacity check.', '',
-      f'| epochs | {pilot.models[0]} last exit | last epoch adds | twice the epochs add '
-      f'| {pilot.models[1]} per network | largest minus smallest |',
-      '|---|---|---|---|---|---|']
-  for epochs, r in sorted(rows.items()):
-    lines.append(f"| {epochs} | {r['last_exit']:.2f} | {r['last_epoch_gain']:+.2f} "
+      f'| base width | epochs | {pilot.models[0]} last exit | last epoch adds '
+      f'| twice the epochs add | {pilot.models[1]} per network | largest minus smallest |',
+      '|---|---|---|---|---|---|---|']
+  for (width, epochs), r in sorted(rows.items(), key=lambda i: (_width_order(i[0][0]), i[0][1])):
+    lines.append(f"| {width or 'default'} | {epochs} | {r['last_exit']:.2f} "
+                 f"| {r['last_epoch_gain']:+.2f} "
                  f"| {r['doubling_gain']:+.2f} | {' / '.join(f'{a:.2f}' for a in r['independent'])} "
                  f"| {r['capacity_gain']:+.2f} |")
   lines += ['', f'Chosen: {why}' if chosen else f'Not decided: {why}']
@@ -121,25 +142,30 @@ def markdown(pilot: Pilot, rows: dict) -> str:
 
 
 def plot(pilot: Pilot, out: pathlib.Path, path: pathlib.Path) -> None:
-  """Validation accuracy per epoch of every pilot run: one panel per model."""
+  """Validation accuracy per epoch of every pilot run: a row per width, a panel per model."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig, axes = plt.subplots(1, len(pilot.models), figsize=(5 * len(pilot.models), 3.6),
+  fig, axes = plt.subplots(len(pilot.widths), len(pilot.models),
+                           figsize=(5 * len(pilot.models), 3.4 * len(pilot.widths)),
                            squeeze=False)
-  for ax, model in zip(axes[0], pilot.models):
-    for epochs in pilot.epochs:
-      acc = _validation(study_runs.learning_curve(pilot.workdir(out, model, epochs)))
-      if len(acc):
-        for k in range(acc.shape[1]):
-          ax.plot(np.arange(1, len(acc) + 1), 100 * acc[:, k],
-                  color=f'C{pilot.epochs.index(epochs)}', alpha=0.4 + 0.6 * k / acc.shape[1],
-                  label=f'{epochs} epochs' if k == acc.shape[1] - 1 else None)
-    ax.set_title(f'{model} (SGD): every exit, validation')
-    ax.set_xlabel('epoch')
-    ax.grid(alpha=0.3)
-  axes[0][0].set_ylabel('validation accuracy (%)')
+  for row, width in zip(axes, pilot.widths):
+    for ax, model in zip(row, pilot.models):
+      _plot_runs(ax, pilot, out, width, model)
   axes[0][0].legend(fontsize=8)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
+
+
+def _plot_runs(ax, pilot: Pilot, out: pathlib.Path, width: Optional[int], model: str) -> None:
+  for epochs in pilot.epochs:
+    acc = _validation(study_runs.learning_curve(pilot.workdir(out, width, model, epochs)))
+    for k in range(acc.shape[1] if len(acc) else 0):
+      ax.plot(np.arange(1, len(acc) + 1), 100 * acc[:, k],
+              color=f'C{pilot.epochs.index(epochs)}', alpha=0.4 + 0.6 * k / acc.shape[1],
+              label=f'{epochs} epochs' if k == acc.shape[1] - 1 else None)
+  ax.set_title(f"{model} (SGD), base width {width or 'default'}: every exit")
+  ax.set_xlabel('epoch')
+  ax.set_ylabel('validation accuracy (%)')
+  ax.grid(alpha=0.3)

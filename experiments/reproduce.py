@@ -75,13 +75,13 @@ DATASETS = ('fashion_mnist', 'cifar10', 'cifar100')
 def full_study(dataset: str = 'fashion_mnist') -> Study:
   """The study's models and methods; on Fashion-MNIST sized for 2 CPU cores.
 
-  Fashion-MNIST: 10,000 training images, the pilot choosing among 4, 8 and 16
-  epochs. CIFAR-10/100: the whole training split (crop-and-flip augmentation),
+  Fashion-MNIST: 10,000 training images, the pilot choosing among base widths
+  2 and 4 (branched: 8 and 16) and 4, 8 and 16 epochs. CIFAR-10/100: the whole training split (crop-and-flip augmentation),
   the pilot choosing among 50, 100 and 200 epochs: for accelerators.
   """
   if dataset not in DATASETS:
     raise ValueError(f'unknown dataset {dataset!r}; the study runs on one of {DATASETS}')
-  pilot = (pilot_lib.Pilot(dataset, train_size=10_000, epochs=(4, 8, 16))
+  pilot = (pilot_lib.Pilot(dataset, train_size=10_000, epochs=(4, 8, 16), widths=(2, 4))
            if dataset == 'fashion_mnist' else
            pilot_lib.Pilot(dataset, train_size=None, epochs=(50, 100, 200)))
   return Study(
@@ -156,8 +156,8 @@ def screen(spec: Screen, out: pathlib.Path, data_dir: str, train_missing: bool) 
 
 def regime(study: Study, out: pathlib.Path) -> Optional[study_runs.Regime]:
   """The study's regime once its pilot has decided the length; None before."""
-  epochs, _ = pilot_lib.choose_epochs(study.pilot, pilot_lib.measure(study.pilot, out))
-  return None if epochs is None else study.pilot.regime(epochs)
+  chosen, _ = pilot_lib.choose(study.pilot, pilot_lib.measure(study.pilot, out))
+  return None if chosen is None else study.pilot.regime(*chosen)
 
 
 def _run_dir(out, model, method, lr, seed) -> pathlib.Path:
@@ -206,7 +206,7 @@ def run(study: Study, out: pathlib.Path, data_dir: str) -> None:
   pilot_lib.run(study.pilot, out, data_dir)
   reg = regime(study, out)
   if reg is None:
-    raise SystemExit('error: ' + pilot_lib.choose_epochs(
+    raise SystemExit('error: ' + pilot_lib.choose(
         study.pilot, pilot_lib.measure(study.pilot, out))[1])
   for model in study.all_models:
     for method in study.methods_of(model):
@@ -308,7 +308,8 @@ def markdown(study: Study, rows: dict, out: pathlib.Path) -> str:
   size = f'{reg.train_size:,}' if reg.train_size else 'all'
   lines = [
       f'Study on {reg.dataset} (ours): {size} training images, {reg.epochs} epochs of batches '
-      f'of {reg.batch_size} (length from the pilot), warmup {100 * reg.warmup_fraction:.0f} % '
+      f'of {reg.batch_size}, base width {reg.width or "default"} (length and width from the '
+      'pilot), warmup {100 * reg.warmup_fraction:.0f} % '
       f'then cosine; each rate chosen on seed {study.selection_seed} (not reported) by '
       'validation accuracy, mean over exits ("end": the chosen rate is still at an end of its '
       f'grid); seeds {list(study.seeds)} reported, test accuracy (%) mean ± sample std.', '',

@@ -26,10 +26,16 @@ class Regime:
   batch_size: int = 128
   max_steps_per_epoch: Optional[int] = None
   warmup_fraction: float = 0.05  # of all steps, linear, then cosine decay
+  width: Optional[int] = None  # base width of the nested and independent networks (None: default)
+  width_factor: tuple = (('branched', 4),)  # a model's width is this times the base width
+
+  def model_width(self, model: str) -> Optional[int]:
+    return None if self.width is None else self.width * dict(self.width_factor).get(model, 1)
 
   def config(self, model: str, method: str, learning_rate: float, seed: int, num_exits: int,
              eval_every: int = 0) -> train.Config:
     return train.Config(
+        width=self.model_width(model),
         model=model, optimizer=method, dataset=self.dataset, epochs=self.epochs,
         batch_size=self.batch_size, learning_rate=learning_rate,
         warmup_epochs=self.warmup_fraction * self.epochs, num_exits=num_exits,

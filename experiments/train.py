@@ -218,7 +218,7 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *,
   """
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  checkpoint.check_config(workdir, dataclasses.asdict(config))
+  checkpoint.check_config(workdir, dataclasses.asdict(config), dataclasses.asdict(Config()))
 
   devices = jax.devices()
   mesh = jax.sharding.Mesh(np.array(devices), ('data',))

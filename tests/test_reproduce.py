@@ -128,35 +128,40 @@ def test_matched_cost_compares_at_equal_flops_in_log_space():
   np.testing.assert_allclose(m['diff'], [[0.6 - 0.6, 0.7 - 0.75, 0.75 - 0.9]])
 
 
-def test_pilot_chooses_the_shortest_length_meeting_every_criterion():
-  p = pilot.Pilot('toy', train_size=None, epochs=(4, 8, 16))
+def test_pilot_chooses_the_cheapest_candidate_meeting_every_criterion():
+  p = pilot.Pilot('toy', train_size=None, epochs=(4, 8, 16), widths=(4, 2))
   row = lambda last_epoch, doubling, capacity: {
       'last_exit': 80.0, 'last_epoch_gain': last_epoch, 'doubling_gain': doubling,
       'independent': [80.0, 80.0 + capacity], 'capacity_gain': capacity}
-  rows = {4: row(0.1, 1.2, 5.0), 8: row(0.1, 0.2, 2.0), 16: row(0.1, np.nan, 5.0)}
-  assert pilot.choose_epochs(p, rows)[0] is None  # 4: doubling; 8: capacity; 16: unmeasured
-  rows[8] = row(0.1, 0.2, 3.5)
-  epochs, why = pilot.choose_epochs(p, rows)
-  assert epochs == 8 and 'twice the epochs add +0.20' in why
-  rows[4] = row(0.5, 0.2, 5.0)
-  assert pilot.choose_epochs(p, rows)[0] == 8  # 4: its last epoch still adds 0.5
+  rows = {(2, 4): row(0.1, 1.2, 5.0),  # twice the epochs still add 1.2
+          (2, 8): row(0.1, 0.2, 2.0),  # capacity does not matter enough
+          (2, 16): row(0.5, np.nan, 5.0),  # its last epoch still adds 0.5
+          (4, 4): row(0.1, 0.2, 3.5)}
+  chosen, why = pilot.choose(p, rows)
+  assert chosen == (4, 4) and 'base width 4, 4 epochs' in why
+  rows[(2, 16)] = row(0.1, np.nan, 5.0)  # the longest: doubling unmeasured, does not decide
+  assert pilot.choose(p, rows)[0] == (2, 16)  # the narrower width is tried first
+  rows[(2, 8)] = row(0.1, 0.2, 3.0)
+  assert pilot.choose(p, rows)[0] == (2, 8)
+  assert pilot.choose(p, {(4, 4): row(0.1, 0.2, 1.0)})[0] is None
 
 
 def test_pilot_measures_its_criteria_from_learning_curves(tmp_path):
-  p = pilot.Pilot('toy', train_size=None, epochs=(2, 4))
+  p = pilot.Pilot('toy', train_size=None, epochs=(2, 4), widths=(3,))
   for model, epochs, curve in [('nested_width', 2, [[0.5, 0.7], [0.6, 0.8]]),
                                ('nested_width', 4, [[0.5, 0.7]] * 3 + [[0.6, 0.81]]),
                                ('independent', 2, [[0.5, 0.7], [0.6, 0.75]]),
                                ('independent', 4, [[0.5, 0.7]] * 4)]:
-    workdir = p.workdir(tmp_path, model, epochs)
+    workdir = p.workdir(tmp_path, 3, model, epochs)
     workdir.mkdir(parents=True)
     (workdir / 'metrics.jsonl').write_text(''.join(
         json.dumps({'epoch': i + 1, 'validation_accuracy': a}) + '\n' for i, a in enumerate(curve)))
   rows = pilot.measure(p, tmp_path)
-  np.testing.assert_allclose([rows[2]['last_epoch_gain'], rows[2]['doubling_gain'],
-                              rows[2]['capacity_gain']], [10.0, 1.0, 15.0])
-  np.testing.assert_allclose(rows[4]['last_epoch_gain'], 11.0)
-  assert np.isnan(rows[4]['doubling_gain'])
+  np.testing.assert_allclose([rows[3, 2]['last_epoch_gain'], rows[3, 2]['doubling_gain'],
+                              rows[3, 2]['capacity_gain']], [10.0, 1.0, 15.0])
+  np.testing.assert_allclose(rows[3, 4]['last_epoch_gain'], 11.0)
+  assert np.isnan(rows[3, 4]['doubling_gain'])
+  assert p.regime(3, 4).config('branched', 'sgd', 0.1, 0, 4).width == 12  # branched: 4x
 
 
 @pytest.mark.slow
