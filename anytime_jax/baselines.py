@@ -9,7 +9,7 @@ linear combinations whose weights come from the ``[K, K]`` Gram matrix
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -19,14 +19,15 @@ from anytime_jax import gram as gram_lib
 from anytime_jax.weightings import gram_weighting, min_norm_weights
 
 
-def sum_exits() -> optax.GradientTransformationExtraArgs:
+def sum_exits(axis_name: Any = None) -> optax.GradientTransformationExtraArgs:
   """The plain sum of the exit gradients: SGD on the summed losses."""
-  return gram_weighting(lambda g: jnp.ones(g.shape[-1], g.dtype))
+  return gram_weighting(lambda g: jnp.ones(g.shape[-1], g.dtype), axis_name=axis_name)
 
 
-def mean_exits() -> optax.GradientTransformationExtraArgs:
+def mean_exits(axis_name: Any = None) -> optax.GradientTransformationExtraArgs:
   """The mean of the exit gradients: SGD on the averaged losses."""
-  return gram_weighting(lambda g: jnp.full(g.shape[-1], 1.0 / g.shape[-1], g.dtype))
+  return gram_weighting(lambda g: jnp.full(g.shape[-1], 1.0 / g.shape[-1], g.dtype),
+                        axis_name=axis_name)
 
 
 class PCGradState(NamedTuple):
@@ -53,8 +54,8 @@ def pcgrad_coefficients(gram: jax.Array, order: jax.Array) -> jax.Array:
   return jax.vmap(project_one)(jnp.arange(num_exits))
 
 
-def pcgrad(seed: int = 0, granularity: gram_lib.Granularity = 'global'
-           ) -> optax.GradientTransformationExtraArgs:
+def pcgrad(seed: int = 0, granularity: gram_lib.Granularity = 'global',
+           axis_name: Any = None) -> optax.GradientTransformationExtraArgs:
   """PCGrad (Yu et al., *Gradient Surgery for Multi-Task Learning*, NeurIPS 2020).
 
   Every exit's gradient is projected onto the normal plane of each other exit
@@ -72,12 +73,12 @@ def pcgrad(seed: int = 0, granularity: gram_lib.Granularity = 'global'
     weights = jax.vmap(lambda g: jnp.sum(pcgrad_coefficients(g, order), axis=0))(grams)
     return weights, PCGradState(key)
 
-  return gram_weighting(weighting, granularity=granularity,
+  return gram_weighting(weighting, granularity=granularity, axis_name=axis_name,
                         init_state=lambda groups: PCGradState(jax.random.key(seed)))
 
 
-def mgda(iterations: int = 200, granularity: gram_lib.Granularity = 'global'
-         ) -> optax.GradientTransformationExtraArgs:
+def mgda(iterations: int = 200, granularity: gram_lib.Granularity = 'global',
+         axis_name: Any = None) -> optax.GradientTransformationExtraArgs:
   """MGDA (Sener & Koltun, *Multi-Task Learning as Multi-Objective Optimization*, NeurIPS 2018).
 
   The direction is the min-norm point of the convex hull of the exit
@@ -85,7 +86,8 @@ def mgda(iterations: int = 200, granularity: gram_lib.Granularity = 'global'
   projected gradient on the Gram matrix (any K). Its norm is at most that of the smallest
   gradient, so MGDA wants a larger learning rate than the summed loss.
   """
-  return gram_weighting(lambda g: min_norm_weights(g, iterations), granularity=granularity)
+  return gram_weighting(lambda g: min_norm_weights(g, iterations), granularity=granularity,
+                        axis_name=axis_name)
 
 
 class AdaLossState(NamedTuple):
@@ -93,8 +95,8 @@ class AdaLossState(NamedTuple):
   count: jax.Array
 
 
-def adaloss(num_exits: int, decay: float = 0.9, eps: float = 1e-8
-            ) -> optax.GradientTransformationExtraArgs:
+def adaloss(num_exits: int, decay: float = 0.9, eps: float = 1e-8,
+            axis_name: Any = None) -> optax.GradientTransformationExtraArgs:
   """AdaLoss (Hu, Dey, Hebert, Bagnell, *Learning Anytime Predictions in Neural Networks
   via Adaptive Loss Balancing*, AAAI 2019).
 
@@ -114,6 +116,6 @@ def adaloss(num_exits: int, decay: float = 0.9, eps: float = 1e-8
     average = jnp.where(state.count > 0, decay * state.average + (1 - decay) * losses, losses)
     return jnp.broadcast_to(w, grams.shape[:2]), AdaLossState(average, state.count + 1)
 
-  return gram_weighting(weighting,
+  return gram_weighting(weighting, axis_name=axis_name,
                         init_state=lambda groups: AdaLossState(jnp.zeros(num_exits, jnp.float32),
                                                                jnp.zeros((), jnp.int32)))

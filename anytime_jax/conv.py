@@ -4,10 +4,11 @@ XLA computes a convolution's weight gradient as a "filter-gradient
 convolution". On some CPUs that kernel has measured at 4-5x the forward pass;
 on others (an AMD Zen 4 with XLA's YNNPACK fusions, jax 0.10.2) at about 0.6x,
 where the contraction below is 2-3x slower than XLA
-(``python -m experiments.bench --breakdown``). For a kernel ``[kh, kw, Cin, Cout]`` the same gradient is a sum over kernel
-taps ``(i, j)`` of ``x_ij^T dy``, where ``x_ij [B*Ho*Wo, Cin]`` is the input
-shifted by the tap and subsampled by the stride, and ``dy [B*Ho*Wo, Cout]`` the
-output cotangent: ``kh * kw`` ordinary matrix products.
+(``python -m experiments.bench --breakdown``). For a kernel
+``[kh, kw, Cin, Cout]`` the same gradient is a sum over kernel taps ``(i, j)``
+of ``x_ij^T dy``, where ``x_ij [B*Ho*Wo, Cin]`` is the input shifted by the tap
+and subsampled by the stride, and ``dy [B*Ho*Wo, Cout]`` the output
+cotangent: ``kh * kw`` ordinary matrix products.
 
 :func:`conv_general_dilated` is a drop-in for ``lax.conv_general_dilated``
 (Flax's ``nn.Conv(..., conv_general_dilated=...)`` takes it) that keeps XLA's

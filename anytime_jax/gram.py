@@ -155,6 +155,15 @@ def combine(updates: Any, weights: jax.Array, ids: Sequence[int]) -> Any:
   return jax.tree_util.tree_unflatten(treedef, out)
 
 
+def average_over(updates: Any, axis_name: Any) -> Any:
+  """The per-exit gradients averaged over a named data axis (``shard_map``, ``pmap``).
+
+  Gram-Schmidt is not linear: each device's gradients must be averaged before
+  the Gram matrix, never the combined directions after it.
+  """
+  return updates if axis_name is None else jax.lax.pmean(updates, axis_name)
+
+
 def exit_grams(updates: Any, params: Any, granularity: Granularity
                ) -> tuple[int, tuple[int, ...], jax.Array]:
   """Checks per-exit updates and returns ``(K, group ids, [num_groups, K, K] Grams)``."""

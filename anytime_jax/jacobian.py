@@ -52,7 +52,8 @@ def exit_jacobian(
   num_exits = _check_losses(losses)
   if chunk_size is not None and chunk_size < 1:
     raise ValueError(f'chunk_size must be a positive integer, got {chunk_size}.')
-  cotangents = jnp.eye(num_exits, dtype=losses.dtype)
+  # Unit cotangents typed like the losses (inside shard_map they vary over its axes).
+  cotangents = jnp.eye(num_exits, dtype=losses.dtype) * jnp.ones_like(losses)
 
   def one_exit(cotangent):
     return vjp_fn(cotangent)[0]

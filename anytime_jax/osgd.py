@@ -15,7 +15,7 @@ leaf (see :mod:`anytime_jax.gram`).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -198,6 +198,7 @@ def orthogonalize(
     diagnostics: bool = False,
     num_exits: Optional[int] = None,
     algorithm: str = 'gram',
+    axis_name: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   """Orthogonalizes per-exit gradients in exit order and sums them (OSGD).
 
@@ -244,6 +245,10 @@ def orthogonalize(
       modified Gram-Schmidt with a second pass on the flattened gradients of
       each group (:func:`gram_schmidt_vectors`): 7.9e-8 and 8.1e-9 in the same
       test, at a higher cost (``python -m experiments.bench --methods``).
+    axis_name: inside ``shard_map`` or ``pmap`` over a data axis, its name:
+      the per-exit gradients are averaged over it first (see
+      :func:`anytime_jax.gram.average_over`). Not needed under ``jit`` with a
+      sharded batch.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
@@ -271,6 +276,7 @@ def orthogonalize(
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
+    updates = gram_lib.average_over(updates, axis_name)
     k, ids, grams = gram_lib.exit_grams(updates, params, granularity)
     if num_exits is not None and k != num_exits:
       raise ValueError(f'orthogonalize(num_exits={num_exits}) got per-exit '

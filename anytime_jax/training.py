@@ -71,6 +71,21 @@ def vmapped_exit_jacobian(network: AnytimeNetwork, variables: Any, x: jax.Array,
   return jac, exit_losses, stats
 
 
+def _check_updates_fit(updates: Any, params: Any, per_exit: bool) -> None:
+  """Fails at trace time when ``tx`` left the exit axis on the updates."""
+  for (path, u), p in zip(jax.tree_util.tree_flatten_with_path(updates)[0],
+                          jax.tree_util.tree_leaves(params)):
+    if jnp.shape(u) != jnp.shape(p):
+      hint = ('it received per-exit gradients [K, *param.shape] (per_exit=True) but does not '
+              'combine them: put anytime_jax.orthogonalize() (or aj.sum_exits(), another '
+              'combination) at the head of the chain, or pass per_exit=False for an ordinary '
+              'optimizer on the summed losses' if per_exit else
+              'check the optimizer')
+      raise ValueError(
+          f'The optimizer returned an update of shape {jnp.shape(u)} for parameter '
+          f'{jax.tree_util.keystr(path)} of shape {jnp.shape(p)}: {hint}.')
+
+
 def make_train_step(network: AnytimeNetwork, tx: optax.GradientTransformation, *,
                     per_exit: bool = True, engine: str = 'staged', reduction: str = 'sum'):
   """Builds ``step(state, x, y) -> (state, metrics)``, to be jitted by the caller.
@@ -105,6 +120,7 @@ def make_train_step(network: AnytimeNetwork, tx: optax.GradientTransformation, *
     # Per-exit transformations that weight by loss (AdaLoss) read the losses.
     extra = {'losses': exit_losses} if per_exit else {}
     updates, opt_state = tx.update(grads, state.opt_state, state.params, **extra)
+    _check_updates_fit(updates, state.params, per_exit)
     params = optax.apply_updates(state.params, updates)
     metrics = {'loss': jnp.sum(exit_losses), 'exit_losses': exit_losses}
     return TrainState(state.step + 1, params, batch_stats, opt_state), metrics

@@ -30,6 +30,7 @@ def gram_weighting(
     *,
     granularity: gram_lib.Granularity = 'global',
     init_state: Optional[Callable[[int], Any]] = None,
+    axis_name: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   """An optax transformation summing exit gradients with Gram-derived weights.
 
@@ -43,6 +44,10 @@ def gram_weighting(
       parameter vector, as the methods' papers do), ``'leaf'`` (one per
       parameter tensor), or a partition (see :func:`anytime_jax.orthogonalize`).
     init_state: ``init_state(num_groups) -> state`` for stateful weightings.
+    axis_name: inside ``shard_map`` or ``pmap`` over a data axis, its name:
+      the per-exit gradients are averaged over it before the Gram matrix.
+      Not needed under ``jit`` with a sharded batch, where the per-exit
+      gradients of the global-batch losses are already the averaged ones.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` that takes per-exit gradients
@@ -62,6 +67,7 @@ def gram_weighting(
     return init_state(num_groups)
 
   def update_fn(updates, state, params=None, **extra_args):
+    updates = gram_lib.average_over(updates, axis_name)
     _, ids, grams = gram_lib.exit_grams(updates, params, granularity)
     if init_state is None:
       weights = jax.vmap(weighting)(grams)
@@ -120,8 +126,8 @@ def min_norm_weights(gram: jax.Array, iterations: int = 200) -> jax.Array:
 
 # ----- the methods -----
 
-def upgrad(*, iterations: int = 500, granularity: gram_lib.Granularity = 'global'
-           ) -> optax.GradientTransformationExtraArgs:
+def upgrad(*, iterations: int = 500, granularity: gram_lib.Granularity = 'global',
+           axis_name: Any = None) -> optax.GradientTransformationExtraArgs:
   """UPGrad (Quinton & Rey, *Jacobian Descent for Multi-Objective Optimization*, 2024).
 
   Each exit gradient is projected onto the dual cone of all exit gradients
@@ -132,11 +138,11 @@ def upgrad(*, iterations: int = 500, granularity: gram_lib.Granularity = 'global
   def weights(gram):
     eye = jnp.eye(gram.shape[-1], dtype=gram.dtype)
     return jnp.mean(jax.vmap(lambda e: box_qp(gram, e, iterations))(eye), axis=0)
-  return gram_weighting(weights, granularity=granularity)
+  return gram_weighting(weights, granularity=granularity, axis_name=axis_name)
 
 
-def dualproj(*, iterations: int = 500, granularity: gram_lib.Granularity = 'global'
-             ) -> optax.GradientTransformationExtraArgs:
+def dualproj(*, iterations: int = 500, granularity: gram_lib.Granularity = 'global',
+             axis_name: Any = None) -> optax.GradientTransformationExtraArgs:
   """DualProj (Quinton & Rey 2024): the mean gradient projected onto the dual cone.
 
   Weights ``argmin_{v >= 1/K} v^T G v`` (:func:`box_qp`): the closest
@@ -145,7 +151,7 @@ def dualproj(*, iterations: int = 500, granularity: gram_lib.Granularity = 'glob
   def weights(gram):
     k = gram.shape[-1]
     return box_qp(gram, jnp.full(k, 1.0 / k, gram.dtype), iterations)
-  return gram_weighting(weights, granularity=granularity)
+  return gram_weighting(weights, granularity=granularity, axis_name=axis_name)
 
 
 def cagrad_weights(gram: jax.Array, c: float = 0.5, iterations: int = 2000,
@@ -173,8 +179,8 @@ def cagrad_weights(gram: jax.Array, c: float = 0.5, iterations: int = 2000,
   return (mean + lam * w) / (1 + c ** 2)
 
 
-def cagrad(c: float = 0.5, *, iterations: int = 2000,
-           granularity: gram_lib.Granularity = 'global') -> optax.GradientTransformationExtraArgs:
+def cagrad(c: float = 0.5, *, iterations: int = 2000, granularity: gram_lib.Granularity = 'global',
+           axis_name: Any = None) -> optax.GradientTransformationExtraArgs:
   """CAGrad (Liu, Liu, Jin, Stone, Liu, *Conflict-Averse Gradient Descent for Multi-task
   Learning*, NeurIPS 2021).
 
@@ -182,7 +188,8 @@ def cagrad(c: float = 0.5, *, iterations: int = 2000,
   radius ``c |g0|`` around the mean gradient ``g0``; rescaled by ``1/(1+c^2)``
   as in the authors' code (``rescale=1``). See :func:`cagrad_weights`.
   """
-  return gram_weighting(lambda g: cagrad_weights(g, c, iterations), granularity=granularity)
+  return gram_weighting(lambda g: cagrad_weights(g, c, iterations), granularity=granularity,
+                        axis_name=axis_name)
 
 
 def _pinv_psd(gram: jax.Array, rtol: float = 1e-6) -> jax.Array:
@@ -204,11 +211,12 @@ def imtl_g_weights(gram: jax.Array) -> jax.Array:
   return jnp.where(jnp.abs(total) > 1e-12, v / jnp.where(total == 0, 1.0, total), 0.0)
 
 
-def imtl_g(*, granularity: gram_lib.Granularity = 'global') -> optax.GradientTransformationExtraArgs:
+def imtl_g(*, granularity: gram_lib.Granularity = 'global',
+           axis_name: Any = None) -> optax.GradientTransformationExtraArgs:
   """IMTL-G (Liu, Li, Kuang, Xue, Chen, Yang, Liao, Zhang, *Towards Impartial Multi-task
   Learning*, ICLR 2021): the combination whose projection on every exit's unit
   gradient is the same (closed form, :func:`imtl_g_weights`)."""
-  return gram_weighting(imtl_g_weights, granularity=granularity)
+  return gram_weighting(imtl_g_weights, granularity=granularity, axis_name=axis_name)
 
 
 def aligned_mtl_weights(gram: jax.Array, rtol: float = 1e-6) -> jax.Array:
@@ -227,13 +235,13 @@ def aligned_mtl_weights(gram: jax.Array, rtol: float = 1e-6) -> jax.Array:
   return jnp.where(jnp.isfinite(smallest), balance @ jnp.full(k, 1.0 / k, gram.dtype), 0.0)
 
 
-def aligned_mtl(*, granularity: gram_lib.Granularity = 'global'
-                ) -> optax.GradientTransformationExtraArgs:
+def aligned_mtl(*, granularity: gram_lib.Granularity = 'global',
+                axis_name: Any = None) -> optax.GradientTransformationExtraArgs:
   """Aligned-MTL (Senushkin, Patakin, Kuznetsov, Konushin, *Independent Component Alignment
   for Multi-Task Learning*, CVPR 2023): the exit gradients are replaced by the
   closest orthogonal, equal-norm system (condition number 1) and averaged
   (:func:`aligned_mtl_weights`)."""
-  return gram_weighting(aligned_mtl_weights, granularity=granularity)
+  return gram_weighting(aligned_mtl_weights, granularity=granularity, axis_name=axis_name)
 
 
 def nash_mtl_weights(gram: jax.Array, iterations: int = 50, ridge: float = 1e-6) -> jax.Array:
@@ -261,14 +269,15 @@ def nash_mtl_weights(gram: jax.Array, iterations: int = 50, ridge: float = 1e-6)
   return jax.lax.fori_loop(0, iterations, newton, start)
 
 
-def nash_mtl(*, iterations: int = 50, granularity: gram_lib.Granularity = 'global'
-             ) -> optax.GradientTransformationExtraArgs:
+def nash_mtl(*, iterations: int = 50, granularity: gram_lib.Granularity = 'global',
+             axis_name: Any = None) -> optax.GradientTransformationExtraArgs:
   """Nash-MTL (Navon, Shamsian, Achituve, Maron, Kawaguchi, Chechik, Fetaya, *Multi-Task
   Learning as a Bargaining Game*, ICML 2022): the Nash bargaining solution
   ``G a = 1 / a`` (:func:`nash_mtl_weights`), solved exactly each step
   (the authors' sequential convex approximation, update interval and
   gradient-norm cap are not reproduced)."""
-  return gram_weighting(lambda g: nash_mtl_weights(g, iterations), granularity=granularity)
+  return gram_weighting(lambda g: nash_mtl_weights(g, iterations), granularity=granularity,
+                        axis_name=axis_name)
 
 
 class GradVacState(NamedTuple):
@@ -310,8 +319,8 @@ def gradvac_coefficients(gram: jax.Array, target: jax.Array, order: jax.Array, b
   return jax.vmap(row)(jnp.arange(k), target)
 
 
-def gradvac(num_exits: int, *, beta: float = 0.01, seed: int = 0,
-            granularity: gram_lib.Granularity = 'global') -> optax.GradientTransformationExtraArgs:
+def gradvac(num_exits: int, *, beta: float = 0.01, seed: int = 0, granularity: gram_lib.Granularity = 'global',
+            axis_name: Any = None) -> optax.GradientTransformationExtraArgs:
   """GradVac (Wang, Tsvetkov, Firat, Cao, *Gradient Vaccine: Investigating and Improving
   Multi-task Optimization in Massively Multilingual Models*, ICLR 2021).
 
@@ -335,6 +344,6 @@ def gradvac(num_exits: int, *, beta: float = 0.01, seed: int = 0,
     return jnp.sum(coeffs, axis=1), GradVacState(key, targets)
 
   return gram_weighting(
-      weighting, granularity=granularity,
+      weighting, granularity=granularity, axis_name=axis_name,
       init_state=lambda groups: GradVacState(
           jax.random.key(seed), jnp.zeros((groups, num_exits, num_exits), jnp.float32)))

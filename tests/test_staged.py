@@ -159,3 +159,13 @@ def test_bench_quick_runs(tmp_path):
     assert all(v > 0 for v in r['seconds'].values())
     assert 1.0 < r['ratio']['floor'] < 4.0
   assert '| branched |' in out.stdout
+
+
+def test_a_plain_optimizer_on_per_exit_gradients_fails_at_trace_time():
+  network = models.create('branched', num_classes=3, num_exits=2, width=4)
+  x, y = jnp.zeros((4, 8, 8, 1)), jnp.zeros(4, jnp.int32)
+  tx = optax.sgd(0.1)
+  state = aj.create_train_state(network, tx, jax.random.key(0), x)
+  with pytest.raises(ValueError, match='orthogonalize.*per_exit=False'):
+    jax.jit(aj.make_train_step(network, tx)).lower(state, x, y)
+  jax.jit(aj.make_train_step(network, tx, per_exit=False)).lower(state, x, y)  # the fix works
