@@ -1,6 +1,7 @@
 """anytime-jax: Orthogonalized SGD and nested anytime networks in JAX."""
 
 from anytime_jax import models
+from anytime_jax.accumulate import accumulate_exits
 from anytime_jax.baselines import adaloss
 from anytime_jax.baselines import mean_exits
 from anytime_jax.baselines import mgda
@@ -39,6 +40,7 @@ __version__ = '0.1.0'
 
 __all__ = [
     'EarlyExit',
+    'accumulate_exits',
     'aligned_mtl',
     'cagrad',
     'dualproj',

@@ -1,0 +1,51 @@
+"""Accumulating per-exit gradients over micro-batches equals one large batch."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import anytime_jax as aj
+
+
+def _losses(p, x, y):  # three exits, mean over the batch
+  a = jnp.tanh(x @ p['w1'])
+  b = jnp.tanh(a @ p['w2'])
+  c = jnp.tanh(b @ p['w3'])
+  return aj.exit_cross_entropy(jnp.stack([a @ p['h'], b @ p['h'], c @ p['h']]), y)
+
+
+def _problem():
+  rng = np.random.default_rng(0)
+  params = {k: jnp.asarray(rng.normal(size=s), jnp.float32)
+            for k, s in (('w1', (5, 6)), ('w2', (6, 6)), ('w3', (6, 6)), ('h', (6, 4)))}
+  x = jnp.asarray(rng.normal(size=(64, 5)), jnp.float32)
+  y = jnp.asarray(rng.integers(0, 4, 64))
+  return params, x, y
+
+
+@pytest.mark.parametrize('make', [lambda: aj.osgd(0.1, momentum=0.9),
+                                  lambda: optax.chain(aj.upgrad(), optax.adam(1e-2))])
+def test_four_micro_batches_step_like_one_batch_four_times_larger(make):
+  params, x, y = _problem()
+  big = make()
+  big_state = big.init(params)
+  micro = aj.accumulate_exits(make(), every=4, num_exits=3)
+  micro_state = micro.init(params)
+  micro_update = jax.jit(micro.update)
+  for _ in range(2):  # two steps, so that momentum and the inner state carry over
+    want, big_state = big.update(aj.exit_jacobian(_losses, params, x, y)[0], big_state, params)
+    for i in range(4):
+      jac, _ = aj.exit_jacobian(_losses, params, x[16 * i:16 * (i + 1)], y[16 * i:16 * (i + 1)])
+      got, micro_state = micro_update(jac, micro_state, params)
+      if i < 3:
+        assert all(np.all(u == 0) for u in jax.tree.leaves(got))
+    for k in want:
+      np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=1e-6)
+    params = optax.apply_updates(params, want)
+
+
+def test_every_must_be_positive():
+  with pytest.raises(ValueError, match='every must be a positive integer'):
+    aj.accumulate_exits(aj.osgd(0.1), every=0, num_exits=2)
