@@ -29,3 +29,13 @@ def test_usage_example_trains_two_exits(tmp_path):
 @pytest.mark.parametrize('index', range(1, len(BLOCKS)))
 def test_other_examples_run(index, tmp_path):
   _run(BLOCKS[index], tmp_path)
+
+
+def test_the_library_imports_without_the_experiments_extra():
+  code = ('import sys, anytime_jax\n'
+          'heavy = [m for m in ("tensorflow_datasets", "orbax", "matplotlib", "sklearn", "scipy", '
+          '"experiments") if m in sys.modules]\n'
+          'assert not heavy, heavy\n'
+          'assert anytime_jax.__version__\n')
+  out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120)
+  assert out.returncode == 0, out.stderr
