@@ -22,7 +22,9 @@ from anytime_jax.osgd import OrthogonalizeState
 from anytime_jax.osgd import orthogonalize
 from anytime_jax.osgd import osgd
 from anytime_jax.osgd import sgd_tail
+from anytime_jax.staged import linen_stages
 from anytime_jax.staged import staged_exit_jacobian
+from anytime_jax.staged import staged_jacobian
 from anytime_jax.training import TrainState
 from anytime_jax.training import create_train_state
 from anytime_jax.training import make_train_step
@@ -72,6 +74,8 @@ __all__ = [
     'exit_jacobian',
     'orthogonalize',
     'osgd',
+    'linen_stages',
     'staged_exit_jacobian',
+    'staged_jacobian',
     'summed_loss_gradient',
 ]

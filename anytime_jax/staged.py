@@ -1,17 +1,25 @@
-"""Per-exit gradients at the cost floor: the staged engine.
+"""Per-exit gradients at the cost floor: the staged engine, for any sequence of stages.
 
 Exit k's loss touches only stages 1..k, so stage s needs one VJP for each exit
 ``>= s``. The staged engine runs the stages forward once, keeping each stage's
 VJP, then walks back from the last stage carrying a stack of carry cotangents
 that holds only the exits reaching that stage. All K backward walks share the
-one forward pass and its residuals. A plain ``vmap`` over K
-cotangents (:func:`anytime_jax.exit_jacobian`) instead pushes every exit
-through every stage, including the stages after it, where its cotangent is zero.
+one forward pass and its residuals. A plain ``vmap`` over K cotangents
+(:func:`anytime_jax.exit_jacobian`) instead pushes every exit through every
+stage, including the stages after it, where its cotangent is zero.
+
+A stage is any pure function ``stage(params_k, state_k, carry) -> (carry,
+logits_k, state_k)``: ``params_k`` is what is differentiated, ``state_k``
+anything it reads and updates without gradient (BatchNorm statistics; ``None``
+if it has none) and ``carry`` whatever later stages read (any pytree).
+:func:`staged_jacobian` takes such stages; :func:`linen_stages` turns one of our
+networks (or any linen module built from ``Stage`` s) into them, and
+``anytime_jax.nnx_stages`` does the same for Flax NNX modules.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Optional
 
 import jax
@@ -20,6 +28,106 @@ import jax.numpy as jnp
 from anytime_jax.losses import cross_entropy
 from anytime_jax.models.network import (AnytimeNetwork, apply_stage, initial_carry,
                                         stage_variables)
+
+StageFn = Callable[[Any, Any, Any], tuple[Any, jax.Array, Any]]
+
+
+def staged_jacobian(
+    stages: Sequence[StageFn],
+    params: Sequence[Any],
+    carry: Any,
+    exit_loss: Callable[[int, jax.Array], jax.Array],
+    states: Optional[Sequence[Any]] = None,
+    *,
+    vectorize: bool = False,
+) -> tuple[list[Any], jax.Array, list[Any]]:
+  """Per-exit gradients of any sequence of stages, stage by stage.
+
+  Args:
+    stages: K functions ``stage(params_k, state_k, carry) -> (carry,
+      logits_k, state_k)``.
+    params: K pytrees, stage k's differentiated parameters.
+    carry: what the first stage reads (e.g. the input batch); it gets no
+      cotangent.
+    exit_loss: ``exit_loss(k, logits_k) -> scalar``, exit k's loss.
+    states: K pytrees of non-differentiated state (default: ``None`` each).
+    vectorize: push the exits' cotangents through a stage's backward pass as
+      one ``vmap`` instead of one backward call per exit (default). Both share
+      the forward residuals; on CPU the per-exit calls measured faster.
+
+  Returns:
+    ``(jac, losses, states)``: ``jac[k]`` has the structure of ``params[k]``
+    with every leaf ``[K, *leaf.shape]`` (row j: the gradient of exit j's loss;
+    exactly zero for j < k); ``losses`` is ``[K]``; ``states`` the updated
+    states.
+  """
+  num_exits = len(stages)
+  if len(params) != num_exits:
+    raise ValueError(f'{num_exits} stages but {len(params)} parameter pytrees; give one per stage.')
+  states = [None] * num_exits if states is None else list(states)
+  if len(states) != num_exits:
+    raise ValueError(f'{num_exits} stages but {len(states)} states; give one per stage (or None).')
+  vjps, out_carries, losses, new_states = [], [], [], []
+  for k, (stage, stage_params, state) in enumerate(zip(stages, params, states)):
+
+    def run(p, c, stage=stage, state=state, k=k):
+      new_carry, logits, new_state = stage(p, state, c)
+      return (new_carry, exit_loss(k, logits)), new_state
+
+    if k == 0:  # the input needs no cotangent: differentiate the first stage's params only
+      (carry, loss), vjp, new_state = jax.vjp(lambda p, c=carry: run(p, c), stage_params,
+                                              has_aux=True)
+    else:
+      (carry, loss), vjp, new_state = jax.vjp(run, stage_params, carry, has_aux=True)
+    vjps.append(vjp)
+    out_carries.append(carry)
+    losses.append(loss)
+    new_states.append(new_state)
+
+  jac = [None] * num_exits
+  arriving = []  # per later exit: its cotangent on stage k's output carry
+  for k in reversed(range(num_exits)):
+    # Exit k enters here with d loss_k / d loss_k = 1 and nothing on the carry;
+    # the later exits bring their carry cotangents and nothing on loss_k.
+    one, zero = jnp.ones_like(losses[k]), jnp.zeros_like(losses[k])
+    stack = [(jax.tree.map(jnp.zeros_like, out_carries[k]), one)]
+    stack += [(ct, zero) for ct in arriving]
+    if vectorize:
+      batched = jax.vmap(vjps[k])(jax.tree.map(lambda *a: jnp.stack(a), *stack))
+      param_cts = batched[0]
+      arriving = ([jax.tree.map(lambda a, i=i: a[i], batched[1]) for i in range(len(stack))]
+                  if k else [])
+    else:
+      outs = [vjps[k](ct) for ct in stack]
+      param_cts = jax.tree.map(lambda *a: jnp.stack(a), *[o[0] for o in outs])
+      arriving = [o[1] for o in outs] if k else []
+    jac[k] = jax.tree.map(
+        lambda g, k=k: jnp.concatenate([jnp.zeros((k, *g.shape[1:]), g.dtype), g]), param_cts)
+  return jac, jnp.stack(losses), new_states
+
+
+def linen_stages(network: AnytimeNetwork, variables: Any, *, train: bool = True
+                 ) -> tuple[list[StageFn], list[Any], list[Any]]:
+  """Our linen networks as stages: ``(stages, params, states)`` for :func:`staged_jacobian`.
+
+  Stage k's parameters are ``variables['params']['stages_k']`` and its state
+  its BatchNorm statistics (updated in train mode).
+  """
+  stages, params, states = [], [], []
+  for k in range(network.num_exits):
+    stage_vars = stage_variables(variables, k)
+    if 'params' not in stage_vars:
+      raise ValueError(f'variables lack params for stage {k} (stages_{k}); pass the '
+                       'variables returned by network.init.')
+
+    def stage(p, state, carry, k=k):
+      carry, logits, stats = apply_stage(network, {'params': p, **state}, k, carry, train)
+      return carry, logits, ({'batch_stats': stats} if 'batch_stats' in state else state)
+
+    stages.append(stage)
+    params.append(stage_vars['params'])
+    states.append({c: t for c, t in stage_vars.items() if c != 'params'})
+  return stages, params, states
 
 
 def staged_exit_jacobian(
@@ -32,7 +140,7 @@ def staged_exit_jacobian(
     loss_fn: Optional[Callable[[jax.Array, jax.Array], jax.Array]] = None,
     vectorize: bool = False,
 ) -> tuple[Any, jax.Array, Any]:
-  """Per-exit gradients of an anytime network, stage by stage.
+  """Per-exit gradients of one of our anytime networks (:func:`staged_jacobian` on it).
 
   Args:
     network: a network from :func:`anytime_jax.models.create`.
@@ -43,10 +151,7 @@ def staged_exit_jacobian(
       updated statistics are returned (once per step, as in ordinary training).
     loss_fn: ``loss_fn(logits [B, C], y) -> scalar``, the loss of one exit;
       default mean softmax cross-entropy with integer labels.
-    vectorize: push the exits' cotangents through a stage's backward pass as
-      one ``vmap`` (batched kernels) instead of one backward call per exit
-      (default). Both share the forward residuals; on CPU the per-exit calls
-      measured faster (``python -m experiments.bench``), accelerators may differ.
+    vectorize: see :func:`staged_jacobian`.
 
   Returns:
     ``(jac, losses, batch_stats)``: ``jac`` has the structure of
@@ -56,50 +161,11 @@ def staged_exit_jacobian(
     mode, ``{}`` without BatchNorm).
   """
   loss_fn = cross_entropy if loss_fn is None else loss_fn
-  num_exits = network.num_exits
-  carry = initial_carry(x)
-  vjps, out_carries, losses, stats = [], [], [], {}
-  for k in range(num_exits):
-    stage_vars = stage_variables(variables, k)
-    if 'params' not in stage_vars:
-      raise ValueError(f'variables lack params for stage {k} (stages_{k}); pass the '
-                       'variables returned by network.init.')
-    rest = {c: t for c, t in stage_vars.items() if c != 'params'}
-
-    def run(params, carry, k=k, rest=rest):
-      new_carry, logits, new_stats = apply_stage(network, {'params': params, **rest}, k,
-                                                 carry, train)
-      return (new_carry, loss_fn(logits, y)), new_stats
-
-    if k == 0:
-      # The images need no cotangent: differentiate the first stage's params only.
-      (carry, loss), vjp, new_stats = jax.vjp(lambda p, c=carry: run(p, c),
-                                              stage_vars['params'], has_aux=True)
-    else:
-      (carry, loss), vjp, new_stats = jax.vjp(run, stage_vars['params'], carry, has_aux=True)
-    vjps.append(vjp)
-    out_carries.append(carry)
-    losses.append(loss)
-    stats[f'stages_{k}'] = new_stats
-
-  jac = {}
-  arriving = []  # per later exit: its cotangent on stage k's output carry
-  for k in reversed(range(num_exits)):
-    # Exit k enters here with d loss_k / d loss_k = 1 and nothing on the carry;
-    # the later exits bring their carry cotangents and nothing on loss_k.
-    one, zero = jnp.ones((), losses[k].dtype), jnp.zeros((), losses[k].dtype)
-    stack = [(jax.tree.map(jnp.zeros_like, out_carries[k]), one)]
-    stack += [(ct, zero) for ct in arriving]
-    if vectorize:
-      batched = jax.vmap(vjps[k])(jax.tree.map(lambda *a: jnp.stack(a), *stack))
-      param_cts = batched[0]
-      arriving = [jax.tree.map(lambda a, i=i: a[i], batched[1]) for i in range(len(stack))] if k else []
-    else:
-      outs = [vjps[k](ct) for ct in stack]
-      param_cts = jax.tree.map(lambda *a: jnp.stack(a), *[o[0] for o in outs])
-      arriving = [o[1] for o in outs] if k else []
-    jac[f'stages_{k}'] = jax.tree.map(
-        lambda g, k=k: jnp.concatenate([jnp.zeros((k, *g.shape[1:]), g.dtype), g]), param_cts)
-  jac = {name: jac[name] for name in variables['params']}
-  batch_stats = stats if 'batch_stats' in variables else {}
-  return jac, jnp.stack(losses), batch_stats
+  stages, params, states = linen_stages(network, variables, train=train)
+  jac, losses, new_states = staged_jacobian(stages, params, initial_carry(x),
+                                            lambda k, logits: loss_fn(logits, y), states,
+                                            vectorize=vectorize)
+  names = [f'stages_{k}' for k in range(network.num_exits)]
+  batch_stats = ({name: state['batch_stats'] for name, state in zip(names, new_states)}
+                 if 'batch_stats' in variables else {})
+  return {name: jac[k] for k, name in enumerate(names)}, losses, batch_stats

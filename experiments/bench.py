@@ -80,36 +80,16 @@ def _example(name: str, batch_size: int, shape, width, conv_weight_gradient='xla
   return network, x, y, models.init_variables(network, jax.random.key(0), x)
 
 
-def bench_model(name: str, batch_size: int, repeats: int, shape=(28, 28, 1), width=None,
-                conv_weight_gradient='xla') -> dict:
-  network, x, y, variables = _example(name, batch_size, shape, width, conv_weight_gradient)
-  num_params = sum(p.size for p in jax.tree.leaves(variables['params']))
-
-  paths = {
-      'summed_grad': lambda v: summed_loss_gradient(network, v, x, y),
-      'exit_jacobian': lambda v: vmapped_exit_jacobian(network, v, x, y),
-      'staged': lambda v: staged_exit_jacobian(network, v, x, y),
-      'staged_vmap': lambda v: staged_exit_jacobian(network, v, x, y, vectorize=True),
-  }
-  compiled = {k: _compile(f, variables) for k, f in paths.items()}
-  jac = compiled['staged'][0](variables)[0]
-  ortho = aj.orthogonalize()
-  ortho_update = jax.jit(lambda j: ortho.update(j, ortho.init(None))[0])
-
-  osgd_tx, sgd_tx = aj.osgd(0.1), optax.sgd(0.1, momentum=0.9)
-  osgd_step = jax.jit(make_train_step(network, osgd_tx))
-  sgd_step = jax.jit(make_train_step(network, sgd_tx, per_exit=False))
-  osgd_state = create_train_state(network, osgd_tx, jax.random.key(0), x)
-  sgd_state = create_train_state(network, sgd_tx, jax.random.key(0), x)
-
+def _gradient_row(name, batch_size, num_params, paths, flops, ortho_update, steps, repeats, args):
+  """Times the gradient paths (functions of ``args``) and steps side by side; returns a row."""
+  compiled = {k: _compile(f, args) for k, f in paths.items()}
+  jac = compiled['staged'][0](args)[0]
   timings = _time_round_robin({
-      **{k: (lambda f=f: f(variables)) for k, (f, _) in compiled.items()},
+      **{k: (lambda f=f: f(args)) for k, (f, _) in compiled.items()},
       'orthogonalize': lambda: ortho_update(jac),
-      'osgd_step': lambda: osgd_step(osgd_state, x, y),
-      'sgd_step': lambda: sgd_step(sgd_state, x, y),
+      **steps,
   }, repeats)
   base = timings['summed_grad']
-  flops = aj.exit_flops(network, variables, x)
   return {
       'model': name, 'batch_size': batch_size, 'params': int(num_params),
       'exit_mflops': [f / 1e6 for f in flops],
@@ -124,6 +104,105 @@ def bench_model(name: str, batch_size: int, repeats: int, shape=(28, 28, 1), wid
       },
       'peak_mib': {k: mib for k, (_, mib) in compiled.items()},
   }
+
+
+def bench_model(name: str, batch_size: int, repeats: int, shape=(28, 28, 1), width=None,
+                conv_weight_gradient='xla') -> dict:
+  network, x, y, variables = _example(name, batch_size, shape, width, conv_weight_gradient)
+  paths = {
+      'summed_grad': lambda v: summed_loss_gradient(network, v, x, y),
+      'exit_jacobian': lambda v: vmapped_exit_jacobian(network, v, x, y),
+      'staged': lambda v: staged_exit_jacobian(network, v, x, y),
+      'staged_vmap': lambda v: staged_exit_jacobian(network, v, x, y, vectorize=True),
+  }
+  ortho = aj.orthogonalize()
+  osgd_tx, sgd_tx = aj.osgd(0.1), optax.sgd(0.1, momentum=0.9)
+  osgd_step = jax.jit(make_train_step(network, osgd_tx))
+  sgd_step = jax.jit(make_train_step(network, sgd_tx, per_exit=False))
+  osgd_state = create_train_state(network, osgd_tx, jax.random.key(0), x)
+  sgd_state = create_train_state(network, sgd_tx, jax.random.key(0), x)
+  return _gradient_row(
+      name, batch_size, sum(p.size for p in jax.tree.leaves(variables['params'])), paths,
+      aj.exit_flops(network, variables, x),
+      jax.jit(lambda j: ortho.update(j, ortho.init(None))[0]),
+      {'osgd_step': lambda: osgd_step(osgd_state, x, y),
+       'sgd_step': lambda: sgd_step(sgd_state, x, y)}, repeats, variables)
+
+
+def user_cnn(width: int = 16, num_exits: int = 4, num_classes: int = 10, seed: int = 0):
+  """A network a user might write without Flax or our models: plain JAX stages.
+
+  Stage k: a 3x3 convolution (stride 2 when the resolution halves, at most
+  twice) with ReLU, then an exit head (global average pool, dense). Returns
+  ``(stages, params)`` for :func:`anytime_jax.staged_jacobian`.
+  """
+  rng = np.random.default_rng(seed)
+  stages, params, channels = [], [], 1
+  for k in range(num_exits):
+    out = width * 2 ** min(k, 2)
+    stride = 2 if 0 < k <= 2 else 1
+
+    def stage(p, state, x, stride=stride):
+      h = jax.nn.relu(jax.lax.conv_general_dilated(
+          x, p['conv'], (stride, stride), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC')))
+      return h, jnp.mean(h, axis=(1, 2)) @ p['head'], state
+
+    params.append({'conv': jnp.asarray(rng.normal(size=(3, 3, channels, out))
+                                       * np.sqrt(2 / (9 * channels)), jnp.float32),
+                   'head': jnp.asarray(rng.normal(size=(out, num_classes)) / np.sqrt(out),
+                                       jnp.float32)})
+    stages.append(stage)
+    channels = out
+  return stages, params
+
+
+def bench_user_network(batch_size: int, repeats: int, shape=(28, 28, 1)) -> dict:
+  """The generic engine on :func:`user_cnn`, measured like our models."""
+  stages, params = user_cnn()
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(batch_size, *shape)), jnp.float32)
+  y = jnp.asarray(rng.integers(0, 10, batch_size))
+  exit_loss = lambda k, logits: exit_cross_entropy(logits[None], y)[0]
+
+  def losses(p):
+    carry, out = x, []
+    for stage, stage_params in zip(stages, p):
+      carry, logits, _ = stage(stage_params, None, carry)
+      out.append(logits)
+    return exit_cross_entropy(jnp.stack(out), y)
+
+  paths = {
+      'summed_grad': lambda p: jax.grad(lambda p: jnp.sum(losses(p)))(p),
+      'exit_jacobian': lambda p: aj.exit_jacobian(losses, p),
+      'staged': lambda p: aj.staged_jacobian(stages, p, x, exit_loss),
+      'staged_vmap': lambda p: aj.staged_jacobian(stages, p, x, exit_loss, vectorize=True),
+  }
+  flops, carry, total = [], jax.ShapeDtypeStruct(x.shape, x.dtype), 0.0
+  for stage, stage_params in zip(stages, params):
+    total += float(jax.jit(lambda p, c, s=stage: s(p, None, c)).lower(
+        stage_params, carry).cost_analysis()['flops']) / batch_size
+    flops.append(total)
+    carry = jax.eval_shape(lambda p, c, s=stage: s(p, None, c)[0], stage_params, carry)
+  ortho = aj.orthogonalize()
+  osgd_tx, sgd_tx = aj.osgd(0.1), optax.sgd(0.1, momentum=0.9)
+
+  @jax.jit
+  def osgd_step(p, state):
+    jac, _, _ = aj.staged_jacobian(stages, p, x, exit_loss)
+    updates, state = osgd_tx.update(jac, state, p)
+    return optax.apply_updates(p, updates), state
+
+  @jax.jit
+  def sgd_step(p, state):
+    updates, state = sgd_tx.update(jax.grad(lambda p: jnp.sum(losses(p)))(p), state, p)
+    return optax.apply_updates(p, updates), state
+
+  osgd_state, sgd_state = osgd_tx.init(params), sgd_tx.init(params)
+  return _gradient_row(
+      'user_cnn (plain JAX stages)', batch_size, sum(p.size for p in jax.tree.leaves(params)),
+      paths, flops, jax.jit(lambda j: ortho.update(j, ortho.init(None))[0]),
+      {'osgd_step': lambda: osgd_step(params, osgd_state),
+       'sgd_step': lambda: sgd_step(params, sgd_state)}, repeats, params)
 
 
 def _pipeline_seconds(batch_size: int, shape, repeats: int) -> float:
@@ -265,6 +344,8 @@ def main(argv=None):
                       help='how convolutions compute their weight gradient')
   parser.add_argument('--breakdown', action='store_true',
                       help='where an OSGD step\'s time goes, for every conv weight gradient')
+  parser.add_argument('--user_network', action='store_true',
+                      help='also a network written as plain JAX stages (the generic engine)')
   parser.add_argument('--methods', action='store_true',
                       help='the cost of every exit-gradient combination\'s update')
   args = parser.parse_args(argv)
@@ -288,8 +369,11 @@ def main(argv=None):
                                        conv_weight_gradient=args.conv_weight_gradient)
     fmt, rows_per_model = format_table, 1
   rows = []
-  for name in names:
-    rows.append(measure(name))
+  measurements = [lambda name=name: measure(name) for name in names]
+  if args.user_network and fmt is format_table:
+    measurements.append(lambda: bench_user_network(args.batch_size, args.repeats))
+  for measurement in measurements:
+    rows.append(measurement())
     table = fmt(rows[-1:]).splitlines()
     print('\n'.join(table if len(rows) == 1 else table[-rows_per_model:]), flush=True)
   if args.json:

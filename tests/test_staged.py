@@ -169,3 +169,38 @@ def test_a_plain_optimizer_on_per_exit_gradients_fails_at_trace_time():
   with pytest.raises(ValueError, match='orthogonalize.*per_exit=False'):
     jax.jit(aj.make_train_step(network, tx)).lower(state, x, y)
   jax.jit(aj.make_train_step(network, tx, per_exit=False)).lower(state, x, y)  # the fix works
+
+
+def _user_stages():
+  """A user's own network, no Flax: three dense stages, each with an exit head."""
+  def stage(p, state, carry):
+    h = jnp.tanh(carry @ p['w'])
+    return h, h @ p['head'], state
+  rng = np.random.default_rng(0)
+  params = [{'w': jnp.asarray(rng.normal(size=(n, 8)), jnp.float32),
+             'head': jnp.asarray(rng.normal(size=(8, 3)), jnp.float32)} for n in (5, 8, 8)]
+  return [stage] * 3, params
+
+
+@pytest.mark.parametrize('vectorize', [False, True])
+def test_any_stages_give_the_plain_per_exit_jacobian(vectorize):
+  stages, params = _user_stages()
+  x = jax.random.normal(jax.random.key(0), (16, 5))
+  y = jnp.arange(16) % 3
+  exit_loss = lambda k, logits: aj.exit_cross_entropy(logits[None], y)[0]
+  jac, losses, states = jax.jit(lambda p: aj.staged_jacobian(
+      stages, p, x, exit_loss, vectorize=vectorize))(params)
+
+  def all_losses(p):
+    carry, out = x, []
+    for stage, stage_params in zip(stages, p):
+      carry, logits, _ = stage(stage_params, None, carry)
+      out.append(logits)
+    return aj.exit_cross_entropy(jnp.stack(out), y)
+
+  want, want_losses = aj.exit_jacobian(all_losses, params)
+  np.testing.assert_allclose(losses, want_losses, rtol=1e-6)
+  _assert_trees_close(jac, want, rtol=1e-5, atol=1e-6)
+  assert states == [None] * 3
+  with pytest.raises(ValueError, match='one per stage'):
+    aj.staged_jacobian(stages, params[:2], x, exit_loss)
