@@ -18,6 +18,10 @@ from anytime_jax.anytime import first_confident_exit
 from anytime_jax.anytime import iterate_exits
 from anytime_jax.jacobian import exit_jacobian
 from anytime_jax.losses import exit_cross_entropy
+from anytime_jax.nnx_support import AnytimeNNX
+from anytime_jax.nnx_support import create_nnx
+from anytime_jax.nnx_support import nnx_staged_exit_jacobian
+from anytime_jax.nnx_support import nnx_stages
 from anytime_jax.osgd import OrthogonalizeState
 from anytime_jax.osgd import orthogonalize
 from anytime_jax.osgd import osgd
@@ -41,7 +45,11 @@ from anytime_jax.weightings import upgrad
 __version__ = '0.1.0'
 
 __all__ = [
+    'AnytimeNNX',
     'EarlyExit',
+    'create_nnx',
+    'nnx_staged_exit_jacobian',
+    'nnx_stages',
     'accumulate_exits',
     'aligned_mtl',
     'cagrad',
