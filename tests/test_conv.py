@@ -107,6 +107,7 @@ def test_networks_train_the_same_with_either_weight_gradient(name):
   (logits, (jac, losses, _)), (logits_c, (jac_c, losses_c, _)) = per_mode.values()
   np.testing.assert_array_equal(logits, logits_c)
   np.testing.assert_array_equal(losses, losses_c)
+  # Equal up to float32 rounding of sums over a batch of 6 x 8 x 8 positions.
   scale = max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(jac))
   for a, b in zip(jax.tree.leaves(jac), jax.tree.leaves(jac_c)):
-    np.testing.assert_allclose(a, b, atol=1e-5 * scale)
+    np.testing.assert_allclose(a, b, atol=5e-5 * scale)
