@@ -242,7 +242,9 @@ def _toy_images(n, seed=0):
   return jnp.asarray(x, jnp.float32), jnp.asarray(y)
 
 
-@pytest.mark.parametrize('name', models.ARCHITECTURES)
+@pytest.mark.parametrize('name', [
+    name if name in ('branched', 'nested_width') else pytest.param(name, marks=pytest.mark.slow)
+    for name in models.ARCHITECTURES])
 def test_every_model_trains_with_osgd(name):
   network = models.create(name, num_classes=5, num_exits=3, width=4)
   x, y = _toy_images(64)

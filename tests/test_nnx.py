@@ -48,7 +48,7 @@ def test_exit_k_ignores_the_parameters_of_later_stages(name):
   assert not np.array_equal(changed[last], base[last])
 
 
-@pytest.mark.parametrize('name', ['nested_width', 'branched'])
+@pytest.mark.parametrize('name', [pytest.param('nested_width', marks=pytest.mark.slow), 'branched'])
 def test_staged_nnx_gradients_equal_the_plain_per_exit_jacobian(name):
   model = nnx.clone(_model(name))
   reference = nnx.clone(model)

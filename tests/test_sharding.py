@@ -5,6 +5,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 SCRIPT = textwrap.dedent('''
@@ -58,6 +60,7 @@ SCRIPT = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.slow
 def test_axis_name_averages_before_the_gram_matrix_under_shard_map(tmp_path):
   script = tmp_path / 'sharded.py'
   script.write_text(SCRIPT)

@@ -138,6 +138,7 @@ MESH_SCRIPT = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', ['branched', 'nested_both'])
 def test_staged_on_a_mesh_of_8_cpu_devices(name):
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
@@ -147,6 +148,7 @@ def test_staged_on_a_mesh_of_8_cpu_devices(name):
   assert out.returncode == 0 and 'ok' in out.stdout, out.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_bench_quick_runs(tmp_path):
   out = subprocess.run([sys.executable, '-m', 'experiments.bench', '--quick', '--json',
                         str(tmp_path / 'bench.json')], capture_output=True, text=True,

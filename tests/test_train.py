@@ -74,9 +74,8 @@ def test_train_and_evaluate_takes_a_config_and_a_workdir(tmp_path, data_dir):
   assert e.value.step >= 1 and 'the loss became' in str(e.value)
 
 
-@pytest.mark.parametrize('optimizer', [
-    'osgd', pytest.param('pcgrad', marks=pytest.mark.slow),
-    pytest.param('adaloss', marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize('optimizer', ['osgd', 'pcgrad', 'adaloss'])
 def test_kill_during_a_save_and_resume_gives_the_same_results(tmp_path, data_dir, optimizer):
   # PCGrad (its random key) and AdaLoss (its running losses) carry optimizer state.
   common = [*SMALL, '--max_steps_per_epoch', '40', '--checkpoint_every', '5',
@@ -106,6 +105,7 @@ def test_kill_during_a_save_and_resume_gives_the_same_results(tmp_path, data_dir
   assert resumed.returncode == 0
 
 
+@pytest.mark.slow
 def test_divergence_keeps_only_good_states_and_a_new_run_starts_from_them(tmp_path, data_dir):
   workdir = tmp_path / 'nan'
   args = [*SMALL, '--checkpoint_every', '1', '--data_dir', data_dir]
@@ -131,6 +131,7 @@ def test_divergence_keeps_only_good_states_and_a_new_run_starts_from_them(tmp_pa
   assert f'starting from step {kept}' in again.stderr
 
 
+@pytest.mark.slow
 def test_a_damaged_latest_checkpoint_is_skipped_and_said(tmp_path, data_dir):
   workdir = tmp_path / 'run'
   args = [*SMALL, '--epochs', '1', '--checkpoint_every', '5', '--data_dir', data_dir,
@@ -209,12 +210,14 @@ def _eight_devices():
               JAX_PLATFORMS='cpu')
 
 
+@pytest.mark.slow
 def test_one_step_on_a_mesh_of_8_devices_equals_one_device():
   out = subprocess.run([sys.executable, '-c', MESH_SCRIPT], capture_output=True, text=True,
                        cwd=ROOT, env=_eight_devices(), timeout=600)
   assert out.returncode == 0 and 'ok' in out.stdout, out.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_train_on_8_devices_and_batch_that_does_not_divide(tmp_path, data_dir):
   env = _eight_devices()
   bad = _train([*SMALL, '--batch_size', '12', '--workdir', str(tmp_path / 'bad'),
@@ -226,6 +229,7 @@ def test_train_on_8_devices_and_batch_that_does_not_divide(tmp_path, data_dir):
 
 @pytest.mark.skipif(not os.path.isdir(data.DEBIAN_FASHION_MNIST),
                     reason='needs the Debian package dataset-fashion-mnist (.ci/run installs it)')
+@pytest.mark.slow
 def test_end_to_end_on_fashion_mnist(tmp_path):
   out = _train(['--epochs', '1', '--max_steps_per_epoch', '60', '--batch_size', '64',
                 '--learning_rate', '0.2', '--num_exits', '3',
@@ -256,6 +260,7 @@ def _free_port():
     return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_train_and_evaluate_like_one(tmp_path, data_dir):
   common = [*SMALL, '--data_dir', data_dir, '--seed', '1']
   # One process with two devices: the same global batch over the same two shards.
