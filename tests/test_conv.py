@@ -93,7 +93,7 @@ def test_bad_weight_gradient_names_the_choices():
     models.create('branched', num_classes=3, conv_weight_gradient='fast')
 
 
-@pytest.mark.parametrize('name', ['nested_width', 'branched'])
+@pytest.mark.parametrize('name', [pytest.param('nested_width', marks=pytest.mark.slow), 'branched'])
 def test_networks_train_the_same_with_either_weight_gradient(name):
   x = jax.random.normal(jax.random.key(0), (6, 8, 8, 1))
   y = jnp.arange(6) % 3

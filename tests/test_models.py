@@ -41,7 +41,8 @@ def _perturb_stage(variables, j, seed=3):
   return out
 
 
-@pytest.mark.parametrize('name', ANYTIME + ('independent',))
+@pytest.mark.parametrize('name', [pytest.param(n, marks=pytest.mark.slow) if n == 'nested_both'
+                                  else n for n in ANYTIME + ('independent',)])
 @pytest.mark.parametrize('train', [False, True])
 def test_exit_is_identical_whether_or_not_later_stages_run(name, train):
   network, variables, x = _setup(name)

@@ -46,8 +46,12 @@ def _assert_trees_close(a, b, **tol):
     np.testing.assert_allclose(u, v, **tol)
 
 
-CASES = ([(name, True, False) for name in models.ARCHITECTURES]
-         + [('nested_width', False, False), ('branched', True, True), ('nested_depth', False, True)])
+# Every architecture runs under CI; the README's quick suite keeps the two cheapest.
+CASES = ([(name, True, False) if name in ('branched', 'nested_width')
+          else pytest.param(name, True, False, marks=pytest.mark.slow)
+          for name in models.ARCHITECTURES]
+         + [('nested_width', False, False), ('branched', True, True),
+            pytest.param('nested_depth', False, True, marks=pytest.mark.slow)])
 
 
 @pytest.mark.parametrize('name,train,vectorize', CASES)
@@ -72,7 +76,7 @@ def test_staged_equals_exit_jacobian(name, train, vectorize):
 
 
 def test_custom_loss_fn():
-  network, variables, x, y = _setup('nested_depth')
+  network, variables, x, y = _setup('branched')
   targets = jax.nn.one_hot(y, 5)
   loss_fn = lambda logits, t: jnp.mean((jax.nn.softmax(logits) - t) ** 2)
   jac, losses, _ = aj.staged_exit_jacobian(network, variables, x, targets, loss_fn=loss_fn)
