@@ -50,7 +50,8 @@ def _assert_trees_close(a, b, **tol):
 CASES = ([(name, True, False) if name in ('branched', 'nested_width')
           else pytest.param(name, True, False, marks=pytest.mark.slow)
           for name in models.ARCHITECTURES]
-         + [('nested_width', False, False), ('branched', True, True),
+         + [pytest.param('nested_width', False, False, marks=pytest.mark.slow),
+            ('branched', True, True),
             pytest.param('nested_depth', False, True, marks=pytest.mark.slow)])
 
 

@@ -59,6 +59,7 @@ def test_end_to_end_on_digits(tmp_path, data_dir):
   assert (workdir / 'accuracy_vs_flops.png').stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_train_and_evaluate_takes_a_config_and_a_workdir(tmp_path, data_dir):
   config = train.Config(dataset='digits', batch_size=32, epochs=2, num_exits=2, train_size=100,
                         eval_every=0, learning_rate=0.1, width=4)
