@@ -285,51 +285,48 @@ def bench_methods(name: str, batch_size: int, repeats: int, shape=(28, 28, 1), w
           'methods': {m: {'seconds': sec, 'over_gradients': sec / base} for m, sec in t.items()}}
 
 
+def _markdown(header: list[str], rows: list[list[str]]) -> str:
+  lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+  return '\n'.join(lines + ['| ' + ' | '.join(row) + ' |' for row in rows])
+
+
 def format_methods(rows: list[dict]) -> str:
-  lines = ['| model | method | update ms | / per-exit gradients |', '|---|---|---|---|']
+  cells = []
   for r in rows:
-    lines.append(f"| {r['model']} | (per-exit gradients) | {1e3 * r['per_exit_gradients']:.1f} "
-                 '| 100% |')
-    lines += [f"| {r['model']} | {method} | {1e3 * m['seconds']:.2f} "
-              f"| {100 * m['over_gradients']:.1f}% |" for method, m in r['methods'].items()]
-  return '\n'.join(lines)
+    cells.append([r['model'], '(per-exit gradients)', f"{1e3 * r['per_exit_gradients']:.1f}",
+                  '100%'])
+    cells += [[r['model'], method, f"{1e3 * m['seconds']:.2f}", f"{100 * m['over_gradients']:.1f}%"]
+              for method, m in r['methods'].items()]
+  return _markdown(['model', 'method', 'update ms', '/ per-exit gradients'], cells)
 
 
 def format_breakdown(rows: list[dict]) -> str:
-  lines = [
-      '| model | conv weight gradient | forward ms | input grads ms | weight grads ms '
-      '| weight grads / forward | per-exit extra ms | optimizer ms | OSGD step ms '
-      '| img/s (step) | input pipeline ms |',
-      '|---|---|---|---|---|---|---|---|---|---|---|',
-  ]
-  for r in rows:
-    for mode, p in r['parts'].items():
-      lines.append(
-          f"| {r['model']} | {mode} | {1e3 * p['forward']:.1f} | {1e3 * p['input_grads']:.1f} "
-          f"| {1e3 * p['weight_grads']:.1f} | {p['weight_grads'] / p['forward']:.2f} "
-          f"| {1e3 * p['per_exit_extra']:.1f} | {1e3 * p['optimizer']:.1f} "
-          f"| {1e3 * p['step']:.1f} | {r['batch_size'] / p['step']:.0f} "
-          f"| {1e3 * r['pipeline']:.2f} |")
-  return '\n'.join(lines)
+  header = ['model', 'conv weight gradient', 'forward ms', 'input grads ms', 'weight grads ms',
+            'weight grads / forward', 'per-exit extra ms', 'optimizer ms', 'OSGD step ms',
+            'img/s (step)', 'input pipeline ms']
+  cells = [[r['model'], mode, f"{1e3 * p['forward']:.1f}", f"{1e3 * p['input_grads']:.1f}",
+            f"{1e3 * p['weight_grads']:.1f}", f"{p['weight_grads'] / p['forward']:.2f}",
+            f"{1e3 * p['per_exit_extra']:.1f}", f"{1e3 * p['optimizer']:.1f}",
+            f"{1e3 * p['step']:.1f}", f"{r['batch_size'] / p['step']:.0f}",
+            f"{1e3 * r['pipeline']:.2f}"]
+           for r in rows for mode, p in r['parts'].items()]
+  return _markdown(header, cells)
 
 
 def format_table(rows: list[dict]) -> str:
-  lines = [
-      '| model | params | batch | summed grad ms | exit_jacobian | staged | staged (vmap) | floor '
-      '| staged/floor | orthogonalize / staged | OSGD step / SGD step '
-      '| peak MiB summed / exit_jacobian / staged |',
-      '|---|---|---|---|---|---|---|---|---|---|---|---|',
-  ]
+  header = ['model', 'params', 'batch', 'summed grad ms', 'exit_jacobian', 'staged',
+            'staged (vmap)', 'floor', 'staged/floor', 'orthogonalize / staged',
+            'OSGD step / SGD step', 'peak MiB summed / exit_jacobian / staged']
+  cells = []
   for r in rows:
     q, m = r['ratio'], r['peak_mib']
-    lines.append(
-        f"| {r['model']} | {r['params']:,} | {r['batch_size']} | {1e3 * r['seconds']['summed_grad']:.1f} "
-        f"| {q['exit_jacobian']:.2f}x | {q['staged']:.2f}x | {q['staged_vmap']:.2f}x "
-        f"| {q['floor']:.2f}x "
-        f"| {q['staged'] / q['floor']:.2f} | {100 * q['orthogonalize_over_staged']:.1f}% "
-        f"| {q['osgd_step_over_sgd_step']:.2f}x "
-        f"| {m['summed_grad']:.0f} / {m['exit_jacobian']:.0f} / {m['staged']:.0f} |")
-  return '\n'.join(lines)
+    cells.append([r['model'], f"{r['params']:,}", str(r['batch_size']),
+                  f"{1e3 * r['seconds']['summed_grad']:.1f}", f"{q['exit_jacobian']:.2f}x",
+                  f"{q['staged']:.2f}x", f"{q['staged_vmap']:.2f}x", f"{q['floor']:.2f}x",
+                  f"{q['staged'] / q['floor']:.2f}", f"{100 * q['orthogonalize_over_staged']:.1f}%",
+                  f"{q['osgd_step_over_sgd_step']:.2f}x",
+                  f"{m['summed_grad']:.0f} / {m['exit_jacobian']:.0f} / {m['staged']:.0f}"])
+  return _markdown(header, cells)
 
 
 def main(argv=None):
