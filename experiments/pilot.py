@@ -113,10 +113,12 @@ def choose(pilot: Pilot, rows: dict) -> tuple[Optional[tuple], str]:
              or _below(r['doubling_gain'], pilot.doubling_points))
         and not _below(r['capacity_gain'], pilot.capacity_points)):
       named = 'default width' if width is None else f'base width {width}'
+      doubling = ('twice the epochs were not run (the longest length: unmeasured)'
+                  if math.isnan(r['doubling_gain']) else
+                  f'twice the epochs add {r["doubling_gain"]:+.2f} (< {pilot.doubling_points})')
       return (width, epochs), (
           f'{named}, {epochs} epochs: the last epoch adds {r["last_epoch_gain"]:+.2f} points '
-          f'(< {pilot.last_epoch_points}), twice the epochs add {r["doubling_gain"]:+.2f} '
-          f'(< {pilot.doubling_points}), and the largest independent network is '
+          f'(< {pilot.last_epoch_points}), {doubling}, and the largest independent network is '
           f'{r["capacity_gain"]:+.2f} points above the smallest (>= {pilot.capacity_points}).')
   return None, ('no pilot candidate meets every criterion: train longer, or change the regime '
                 '(see the table).')
@@ -133,9 +135,10 @@ def markdown(pilot: Pilot, rows: dict) -> str:
       f'| twice the epochs add | {pilot.models[1]} per network | largest minus smallest |',
       '|---|---|---|---|---|---|---|']
   for (width, epochs), r in sorted(rows.items(), key=lambda i: (_width_order(i[0][0]), i[0][1])):
+    doubling = 'not run' if math.isnan(r['doubling_gain']) else f"{r['doubling_gain']:+.2f}"
     lines.append(f"| {width or 'default'} | {epochs} | {r['last_exit']:.2f} "
                  f"| {r['last_epoch_gain']:+.2f} "
-                 f"| {r['doubling_gain']:+.2f} | {' / '.join(f'{a:.2f}' for a in r['independent'])} "
+                 f"| {doubling} | {' / '.join(f'{a:.2f}' for a in r['independent'])} "
                  f"| {r['capacity_gain']:+.2f} |")
   lines += ['', f'Chosen: {why}' if chosen else f'Not decided: {why}']
   return '\n'.join(lines) + '\n'
