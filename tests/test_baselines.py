@@ -1,6 +1,5 @@
 """Baseline exit-gradient combinations against reference computations."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
