@@ -60,8 +60,8 @@ def run(pilot: Pilot, out: pathlib.Path, data_dir: str) -> None:
 
 
 def _validation(curve: list[dict]) -> np.ndarray:
-  """[epochs, K] validation accuracy after each epoch."""
-  return np.array([r['validation_accuracy'] for r in curve])
+  """[epochs, K] validation accuracy of the epochs that recorded it."""
+  return np.array([r['validation_accuracy'] for r in curve if 'validation_accuracy' in r])
 
 
 def measure(pilot: Pilot, out: pathlib.Path) -> dict:
@@ -77,7 +77,10 @@ def _measure_width(pilot: Pilot, out: pathlib.Path, width: Optional[int]) -> dic
                                                                epochs)))
     ref = _validation(study_runs.learning_curve(pilot.workdir(out, width, pilot.models[1],
                                                               epochs)))
-    if len(base) < epochs or len(ref) < epochs:
+    # Finished: the last epoch's record is there (a record lost to a kill leaves a gap only).
+    last = lambda m: (study_runs.learning_curve(pilot.workdir(out, width, m, epochs)) or
+                      [{'epoch': 0}])[-1]['epoch']
+    if any(last(m) < epochs for m in pilot.models):
       continue
     rows[epochs] = {
         'last_exit': 100 * base[-1, -1],

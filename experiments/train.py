@@ -301,7 +301,6 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *,
       if step % checkpoint_every == 0:
         manager.save(step, state)
     progress.close()
-    manager.save(step, state)
     seconds = time.perf_counter() - epoch_start
     last = epoch + 1 == config.epochs
     record = {'epoch': epoch + 1, 'step': step,
@@ -313,7 +312,10 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *,
       record['validation_accuracy'] = accuracy.tolist()
       print(f'epoch {epoch + 1}: validation accuracy per exit '
             + ' '.join(f'{a:.4f}' for a in accuracy), file=sys.stderr, flush=True)
+    # The epoch's record goes first: a kill before the save resumes from an earlier
+    # checkpoint and drops it again, a kill after keeps both.
     report.append_metrics(workdir, record)
+    manager.save(step, state)
 
   flops = aj.exit_flops(network, {'params': state.params, 'batch_stats': state.batch_stats},
                         example)
