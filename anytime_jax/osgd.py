@@ -282,8 +282,9 @@ def orthogonalize(
       raise ValueError(f'orthogonalize(num_exits={num_exits}) got per-exit '
                        f'gradients with K={k} exits.')
     _check_priority(priority, k)
-    coeffs = jax.vmap(lambda g: rescale_coefficients(
-        gram_schmidt_coefficients(g, eps, priority), g, rescale))(grams)
+    if algorithm == 'gram' or diagnostics:  # 'vectors' needs coefficients for diagnostics only
+      coeffs = jax.vmap(lambda g: rescale_coefficients(
+          gram_schmidt_coefficients(g, eps, priority), g, rescale))(grams)
     if algorithm == 'gram':
       out = gram_lib.combine(updates, jnp.sum(coeffs, axis=1), ids)
     else:
