@@ -110,7 +110,8 @@ def test_accuracy_against_float64_mgs_for_nearly_collinear_exits(algorithm, k, r
   got = np.asarray(tx.update({'w': jnp.asarray(rows, jnp.float32)}, tx.init(None))[0]['w'],
                    np.float64)
   want = want_u.sum(0)
-  assert np.linalg.norm(got - want) / np.linalg.norm(want) < BOUNDS[algorithm]['direction']
+  direction_error = np.linalg.norm(got - want) / np.linalg.norm(want)
+  assert direction_error < BOUNDS[algorithm]['direction']
   # The kept vectors: implicit (u = C J) for the Gram path, so rebuild them in float64 from C.
   if algorithm == 'gram':
     coeffs = np.asarray(gram_schmidt_coefficients(jnp.asarray(
@@ -119,7 +120,10 @@ def test_accuracy_against_float64_mgs_for_nearly_collinear_exits(algorithm, k, r
   else:
     u = np.asarray(gram_schmidt_vectors(jnp.asarray(rows, jnp.float32)), np.float64)
   unit = u / np.linalg.norm(u, axis=1, keepdims=True)
-  assert np.abs(unit @ unit.T - np.eye(k)).max() < BOUNDS[algorithm]['cosine']
+  cosine = np.abs(unit @ unit.T - np.eye(k)).max()
+  print(f'{algorithm} K={k} residual={residual:g}: direction {direction_error:.1e}, '
+        f'max |cos| {cosine:.1e}')  # pytest -s -k accuracy_against shows the measured values
+  assert cosine < BOUNDS[algorithm]['cosine']
 
 
 def test_single_exit_is_identity():
