@@ -8,7 +8,11 @@ SGD at several base widths and lengths on the selection seed (never a reported
 seed), with the validation accuracy after every epoch, and :func:`choose`
 picks the cheapest candidate that meets the criteria: the smallest width
 first (a network half as wide costs about half as much here), then the
-shortest length.
+shortest length. Where the chosen length is the longest candidate, nothing
+measured whether twice as many epochs would still add: :func:`run` then trains
+the baseline once more at twice the chosen length, a check that is reported
+(:func:`plateau_check`) but decides nothing, since the budget fixed the
+candidates.
 """
 
 from __future__ import annotations
@@ -50,13 +54,22 @@ class Pilot:
     return out / 'pilot' / folder / model / f'epochs{epochs}'
 
 
+def _ensure(pilot: Pilot, out: pathlib.Path, data_dir: str, width: Optional[int], model: str,
+            epochs: int) -> None:
+  config = pilot.regime(width, epochs).config(model, 'sgd', pilot.learning_rate, pilot.seed,
+                                              pilot.num_exits, eval_every=1)
+  study_runs.ensure(pilot.workdir(out, width, model, epochs), config, data_dir)
+
+
 def run(pilot: Pilot, out: pathlib.Path, data_dir: str) -> None:
+  """Trains every candidate, then the baseline at twice the chosen length if unmeasured."""
   for width in pilot.widths:
     for model in pilot.models:
       for epochs in pilot.epochs:
-        config = pilot.regime(width, epochs).config(model, 'sgd', pilot.learning_rate,
-                                                    pilot.seed, pilot.num_exits, eval_every=1)
-        study_runs.ensure(pilot.workdir(out, width, model, epochs), config, data_dir)
+        _ensure(pilot, out, data_dir, width, model, epochs)
+  chosen, _ = choose(pilot, measure(pilot, out))
+  if chosen is not None and 2 * chosen[1] not in pilot.epochs:
+    _ensure(pilot, out, data_dir, chosen[0], pilot.models[0], 2 * chosen[1])
 
 
 def _validation(curve: list[dict]) -> np.ndarray:
@@ -94,6 +107,26 @@ def _measure_width(pilot: Pilot, out: pathlib.Path, width: Optional[int]) -> dic
   return rows
 
 
+def plateau_check(pilot: Pilot, out: pathlib.Path, chosen: tuple) -> Optional[dict]:
+  """The baseline at twice the chosen length: ``{'epochs', 'last_exit', 'gain'}`` in points.
+
+  ``gain`` is its last exit's validation accuracy minus the chosen run's; None
+  while that run has not finished (or twice the length is itself a candidate,
+  whose doubling :func:`measure` reports).
+  """
+  width, epochs = chosen
+  if 2 * epochs in pilot.epochs:
+    return None
+  base = _validation(study_runs.learning_curve(pilot.workdir(out, width, pilot.models[0],
+                                                             2 * epochs)))
+  short = _validation(study_runs.learning_curve(pilot.workdir(out, width, pilot.models[0],
+                                                              epochs)))
+  if len(base) < 2 * epochs or len(short) < epochs:
+    return None
+  return {'epochs': 2 * epochs, 'last_exit': 100 * base[-1, -1],
+          'gain': 100 * (base[-1, -1] - short[-1, -1])}
+
+
 def _below(value: float, bound: float) -> bool:
   """``value < bound``; an unmeasured (NaN) value passes only an infinite bound."""
   return bound == math.inf or value < bound
@@ -127,7 +160,7 @@ def choose(pilot: Pilot, rows: dict) -> tuple[Optional[tuple], str]:
                 '(see the table).')
 
 
-def markdown(pilot: Pilot, rows: dict) -> str:
+def markdown(pilot: Pilot, rows: dict, out: pathlib.Path) -> str:
   chosen, why = choose(pilot, rows)
   size = f'{pilot.train_size:,}' if pilot.train_size else 'all'
   lines = [
@@ -144,6 +177,14 @@ def markdown(pilot: Pilot, rows: dict) -> str:
                  f"| {doubling} | {' / '.join(f'{a:.2f}' for a in r['independent'])} "
                  f"| {r['capacity_gain']:+.2f} |")
   lines += ['', f'Chosen: {why}' if chosen else f'Not decided: {why}']
+  check = plateau_check(pilot, out, chosen) if chosen else None
+  if check:
+    lines += ['', f"Plateau check (reported, not deciding: the candidates' lengths are the "
+              f"budget's): `{pilot.models[0]}` trained for {check['epochs']} epochs, twice the "
+              f"chosen length, reaches {check['last_exit']:.2f} at its last exit, "
+              f"{check['gain']:+.2f} points over {chosen[1]} epochs "
+              f"({'below' if check['gain'] < pilot.doubling_points else 'not below'} the "
+              f"doubling bound of {pilot.doubling_points})."]
   return '\n'.join(lines) + '\n'
 
 
@@ -165,11 +206,12 @@ def plot(pilot: Pilot, out: pathlib.Path, path: pathlib.Path) -> None:
 
 
 def _plot_runs(ax, pilot: Pilot, out: pathlib.Path, width: Optional[int], model: str) -> None:
-  for epochs in pilot.epochs:
+  # The plateau check, where it ran, is drawn as one more length.
+  for i, epochs in enumerate((*pilot.epochs, 2 * pilot.epochs[-1])):
     acc = _validation(study_runs.learning_curve(pilot.workdir(out, width, model, epochs)))
     for k in range(acc.shape[1] if len(acc) else 0):
       ax.plot(np.arange(1, len(acc) + 1), 100 * acc[:, k],
-              color=f'C{pilot.epochs.index(epochs)}', alpha=0.4 + 0.6 * k / acc.shape[1],
+              color=f'C{i}', alpha=0.4 + 0.6 * k / acc.shape[1],
               label=f'{epochs} epochs' if k == acc.shape[1] - 1 else None)
   ax.set_title(f"{model} (SGD), base width {width or 'default'}: every exit")
   ax.set_xlabel('epoch')

@@ -447,7 +447,7 @@ def plot(study: Study, rows: dict, out: pathlib.Path) -> None:
 
 def report(study: Study, out: pathlib.Path) -> str:
   """Writes pilot.md, learning_curves.png, study.md, summary.json and the plots."""
-  pilot_text = pilot_lib.markdown(study.pilot, pilot_lib.measure(study.pilot, out))
+  pilot_text = pilot_lib.markdown(study.pilot, pilot_lib.measure(study.pilot, out), out)
   atomic_write(out / 'pilot.md', pilot_text)
   pilot_lib.plot(study.pilot, out, out / 'learning_curves.png')
   rows = summarize(study, out)

@@ -99,7 +99,9 @@ def test_run_trains_pilot_sweeps_and_seeds_once_each(tmp_path, monkeypatch):
   monkeypatch.setattr(train, 'train_and_evaluate', fake_train)
   reproduce.run(study, tmp_path, '')
   pilots = [c for c in calls if c[5] == 1]
-  assert [(c[0], c[1]) for c in pilots] == [('m', 'sgd'), ('independent', 'sgd')]
+  # The candidates, then the baseline at twice the chosen (and longest) length.
+  assert [(c[0], c[1], c[4]) for c in pilots] == [('m', 'sgd', 1), ('independent', 'sgd', 1),
+                                                  ('m', 'sgd', 2)]
   study_calls = [c for c in calls if c[5] == 0]
   # Per model: each method's sweep on seed 0, then its reported seeds at the chosen rate.
   assert [(c[0], c[1], c[2], c[3]) for c in study_calls] == [
@@ -108,7 +110,7 @@ def test_run_trains_pilot_sweeps_and_seeds_once_each(tmp_path, monkeypatch):
       ('independent', 'sgd', 0.1, 0), ('independent', 'sgd', 0.2, 0),
       ('independent', 'sgd', 0.2, 1), ('independent', 'sgd', 0.2, 2)]
   reproduce.run(study, tmp_path, '')
-  assert len(calls) == 2 + 12  # nothing retrained, the diverged run included
+  assert len(calls) == 3 + 12  # nothing retrained, the diverged run included
   rows = reproduce.summarize(study, tmp_path)
   assert rows['m/osgd']['learning_rate'] == 0.1 and rows['m/osgd']['seeds'] == [1, 2]
   text = reproduce.report(study, tmp_path)
@@ -162,6 +164,28 @@ def test_pilot_measures_its_criteria_from_learning_curves(tmp_path):
   np.testing.assert_allclose(rows[3, 4]['last_epoch_gain'], 11.0)
   assert np.isnan(rows[3, 4]['doubling_gain'])
   assert p.regime(3, 4).config('branched', 'sgd', 0.1, 0, 4).width == 12  # branched: 4x
+
+
+def test_plateau_check_reports_twice_the_chosen_length_without_deciding(tmp_path):
+  p = pilot.Pilot('toy', train_size=None, epochs=(2, 4), widths=(3,))
+  for model, epochs, curve in [('nested_width', 2, [[0.5, 0.7]] * 2),
+                               ('nested_width', 4, [[0.5, 0.799]] * 3 + [[0.6, 0.80]]),
+                               ('nested_width', 8, [[0.5, 0.7]] * 7 + [[0.6, 0.83]]),
+                               ('independent', 2, [[0.5, 0.7]] * 2),
+                               ('independent', 4, [[0.5, 0.7]] * 3 + [[0.6, 0.9]])]:
+    workdir = p.workdir(tmp_path, 3, model, epochs)
+    workdir.mkdir(parents=True)
+    (workdir / 'metrics.jsonl').write_text(''.join(
+        json.dumps({'epoch': i + 1, 'validation_accuracy': a}) + '\n' for i, a in enumerate(curve)))
+  check = pilot.plateau_check(p, tmp_path, (3, 4))
+  assert check['epochs'] == 8
+  np.testing.assert_allclose([check['last_exit'], check['gain']], [83.0, 3.0])
+  assert pilot.plateau_check(p, tmp_path, (3, 2)) is None  # 4 epochs is itself a candidate
+  rows = pilot.measure(p, tmp_path)
+  assert (3, 8) not in rows  # the check is no candidate
+  text = pilot.markdown(p, rows, tmp_path)
+  assert 'Plateau check' in text and '+3.00 points over 4 epochs (not below' in text
+  pilot.plot(p, tmp_path, tmp_path / 'curves.png')
 
 
 @pytest.mark.slow
