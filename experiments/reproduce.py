@@ -289,15 +289,18 @@ def _points(values, sign=''):
 
 
 def _difference_rows(title, comparisons, num_comparisons):
-  """A table of paired differences with per-row t of the mean over exits."""
+  """A table of paired differences with per-row t and interval of the mean over exits."""
   lines = ['', title, '', '| model | comparison | seeds | difference per exit (points) '
-           '| mean over exits | t | clear |', '|---|---|---|---|---|---|---|']
+           '| mean over exits | t | clear | simultaneous 95 % interval |',
+           '|---|---|---|---|---|---|---|---|']
   for model, label, diff in comparisons:
     t = stats.paired_t(diff.mean(1))
     crit = stats.critical_t(len(diff), num_comparisons)
     clear = 'yes' if abs(t) >= crit else 'no'
+    lo, hi = stats.interval(100 * diff.mean(1), num_comparisons)
     lines.append(f"| {model} | {label} | {len(diff)} | {' / '.join(_points(diff, '+'))} "
-                 f"| {_points(diff.mean(1, keepdims=True), '+')[0]} | {t:+.2f} | {clear} |")
+                 f"| {_points(diff.mean(1, keepdims=True), '+')[0]} | {t:+.2f} | {clear} "
+                 f"| {lo:+.2f} to {hi:+.2f} |")
   return lines
 
 
@@ -337,7 +340,8 @@ def markdown(study: Study, rows: dict, out: pathlib.Path) -> str:
   lines += _difference_rows(
       f'Paired differences per model (test accuracy, points; t of the mean over exits; '
       f'"clear": |t| beyond the two-sided 5 % Bonferroni bound for the {len(comparisons)} '
-      'comparisons in this table). `osgd_sum_norm` has OSGD\'s direction at the summed '
+      'comparisons in this table; the interval, of the mean over exits at that level, holds '
+      'the effects the data leave possible). `osgd_sum_norm` has OSGD\'s direction at the summed '
       'gradient\'s length, so `osgd_sum_norm − osgd` isolates step length and '
       '`osgd_sum_norm − sgd` the direction:', comparisons, len(comparisons))
 

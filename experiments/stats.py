@@ -27,3 +27,18 @@ def critical_t(num_pairs: int, num_comparisons: int, alpha: float = 0.05) -> flo
   if num_pairs < 2:
     return float('nan')
   return float(scipy_stats.t.ppf(1 - alpha / (2 * max(num_comparisons, 1)), num_pairs - 1))
+
+
+def interval(differences: np.ndarray, num_comparisons: int,
+             alpha: float = 0.05) -> tuple[float, float]:
+  """Simultaneous two-sided ``1 - alpha`` interval of the mean of paired differences ``[n]``.
+
+  Bonferroni over ``num_comparisons``: mean ± critical t × std / sqrt(n). It
+  says which effects the data leave possible, where "not clear" alone does
+  not; (NaN, NaN) when n < 2.
+  """
+  d = np.asarray(differences, np.float64)
+  if len(d) < 2:
+    return float('nan'), float('nan')
+  half = critical_t(len(d), num_comparisons, alpha) * d.std(ddof=1) / np.sqrt(len(d))
+  return float(d.mean() - half), float(d.mean() + half)

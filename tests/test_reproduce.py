@@ -28,6 +28,12 @@ def test_statistics_against_hand_computed_values():
   np.testing.assert_allclose(stats.critical_t(3, 1), 4.302652729911275)  # t(0.975, 2 dof)
   np.testing.assert_allclose(stats.critical_t(3, 10), scipy_stats.t.ppf(1 - 0.05 / 20, 2))
   assert stats.critical_t(3, 10) > stats.critical_t(3, 1)
+  # [1, 2, 3]: mean 2, std 1, n 3; one comparison: 2 ± 4.3027 / sqrt(3) = 2 ± 2.4841.
+  np.testing.assert_allclose(stats.interval([1.0, 2.0, 3.0], 1), [2 - 2.48414, 2 + 2.48414],
+                             atol=1e-5)
+  lo, hi = stats.interval([1.0, 2.0, 3.0], 10)
+  assert lo < 2 - 2.48414 and hi > 2 + 2.48414 and np.isclose((lo + hi) / 2, 2.0)
+  assert all(math.isnan(v) for v in stats.interval([1.0], 1))
 
 
 def _results(val, test, mflops=(1.0, 4.0), params=(10, 30)):
@@ -115,6 +121,7 @@ def test_run_trains_pilot_sweeps_and_seeds_once_each(tmp_path, monkeypatch):
   assert rows['m/osgd']['learning_rate'] == 0.1 and rows['m/osgd']['seeds'] == [1, 2]
   text = reproduce.report(study, tmp_path)
   assert '| m | osgd − sgd | 2 |' in text and 'for the 1 comparisons' in text
+  assert '| +0.00 to +0.00 |' in text  # equal test accuracies on both seeds: no spread
   for name in ('pilot.md', 'study.md', 'summary.json', 'learning_curves.png',
                'accuracy_vs_flops.png', 'budgeted_batch.png'):
     assert (tmp_path / name).exists()
