@@ -149,7 +149,7 @@ def choose(pilot: Pilot, rows: dict) -> tuple[Optional[tuple], str]:
              or _below(r['doubling_gain'], pilot.doubling_points))
         and not _below(r['capacity_gain'], pilot.capacity_points)):
       named = 'default width' if width is None else f'base width {width}'
-      doubling = ('twice the epochs were not run (the longest length: unmeasured)'
+      doubling = ('twice the epochs are no candidate (the longest length; see the plateau check)'
                   if math.isnan(r['doubling_gain']) else
                   f'twice the epochs add {r["doubling_gain"]:+.2f} (< {pilot.doubling_points})')
       return (width, epochs), (
