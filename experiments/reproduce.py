@@ -202,15 +202,21 @@ def sweep(study, reg, out, model, method, data_dir='', train_missing=False) -> d
 
 
 def run(study: Study, out: pathlib.Path, data_dir: str) -> None:
-  """Pilot, then per model: every method's sweep, then its reported seeds."""
+  """Pilot, then per model: every method's sweep, then every method's reported seeds.
+
+  Sweeps first, so that a model's choices (each method's rate, and which OSGD
+  variant the main job defaults to) are all made on the selection seed before
+  its reported seeds run.
+  """
   pilot_lib.run(study.pilot, out, data_dir)
   reg = regime(study, out)
   if reg is None:
     raise SystemExit('error: ' + pilot_lib.choose(
         study.pilot, pilot_lib.measure(study.pilot, out))[1])
   for model in study.all_models:
-    for method in study.methods_of(model):
-      rate = sweep(study, reg, out, model, method, data_dir, train_missing=True)['rate']
+    rates = {method: sweep(study, reg, out, model, method, data_dir, train_missing=True)['rate']
+             for method in study.methods_of(model)}
+    for method, rate in rates.items():
       for seed in study.seeds:
         _run(study, reg, out, model, method, rate, seed, data_dir, train_missing=True)
 
@@ -374,6 +380,13 @@ def markdown(study: Study, rows: dict, out: pathlib.Path) -> str:
                      f"{' / '.join(f'{f:.2f}' for f in m['mflops'])} | "
                      f"{' / '.join(_points(m['diff'], '+'))} |")
 
+  main_job = main_job_choice(study, out)
+  if main_job:
+    lines += ['', f"Main job: `python -m experiments.train` defaults to `--optimizer "
+              f"{main_job['optimizer']} --learning_rate {main_job['learning_rate']:g}`, the OSGD "
+              f"variant with the best validation accuracy on `{next(iter(study.models))}` on "
+              f"seed {study.selection_seed} (mean over exits {100 * main_job['score']:.2f} %)."]
+
   best = early_exit_choice(rows)
   if best:
     lines += ['', f"Early exit (budgeted batch, thresholds on the logit margin calibrated on "
@@ -381,6 +394,29 @@ def markdown(study: Study, rows: dict, out: pathlib.Path) -> str:
               'configuration with the best validation accuracy (mean over exits and seeds); '
               '`budgeted_batch.png` shows its curve averaged over the reported seeds.']
   return '\n'.join(lines) + '\n'
+
+
+def main_job_choice(study: Study, out: pathlib.Path) -> Optional[dict]:
+  """The OSGD variant and rate ``experiments.train`` defaults to, from the first model's sweeps.
+
+  The variant (a method named ``osgd*``) whose sweep reached the best
+  validation score on the selection seed, at its chosen rate:
+  ``{'optimizer', 'learning_rate', 'score'}``; None until every variant's sweep
+  has finished.
+  """
+  reg = regime(study, out)
+  if reg is None:
+    return None
+  model = next(iter(study.models))
+  best = None
+  for method in (m for m in study.methods if m.startswith('osgd')):
+    chosen = sweep(study, reg, out, model, method)
+    if chosen['rate'] is None:
+      return None
+    score = chosen['scores'][chosen['rate']]
+    if best is None or score > best['score']:
+      best = {'optimizer': method, 'learning_rate': chosen['rate'], 'score': score}
+  return best
 
 
 def early_exit_choice(rows: dict) -> Optional[dict]:

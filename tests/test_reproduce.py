@@ -109,10 +109,10 @@ def test_run_trains_pilot_sweeps_and_seeds_once_each(tmp_path, monkeypatch):
   assert [(c[0], c[1], c[4]) for c in pilots] == [('m', 'sgd', 1), ('independent', 'sgd', 1),
                                                   ('m', 'sgd', 2)]
   study_calls = [c for c in calls if c[5] == 0]
-  # Per model: each method's sweep on seed 0, then its reported seeds at the chosen rate.
+  # Per model: every method's sweep on seed 0, then the reported seeds at the chosen rates.
   assert [(c[0], c[1], c[2], c[3]) for c in study_calls] == [
-      ('m', 'sgd', 0.1, 0), ('m', 'sgd', 0.2, 0), ('m', 'sgd', 0.2, 1), ('m', 'sgd', 0.2, 2),
-      ('m', 'osgd', 0.1, 0), ('m', 'osgd', 0.2, 0), ('m', 'osgd', 0.1, 1), ('m', 'osgd', 0.1, 2),
+      ('m', 'sgd', 0.1, 0), ('m', 'sgd', 0.2, 0), ('m', 'osgd', 0.1, 0), ('m', 'osgd', 0.2, 0),
+      ('m', 'sgd', 0.2, 1), ('m', 'sgd', 0.2, 2), ('m', 'osgd', 0.1, 1), ('m', 'osgd', 0.1, 2),
       ('independent', 'sgd', 0.1, 0), ('independent', 'sgd', 0.2, 0),
       ('independent', 'sgd', 0.2, 1), ('independent', 'sgd', 0.2, 2)]
   reproduce.run(study, tmp_path, '')
@@ -122,6 +122,7 @@ def test_run_trains_pilot_sweeps_and_seeds_once_each(tmp_path, monkeypatch):
   text = reproduce.report(study, tmp_path)
   assert '| m | osgd − sgd | 2 |' in text and 'for the 1 comparisons' in text
   assert '| +0.00 to +0.00 |' in text  # equal test accuracies on both seeds: no spread
+  assert 'defaults to `--optimizer osgd --learning_rate 0.1`' in text  # 0.2 diverged
   for name in ('pilot.md', 'study.md', 'summary.json', 'learning_curves.png',
                'accuracy_vs_flops.png', 'budgeted_batch.png'):
     assert (tmp_path / name).exists()
@@ -253,3 +254,14 @@ def test_screen_picks_each_methods_best_rate_and_marks_divergence(tmp_path, monk
   assert '| sgd | 0.2 | 70.00 | 30.00 / 40.00 |' in text and '| mgda | all diverged |' in text
   assert (tmp_path / 'screen.md').read_text() == text
   assert reproduce.screen(spec, tmp_path, '', train_missing=False) == text  # read back
+
+
+def test_the_main_jobs_defaults_follow_the_study():
+  choice = reproduce.main_job_choice(reproduce.full_study(), ROOT / 'results')
+  if choice is None:
+    pytest.skip('the study has not finished the OSGD sweeps its choice needs')
+  defaults = train.Config()
+  assert (defaults.optimizer, defaults.learning_rate) == (
+      choice['optimizer'], choice['learning_rate']), (
+          'experiments.train.Config defaults differ from the study\'s choice: set them to '
+          f"optimizer={choice['optimizer']!r}, learning_rate={choice['learning_rate']}")
