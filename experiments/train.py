@@ -40,11 +40,11 @@ class Diverged(RuntimeError):
 class Config:
   """Everything that determines a run's results (stored in workdir/config.json)."""
   model: str = 'nested_width'
-  optimizer: str = 'osgd'
+  optimizer: str = 'osgd_sum_norm'  # the study's choice (results/study.md)
   dataset: str = 'fashion_mnist'
   epochs: int = 3
   batch_size: int = 128
-  learning_rate: float = 0.05
+  learning_rate: float = 0.4  # the study's choice for it
   momentum: float = 0.9
   weight_decay: float = 5e-4
   warmup_epochs: float = 0.5
