@@ -380,13 +380,6 @@ def markdown(study: Study, rows: dict, out: pathlib.Path) -> str:
                      f"{' / '.join(f'{f:.2f}' for f in m['mflops'])} | "
                      f"{' / '.join(_points(m['diff'], '+'))} |")
 
-  main_job = main_job_choice(study, out)
-  if main_job:
-    lines += ['', f"Main job: `python -m experiments.train` defaults to `--optimizer "
-              f"{main_job['optimizer']} --learning_rate {main_job['learning_rate']:g}`, the OSGD "
-              f"variant with the best validation accuracy on `{next(iter(study.models))}` on "
-              f"seed {study.selection_seed} (mean over exits {100 * main_job['score']:.2f} %)."]
-
   best = early_exit_choice(rows)
   if best:
     lines += ['', f"Early exit (budgeted batch, thresholds on the logit margin calibrated on "
@@ -394,6 +387,37 @@ def markdown(study: Study, rows: dict, out: pathlib.Path) -> str:
               'configuration with the best validation accuracy (mean over exits and seeds); '
               '`budgeted_batch.png` shows its curve averaged over the reported seeds.']
   return '\n'.join(lines) + '\n'
+
+
+def sweeps_markdown(study: Study, out: pathlib.Path) -> str:
+  """The rate sweeps so far, and the main job's choice once its sweeps have finished."""
+  reg = regime(study, out)
+  if reg is None:
+    return ''
+  sweeps = {(model, method): sweep(study, reg, out, model, method)
+            for model in study.all_models for method in study.methods_of(model)}
+  sweeps = {k: v for k, v in sweeps.items() if v['scores']}
+  if not sweeps:
+    return ''
+  rates = sorted({lr for v in sweeps.values() for lr in v['scores']})
+  lines = [f'Rate sweeps on seed {study.selection_seed} (ours, not reported): validation '
+           'accuracy (%), mean over exits, per peak rate; "end": the chosen rate is still at an '
+           'end of its grid.', '',
+           '| model | method | ' + ' | '.join(f'{lr:g}' for lr in rates) + ' | chosen |',
+           '|---|---|' + '---|' * (len(rates) + 1)]
+  for (model, method), v in sweeps.items():
+    cells = [('diverged' if v['scores'][lr] == -math.inf else f"{100 * v['scores'][lr]:.2f}")
+             if lr in v['scores'] else '' for lr in rates]
+    chosen = ('running' if v['rate'] is None else
+              f"{v['rate']:g}" + (' end' if v['at_end'] else ''))
+    lines.append(f'| {model} | {method} | ' + ' | '.join(cells) + f' | {chosen} |')
+  main_job = main_job_choice(study, out)
+  if main_job:
+    lines += ['', f"Main job: `python -m experiments.train` defaults to `--optimizer "
+              f"{main_job['optimizer']} --learning_rate {main_job['learning_rate']:g}`, the OSGD "
+              f"variant with the best validation accuracy on `{next(iter(study.models))}` on "
+              f"seed {study.selection_seed} (mean over exits {100 * main_job['score']:.2f} %)."]
+  return '\n'.join(lines) + '\n\n'
 
 
 def main_job_choice(study: Study, out: pathlib.Path) -> Optional[dict]:
@@ -491,7 +515,7 @@ def report(study: Study, out: pathlib.Path) -> str:
   atomic_write(out / 'pilot.md', pilot_text)
   pilot_lib.plot(study.pilot, out, out / 'learning_curves.png')
   rows = summarize(study, out)
-  text = markdown(study, rows, out)
+  text = sweeps_markdown(study, out) + markdown(study, rows, out)
   atomic_write(out / 'study.md', text)
   atomic_write(out / 'summary.json', json.dumps(rows, indent=1))
   if rows:
