@@ -272,12 +272,15 @@ def _interpolate(mflops, accuracy, at):
   return np.interp(np.log(at), np.log(mflops), accuracy)
 
 
-def matched_cost(a: dict, b: dict) -> Optional[dict]:
+def matched_cost(a: Optional[dict], b: Optional[dict]) -> Optional[dict]:
   """Row a minus row b at equal cumulative FLOPs, paired per seed.
 
   Compared at each exit's FLOPs of either model that lies inside both models'
-  FLOPs ranges, on each run's accuracy-vs-log-FLOPs curve.
+  FLOPs ranges, on each run's accuracy-vs-log-FLOPs curve. Returns
+  ``{'mflops': [P], 'diff': [S, P]}``, or None without common seeds or range.
   """
+  if not a or not b:
+    return None
   lo = max(a['mflops'][0], b['mflops'][0])
   hi = min(a['mflops'][-1], b['mflops'][-1])
   points = sorted(f for f in {*a['mflops'], *b['mflops']} if lo <= f <= hi)
@@ -294,10 +297,16 @@ def _points(values, sign=''):
   return [f'{m:{sign}.2f} ± {s:.2f}' for m, s in zip(mean, std)]
 
 
-def _difference_rows(title, comparisons, num_comparisons):
-  """A table of paired differences with per-row t and interval of the mean over exits."""
-  lines = ['', title, '', '| model | comparison | seeds | difference per exit (points) '
-           '| mean over exits | t | clear | simultaneous 95 % interval |',
+def _difference_rows(title, comparisons, num_comparisons,
+                     columns=('model', 'comparison', 'exit')):
+  """A table of paired differences with per-row t and interval of the mean over exits.
+
+  ``comparisons``: ``(first cell, second cell, diff [S, K])`` per row, K exits
+  (or FLOPs points, with ``columns[2] = 'point'``).
+  """
+  first, second, per = columns
+  lines = ['', title, '', f'| {first} | {second} | seeds | difference per {per} (points) '
+           f'| mean over {per}s | t | clear | simultaneous 95 % interval |',
            '|---|---|---|---|---|---|---|---|']
   for model, label, diff in comparisons:
     t = stats.paired_t(diff.mean(1))
@@ -368,17 +377,16 @@ def markdown(study: Study, rows: dict, out: pathlib.Path) -> str:
         f"{' / '.join(f'{f:.2f}' for f in own[1])} MFLOPs:", nested, len(nested))
 
   if len(anytime) > 1:
-    lines += ['', f'Nested against branched at equal cost: `{anytime[0]}` minus `{anytime[1]}` '
-              'at the same cumulative FLOPs (each run\'s accuracy interpolated in log FLOPs '
-              'between its exits), paired per seed, points:', '',
-              '| method | seeds | at MFLOPs | difference |', '|---|---|---|---|']
-    for method in study.methods:
-      a, b = rows.get(f'{anytime[0]}/{method}'), rows.get(f'{anytime[1]}/{method}')
-      m = matched_cost(a, b) if a and b else None
-      if m:
-        lines.append(f"| {method} | {len(m['diff'])} | "
-                     f"{' / '.join(f'{f:.2f}' for f in m['mflops'])} | "
-                     f"{' / '.join(_points(m['diff'], '+'))} |")
+    at_cost = [(method, ' / '.join(f'{f:.2f}' for f in m['mflops']), m['diff'])
+               for method in study.methods
+               for m in [matched_cost(rows.get(f'{anytime[0]}/{method}'),
+                                      rows.get(f'{anytime[1]}/{method}'))] if m]
+    lines += _difference_rows(
+        f'Nested against branched at equal cost: `{anytime[0]}` minus `{anytime[1]}`, both '
+        'trained with the same method, at the same cumulative FLOPs (each run\'s accuracy '
+        'interpolated in log FLOPs between its exits), paired per seed; t, "clear" and the '
+        f'interval as above, for the {len(at_cost)} comparisons in this table:', at_cost,
+        len(at_cost), columns=('method', 'at MFLOPs', 'point'))
 
   best = early_exit_choice(rows)
   if best:

@@ -208,6 +208,8 @@ def test_quick_study_runs_reports_and_skips_finished_runs(tmp_path):
   assert set(summary) == {'nested_width/sgd', 'nested_width/osgd', 'branched/sgd',
                           'branched/osgd', 'independent/sgd'}
   assert '| nested_width | osgd − sgd |' in first.stdout
+  assert 'Nested against branched at equal cost' in first.stdout
+  assert '| osgd | ' in first.stdout.split('at equal cost')[1]  # its row, with t and interval
   for name in ('study.md', 'pilot.md', 'accuracy_vs_flops.png', 'budgeted_batch.png',
                'learning_curves.png'):
     assert (tmp_path / 'out' / name).exists()
