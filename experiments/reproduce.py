@@ -327,7 +327,7 @@ def markdown(study: Study, rows: dict, out: pathlib.Path) -> str:
   lines = [
       f'Study on {reg.dataset} (ours): {size} training images, {reg.epochs} epochs of batches '
       f'of {reg.batch_size}, base width {reg.width or "default"} (length and width from the '
-      'pilot), warmup {100 * reg.warmup_fraction:.0f} % '
+      f'pilot), warmup {100 * reg.warmup_fraction:.0f} % '
       f'then cosine; each rate chosen on seed {study.selection_seed} (not reported) by '
       'validation accuracy, mean over exits ("end": the chosen rate is still at an end of its '
       f'grid); seeds {list(study.seeds)} reported, test accuracy (%) mean ± sample std.', '',
@@ -376,11 +376,11 @@ def markdown(study: Study, rows: dict, out: pathlib.Path) -> str:
         f"alone {' / '.join(f'{int(p):,}' for p in own[0])} params, "
         f"{' / '.join(f'{f:.2f}' for f in own[1])} MFLOPs:", nested, len(nested))
 
-  if len(anytime) > 1:
-    at_cost = [(method, ' / '.join(f'{f:.2f}' for f in m['mflops']), m['diff'])
-               for method in study.methods
-               for m in [matched_cost(rows.get(f'{anytime[0]}/{method}'),
-                                      rows.get(f'{anytime[1]}/{method}'))] if m]
+  at_cost = [(method, ' / '.join(f'{f:.2f}' for f in m['mflops']), m['diff'])
+             for method in study.methods if len(anytime) > 1
+             for m in [matched_cost(rows.get(f'{anytime[0]}/{method}'),
+                                    rows.get(f'{anytime[1]}/{method}'))] if m]
+  if at_cost:
     lines += _difference_rows(
         f'Nested against branched at equal cost: `{anytime[0]}` minus `{anytime[1]}`, both '
         'trained with the same method, at the same cumulative FLOPs (each run\'s accuracy '

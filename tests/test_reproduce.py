@@ -122,6 +122,8 @@ def test_run_trains_pilot_sweeps_and_seeds_once_each(tmp_path, monkeypatch):
   text = reproduce.report(study, tmp_path)
   assert '| m | osgd − sgd | 2 |' in text and 'for the 1 comparisons' in text
   assert '| +0.00 to +0.00 |' in text  # equal test accuracies on both seeds: no spread
+  assert '{' not in text  # every template filled in
+  assert 'at equal cost' not in text  # one anytime model: no table without rows
   assert 'defaults to `--optimizer osgd --learning_rate 0.1`' in text  # 0.2 diverged
   assert '| m | osgd | 60.00 | diverged | 0.1 end |' in text  # the sweep table, no extension
   for name in ('pilot.md', 'study.md', 'summary.json', 'learning_curves.png',
