@@ -394,6 +394,12 @@ def markdown(study: Study, rows: dict, out: pathlib.Path) -> str:
               f"validation): `{best['model']}` with `{best['method']}`, the anytime "
               'configuration with the best validation accuracy (mean over exits and seeds); '
               '`budgeted_batch.png` shows its curve averaged over the reported seeds.']
+    cost = cost_to_match_last_exit(best)
+    if cost is not None:
+      lines.append(f"Averaged over the seeds, early exit comes within {100 * MATCH_TOLERANCE:g} "
+                   f"points of the last exit's test accuracy at {cost:.2f} MFLOPs per image, "
+                   f"{100 * cost / best['mflops'][-1]:.0f} % of the last exit's "
+                   f"{best['mflops'][-1]:.2f}.")
   return '\n'.join(lines) + '\n'
 
 
@@ -469,6 +475,18 @@ def mean_curve(row: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   mean, std = stats.mean_std(np.array([[p['accuracy'] for p in c] for c in curves]))
   order = np.argsort(flops)
   return flops[order], mean[order], std[order]
+
+
+MATCH_TOLERANCE = 0.001  # early exit "matches" the last exit within 0.1 points
+
+
+def cost_to_match_last_exit(row: dict) -> Optional[float]:
+  """The fewest mean MFLOPs per image at which the seed-averaged early-exit curve
+  comes within ``MATCH_TOLERANCE`` of the last exit's seed-averaged test accuracy."""
+  flops, mean, _ = mean_curve(row)
+  last = np.mean([accuracy[-1] for accuracy in row['test'].values()])
+  reached = np.flatnonzero(mean >= last - MATCH_TOLERANCE)
+  return float(flops[reached[0]]) if reached.size else None
 
 
 def plot(study: Study, rows: dict, out: pathlib.Path) -> None:

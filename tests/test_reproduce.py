@@ -141,6 +141,18 @@ def test_matched_cost_compares_at_equal_flops_in_log_space():
   np.testing.assert_allclose(m['diff'], [[0.6 - 0.6, 0.7 - 0.75, 0.75 - 0.9]])
 
 
+def test_cost_to_match_the_last_exit_reads_the_seed_averaged_curve():
+  def curve(*accuracies):
+    return [{'q': q, 'flops': 1e6 * f, 'accuracy': a}
+            for q, f, a in zip((0.1, 0.5, 1.0), (1.0, 2.0, 4.0), accuracies)]
+  row = {'mflops': [1.0, 4.0], 'test': {1: [0.5, 0.80], 2: [0.5, 0.82]},  # last exit: 0.81
+         'budgeted_batch': {1: curve(0.5, 0.80, 0.81), 2: curve(0.5, 0.8185, 0.81)}}
+  # Mean curve 0.5 / 0.80925 / 0.81: within 0.1 points of 0.81 first at 2 MFLOPs.
+  assert reproduce.cost_to_match_last_exit(row) == 2.0
+  row['budgeted_batch'] = {1: curve(0.5, 0.7, 0.79), 2: curve(0.5, 0.7, 0.79)}
+  assert reproduce.cost_to_match_last_exit(row) is None
+
+
 def test_pilot_chooses_the_cheapest_candidate_meeting_every_criterion():
   p = pilot.Pilot('toy', train_size=None, epochs=(4, 8, 16), widths=(4, 2))
   row = lambda last_epoch, doubling, capacity: {
