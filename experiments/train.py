@@ -40,7 +40,7 @@ class Diverged(RuntimeError):
 class Config:
   """Everything that determines a run's results (stored in workdir/config.json)."""
   model: str = 'nested_width'
-  optimizer: str = 'osgd_sum_norm'  # the study's choice (results/study.md)
+  optimizer: str = 'osgd_global'  # the study's choice (results/study.md)
   dataset: str = 'fashion_mnist'
   epochs: int = 3
   batch_size: int = 128

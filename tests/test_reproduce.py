@@ -273,6 +273,27 @@ def test_screen_picks_each_methods_best_rate_and_marks_divergence(tmp_path, monk
   assert reproduce.screen(spec, tmp_path, '', train_missing=False) == text  # read back
 
 
+def test_main_job_choice_averages_validation_over_every_finished_seed(tmp_path, monkeypatch):
+  study = _toy_study(methods=('sgd', 'osgd', 'osgd_global'), max_grid_extensions=0)
+  monkeypatch.setattr(reproduce, 'regime', lambda study, out: 'a regime')
+  write = lambda method, lr, seed, val: _write(
+      reproduce._run_dir(tmp_path, 'm', method, lr, seed), _results(val, [0.5, 0.5]))
+  for method, best_on_seed0 in (('osgd', 0.80), ('osgd_global', 0.78)):
+    write(method, 0.1, 0, 0.70)
+    write(method, 0.2, 0, best_on_seed0)
+  assert reproduce.main_job_choice(study, tmp_path) == {
+      'optimizer': 'osgd', 'learning_rate': 0.2, 'score': 0.80, 'seeds': 1}
+  for seed in study.seeds:  # the reported seeds reverse the order
+    write('osgd', 0.2, seed, 0.70)
+    write('osgd_global', 0.2, seed, 0.76)
+  choice = reproduce.main_job_choice(study, tmp_path)
+  assert choice['optimizer'] == 'osgd_global' and choice['seeds'] == 3
+  np.testing.assert_allclose(choice['score'], (0.78 + 2 * 0.76) / 3)
+  write('osgd_global', 0.1, 1, 0.99)  # another rate's run on a reported seed counts for nothing
+  np.testing.assert_allclose(reproduce.main_job_choice(study, tmp_path)['score'],
+                             (0.78 + 2 * 0.76) / 3)
+
+
 def test_the_main_jobs_defaults_follow_the_study():
   choice = reproduce.main_job_choice(reproduce.full_study(), ROOT / 'results')
   if choice is None:
