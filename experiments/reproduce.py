@@ -542,13 +542,31 @@ def plot(study: Study, rows: dict, out: pathlib.Path) -> None:
     plt.close(fig)
 
 
+def compute_markdown(out: pathlib.Path) -> str:
+  """The study's compute: the summed ``train_seconds`` of the finished runs, per part."""
+  parts = {}
+  for path in sorted(out.glob('*/**/results.json')):
+    part = path.relative_to(out).parts
+    name = 'pilot' if part[0] == 'pilot' else f'`{part[1]}`' if part[0] == 'runs' else None
+    if name:
+      runs, seconds = parts.get(name, (0, 0.0))
+      parts[name] = runs + 1, seconds + json.loads(path.read_text())['train_seconds']
+  if not parts:
+    return ''
+  total = sum(seconds for _, seconds in parts.values())
+  return ('\nCompute (ours): summed training time of the finished runs, sweeps included '
+          '(it also counts time a run sat paused or shared the CPU): ' + ', '.join(
+              f'{name} {runs} runs {seconds / 60:.0f} min' for name, (runs, seconds)
+              in parts.items()) + f'; in all {total / 3600:.1f} h.\n')
+
+
 def report(study: Study, out: pathlib.Path) -> str:
   """Writes pilot.md, learning_curves.png, study.md, summary.json and the plots."""
   pilot_text = pilot_lib.markdown(study.pilot, pilot_lib.measure(study.pilot, out), out)
   atomic_write(out / 'pilot.md', pilot_text)
   pilot_lib.plot(study.pilot, out, out / 'learning_curves.png')
   rows = summarize(study, out)
-  text = sweeps_markdown(study, out) + markdown(study, rows, out)
+  text = sweeps_markdown(study, out) + markdown(study, rows, out) + compute_markdown(out)
   atomic_write(out / 'study.md', text)
   atomic_write(out / 'summary.json', json.dumps(rows, indent=1))
   if rows:

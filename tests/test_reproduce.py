@@ -123,6 +123,8 @@ def test_run_trains_pilot_sweeps_and_seeds_once_each(tmp_path, monkeypatch):
   assert '| m | osgd − sgd | 2 |' in text and 'for the 1 comparisons' in text
   assert '| +0.00 to +0.00 |' in text  # equal test accuracies on both seeds: no spread
   assert '{' not in text  # every template filled in
+  # Finished runs per part: 3 pilot runs, 4 of the reference, 7 of `m` (not the diverged one).
+  assert 'pilot 3 runs 0 min, `independent` 4 runs 0 min, `m` 7 runs 0 min' in text
   assert 'at equal cost' not in text  # one anytime model: no table without rows
   assert 'defaults to `--optimizer osgd --learning_rate 0.1`' in text  # 0.2 diverged
   assert '| m | osgd | 60.00 | diverged | 0.1 end |' in text  # the sweep table, no extension
