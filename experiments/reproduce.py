@@ -319,6 +319,21 @@ def _difference_rows(title, comparisons, num_comparisons,
   return lines
 
 
+
+def _first_exit_rows(comparisons):
+  """Each comparison's first-exit difference per seed: where the paper expects OSGD's gain.
+
+  ``comparisons``: ``(model, label, diff [S, K])`` per row, seeds in order.
+  """
+  lines = ['', 'First exit per seed (test accuracy, points, seeds in order; descriptive: the '
+           'declared test is the mean over exits above):', '',
+           '| model | comparison | first exit per seed | seeds above zero |', '|---|---|---|---|']
+  for model, label, diff in comparisons:
+    first = 100 * np.asarray(diff)[:, 0]
+    lines.append(f"| {model} | {label} | {' / '.join(f'{d:+.2f}' for d in first)} "
+                 f"| {int(np.sum(first > 0))} of {len(first)} |")
+  return lines
+
 def markdown(study: Study, rows: dict, out: pathlib.Path) -> str:
   reg = regime(study, out)
   if reg is None or not rows:
@@ -359,6 +374,8 @@ def markdown(study: Study, rows: dict, out: pathlib.Path) -> str:
       'the effects the data leave possible). `osgd_sum_norm` has OSGD\'s direction at the summed '
       'gradient\'s length, so `osgd_sum_norm − osgd` isolates step length and '
       '`osgd_sum_norm − sgd` the direction:', comparisons, len(comparisons))
+  if comparisons:
+    lines += _first_exit_rows(comparisons)
 
   first = next(iter(study.models))
   reference = rows.get(f'{REFERENCE}/{BASELINE}')
