@@ -319,7 +319,6 @@ def _difference_rows(title, comparisons, num_comparisons,
   return lines
 
 
-
 def _first_exit_rows(comparisons):
   """Each comparison's first-exit difference per seed: where the paper expects OSGD's gain.
 
@@ -329,10 +328,11 @@ def _first_exit_rows(comparisons):
            'declared test is the mean over exits above):', '',
            '| model | comparison | first exit per seed | seeds above zero |', '|---|---|---|---|']
   for model, label, diff in comparisons:
-    first = 100 * np.asarray(diff)[:, 0]
+    first = 100 * diff[:, 0]
     lines.append(f"| {model} | {label} | {' / '.join(f'{d:+.2f}' for d in first)} "
                  f"| {int(np.sum(first > 0))} of {len(first)} |")
   return lines
+
 
 def markdown(study: Study, rows: dict, out: pathlib.Path) -> str:
   reg = regime(study, out)

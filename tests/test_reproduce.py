@@ -143,11 +143,11 @@ def test_matched_cost_compares_at_equal_flops_in_log_space():
   np.testing.assert_allclose(m['diff'], [[0.6 - 0.6, 0.7 - 0.75, 0.75 - 0.9]])
 
 
-
 def test_first_exit_rows_list_each_seed_and_count_the_positive_ones():
   diff = np.array([[0.02, -0.5], [-0.01, 0.5], [0.035, 0.0]])  # [S=3, K=2]
   lines = reproduce._first_exit_rows([('m', 'osgd − sgd', diff)])
   assert lines[-1] == '| m | osgd − sgd | +2.00 / -1.00 / +3.50 | 2 of 3 |'
+
 
 def test_cost_to_match_the_last_exit_reads_the_seed_averaged_curve():
   def curve(*accuracies):
