@@ -15,14 +15,25 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from anytime_jax import gram as gram_lib
+
 
 class AccumulateExitsState(NamedTuple):
-  mini_step: jax.Array  # micro-batches accumulated since the last combined step
-  total: Any  # their per-exit gradients summed, leaves [K, *param.shape]
-  inner: Any  # the inner transformation's state
+  """State of :func:`accumulate_exits`.
+
+  Attributes:
+    mini_step: micro-batches accumulated since the last combined step.
+    total: their per-exit gradients summed, leaves ``[K, *param.shape]``.
+    losses: their ``[K]`` per-exit losses summed (zeros if none were given).
+    inner: the inner transformation's state.
+  """
+  mini_step: jax.Array
+  total: Any
+  losses: jax.Array
+  inner: Any
 
 
-def accumulate_exits(inner: optax.GradientTransformation, every: int, num_exits: int
+def accumulate_exits(inner: optax.GradientTransformation, *, every: int, num_exits: int
                      ) -> optax.GradientTransformationExtraArgs:
   """Accumulates per-exit gradients over ``every`` micro-batches, then applies ``inner``.
 
@@ -35,31 +46,50 @@ def accumulate_exits(inner: optax.GradientTransformation, every: int, num_exits:
     A transformation taking per-exit gradients (leaves ``[K, *param.shape]``)
     of one equally sized micro-batch per call: it returns zero updates on the
     first ``every - 1`` calls and ``inner``'s update of the micro-batches' mean
-    per-exit gradients on the last (extra arguments such as ``losses=`` are
-    those of that last call). Under ``jit``; the inner state advances once per
-    step.
+    per-exit gradients on the last. ``losses=`` (``[K]``, for methods that read
+    them, such as AdaLoss) is averaged over the micro-batches in the same way;
+    other extra arguments are those of the last call. Under ``jit``; the inner
+    state advances once per step.
+
+  Example: OSGD on batches four times larger than memory allows::
+
+    tx = aj.accumulate_exits(aj.osgd(0.1), every=4, num_exits=K)
   """
   if not isinstance(every, int) or every < 1:
     raise ValueError(f'every must be a positive integer, got {every!r}.')
+  if not isinstance(num_exits, int) or num_exits < 1:
+    raise ValueError(f'num_exits must be a positive integer, got {num_exits!r}.')
   inner = optax.with_extra_args_support(inner)
 
   def init_fn(params):
     zeros = jax.tree.map(lambda p: jnp.zeros((num_exits, *jnp.shape(p)), jnp.result_type(p)),
                          params)
-    return AccumulateExitsState(jnp.zeros((), jnp.int32), zeros, inner.init(params))
+    return AccumulateExitsState(jnp.zeros((), jnp.int32), zeros,
+                                jnp.zeros(num_exits, jnp.float32), inner.init(params))
 
   def update_fn(updates, state, params=None, **extra_args):
+    k = gram_lib.check_exit_axis(updates, params)
+    if k != num_exits:
+      raise ValueError(f'accumulate_exits(num_exits={num_exits}) got per-exit gradients with '
+                       f'K={k} exits; build it with num_exits={k}.')
+    losses = extra_args.get('losses')
+    if losses is not None and jnp.shape(losses) != (num_exits,):
+      raise ValueError(f'accumulate_exits(num_exits={num_exits}) got losses= of shape '
+                       f'{jnp.shape(losses)}; expected [{num_exits}].')
     total = jax.tree.map(jnp.add, state.total, updates)
+    loss_total = state.losses + (0.0 if losses is None else jnp.asarray(losses, jnp.float32))
 
     def combine(_):
       mean = jax.tree.map(lambda t: t / every, total)
-      out, inner_state = inner.update(mean, state.inner, params, **extra_args)
+      args = dict(extra_args, losses=loss_total / every) if losses is not None else extra_args
+      out, inner_state = inner.update(mean, state.inner, params, **args)
       return out, AccumulateExitsState(jnp.zeros((), jnp.int32),
-                                       jax.tree.map(jnp.zeros_like, total), inner_state)
+                                       jax.tree.map(jnp.zeros_like, total),
+                                       jnp.zeros_like(loss_total), inner_state)
 
     def keep(_):
       out = jax.tree.map(lambda u: jnp.zeros(u.shape[1:], u.dtype), updates)
-      return out, AccumulateExitsState(state.mini_step + 1, total, state.inner)
+      return out, AccumulateExitsState(state.mini_step + 1, total, loss_total, state.inner)
 
     return jax.lax.cond(state.mini_step + 1 == every, combine, keep, None)
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterator, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from anytime_jax.models.network import (AnytimeNetwork, apply_stage, initial_carry,
                                         stage_variables)
@@ -41,7 +42,10 @@ def _exit_flops(network: AnytimeNetwork, variables_spec: Any, example_shape: tup
   for k in range(network.num_exits):
     fn = functools.partial(apply_stage, network, k=k)
     v = stage_variables(variables, k)
-    total += float(jax.jit(fn).lower(v, carry=carry).cost_analysis()['flops'])
+    analysis = jax.jit(fn).lower(v, carry=carry).cost_analysis()
+    if not analysis or 'flops' not in analysis:
+      raise RuntimeError('XLA gave no cost analysis for this backend; exit_flops needs one.')
+    total += float(analysis['flops'])
     cumulative.append(total)
     carry = jax.eval_shape(fn, v, carry=carry)[0]
   return tuple(cumulative)
@@ -92,7 +96,7 @@ def exit_scores(logits: jax.Array, score: str = 'softmax') -> jax.Array:
   return top2[..., 0] - top2[..., 1]
 
 
-def first_confident_exit(logits: jax.Array, thresholds: jax.Array | float,
+def first_confident_exit(logits: jax.Array, thresholds: ArrayLike,
                          score: str = 'softmax') -> jax.Array:
   """Index of the first exit whose score (:func:`exit_scores`) reaches its threshold.
 
@@ -132,7 +136,7 @@ def early_exit(network: AnytimeNetwork, variables: Any, x: jax.Array,
     :class:`EarlyExit` with predicted classes, the 0-based exit each sample
     used, and its cumulative FLOPs.
   """
-  logits = network.apply(variables, x)
+  logits = cast(jax.Array, network.apply(variables, x))
   exits = first_confident_exit(logits, threshold, score)
   predictions = jnp.take_along_axis(jnp.argmax(logits, -1), exits[None], axis=0)[0]
   flops = jnp.asarray(exit_flops(network, variables, x), jnp.float32)[exits]
@@ -204,7 +208,7 @@ def budgeted_batch_curve(val_logits, val_labels, test_logits, test_labels,
   scores_val = np.asarray(exit_scores(val_logits, score))
   if scores_val.shape[0] != num_exits:
     raise ValueError(f'{scores_val.shape[0]} exits of logits but {num_exits} FLOPs entries.')
-  flops = np.asarray(flops, np.float64)
+  exit_cost = np.asarray(flops, np.float64)
   test_pred = np.asarray(jnp.argmax(jnp.asarray(test_logits), -1))
   points = []
   for q in np.geomspace(0.05, 20.0, num_points):
@@ -214,7 +218,7 @@ def budgeted_batch_curve(val_logits, val_labels, test_logits, test_labels,
     val_exits = np.asarray(first_confident_exit(jnp.asarray(val_logits), thresholds, score))
     exits = np.asarray(first_confident_exit(jnp.asarray(test_logits), thresholds, score))
     correct = test_pred[exits, np.arange(exits.size)] == np.asarray(test_labels)
-    points.append({'q': float(q), 'flops': float(flops[exits].mean()),
+    points.append({'q': float(q), 'flops': float(exit_cost[exits].mean()),
                    'accuracy': float(correct.mean()), 'target_fractions': fractions.tolist(),
                    'validation_fractions': (np.bincount(val_exits, minlength=num_exits)
                                             / max(val_exits.size, 1)).tolist(),

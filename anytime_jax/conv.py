@@ -128,11 +128,9 @@ def conv_general_dilated(
   if not plain:
     return generic()
   strides = tuple(int(s) for s in window_strides)
-  if isinstance(padding, str):
-    pads = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding)
-  else:
-    pads = padding
-  pads = tuple((int(lo), int(hi)) for lo, hi in pads)
+  given = (lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding)
+           if isinstance(padding, str) else padding)
+  pads = tuple((int(lo), int(hi)) for lo, hi in given)
   if min(min(p) for p in pads) < 0:
     return generic()
   return _conv2d(lhs, rhs, strides, pads, weight_gradient)

@@ -6,23 +6,35 @@ weights that depend only on inner products between them, never needs the
 flattened ``[K, P]`` matrix: it needs the ``[K, K]`` Gram matrix ``G = J J^T``
 (one contraction per leaf) and one weighted sum per leaf.
 
-Leaves are grouped: each group gets its own Gram matrix and its own weights.
-One group per leaf is per-tensor orthogonalization; one group for the whole
-tree is orthogonalization of the full parameter vector.
+Leaves are grouped (:data:`Granularity`): each group gets its own Gram matrix
+and its own weights.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Sequence
-from typing import Any, Union
+from typing import Any, Literal, Optional, Union
 
 import jax
 import jax.numpy as jnp
 
-Granularity = Union[str, Any, Callable[[Any], Any]]
+PyTree = Any
+GroupIds = Union[Sequence[int], jax.Array]
+Granularity = Union[Literal['exits', 'leaf', 'global'], PyTree, Callable[[PyTree], PyTree]]
+"""How leaves are grouped: each group gets its own Gram matrix and weights.
+
+``'exits'`` (the default of every combination): leaves reached by the same set
+of exits form a group, found on device from which exits' gradients are
+non-zero. A leaf reached by one exit (its head) is then moved by that exit's
+gradient alone, and each shared part gets its own combination. ``'leaf'``: one
+group per parameter tensor. ``'global'``: one group, the whole parameter vector.
+A partition: a pytree of hashable labels with the parameters' structure (or a
+callable from the parameters to one); leaves with equal labels form a group.
+"""
+GRANULARITIES = ('exits', 'leaf', 'global')
 
 
-def check_exit_axis(updates: Any, params: Any = None) -> int:
+def check_exit_axis(updates: PyTree, params: Optional[PyTree] = None) -> int:
   """Checks that every leaf carries a leading exit axis; returns K.
 
   Runs on shapes only, so it raises at trace time.
@@ -43,7 +55,8 @@ def check_exit_axis(updates: Any, params: Any = None) -> int:
   if not flat:
     raise ValueError('Per-exit gradients are empty: expected a pytree of '
                      'arrays shaped [K, *param.shape].')
-  num_exits = None
+  num_exits: Optional[int] = None
+  first = ''
   for path, leaf in flat:
     name = jax.tree_util.keystr(path) or '<root>'
     if jnp.ndim(leaf) == 0:
@@ -74,34 +87,50 @@ def check_exit_axis(updates: Any, params: Any = None) -> int:
             f'its parameter has shape {jnp.shape(param)}; expected '
             f'[K, *param.shape] = [{num_exits}, *{tuple(jnp.shape(param))}]. '
             'Did you pass summed gradients, or forget the exit axis?')
+  assert num_exits is not None  # flat is not empty
   return num_exits
 
 
-def group_ids(updates: Any, granularity: Granularity) -> tuple[tuple[int, ...], int]:
-  """Maps each leaf (in flattening order) to a group index.
+def param_shapes(updates: PyTree) -> PyTree:
+  """The parameters' shapes and dtypes from per-exit updates (the exit axis dropped)."""
+  return jax.tree.map(lambda u: jax.ShapeDtypeStruct(jnp.shape(u)[1:], jnp.result_type(u)),
+                      updates)
+
+
+def check_granularity(granularity: Granularity) -> None:
+  """Rejects a granularity string that is not one of :data:`GRANULARITIES`."""
+  if isinstance(granularity, str) and granularity not in GRANULARITIES:
+    raise ValueError(
+        f'Unknown granularity {granularity!r}: use one of {GRANULARITIES}, a pytree of group '
+        "labels with the parameters' structure, or a callable that returns one.")
+
+
+def static_group_ids(params: PyTree, granularity: Granularity) -> tuple[tuple[int, ...], int]:
+  """Maps each leaf (in flattening order) to a group index, from the parameters alone.
 
   Args:
-    updates: per-exit gradient pytree.
-    granularity: ``"leaf"`` (a group per leaf), ``"global"`` (one group), a
-      pytree of hashable labels with the structure of the parameters, or a
-      callable mapping the updates pytree to such labels.
+    params: the parameters, or anything with their structure and shapes (such
+      as :func:`param_shapes` of the per-exit updates): a callable granularity
+      is always called on parameter-shaped leaves, at ``init`` and at ``update``.
+    granularity: ``'leaf'``, ``'global'``, a pytree of hashable labels with the
+      parameters' structure, or a callable mapping ``params`` to such labels.
+      (``'exits'`` is decided on device from the gradients: see :func:`exit_grams`.)
 
   Returns:
     ``(ids, num_groups)``: a group index per leaf and the number of groups.
   """
-  leaves = jax.tree_util.tree_leaves(updates)
-  if isinstance(granularity, str):
-    if granularity == 'leaf':
-      return tuple(range(len(leaves))), len(leaves)
-    if granularity == 'global':
-      return (0,) * len(leaves), 1
-    raise ValueError(
-        f"Unknown granularity {granularity!r}: use 'leaf', 'global', a pytree "
-        'of group labels with the parameters\' structure, or a callable that '
-        'returns one.')
-  labels = granularity(updates) if callable(granularity) else granularity
+  check_granularity(granularity)
+  leaves = jax.tree_util.tree_leaves(params)
+  if granularity == 'leaf':
+    return tuple(range(len(leaves))), len(leaves)
+  if granularity == 'global':
+    return (0,) * len(leaves), 1
+  if granularity == 'exits':
+    raise ValueError("granularity='exits' groups leaves on device by the exits that reach "
+                     'them; it has no static grouping.')
+  labels = granularity(params) if callable(granularity) else granularity
   try:
-    label_leaves = jax.tree_util.tree_structure(updates).flatten_up_to(labels)
+    label_leaves = jax.tree_util.tree_structure(params).flatten_up_to(labels)  # type: ignore[attr-defined]
   except (ValueError, TypeError) as e:
     raise ValueError(
         'granularity as a partition must be a pytree of group labels with the '
@@ -111,35 +140,68 @@ def group_ids(updates: Any, granularity: Granularity) -> tuple[tuple[int, ...], 
   return ids, len(index)
 
 
-def grouped_gram(updates: Any, ids: Sequence[int], num_groups: int) -> jax.Array:
-  """Per-group Gram matrices of the exit gradients.
+def num_groups(params: PyTree, granularity: Granularity, num_exits: Optional[int]) -> int:
+  """How many groups (and so Gram matrices) ``granularity`` makes; sizes per-group state.
+
+  ``'exits'`` makes ``min(2 ** K, number of leaves)`` groups and needs ``num_exits``.
+  """
+  check_granularity(granularity)
+  if granularity == 'exits':
+    if num_exits is None:
+      raise ValueError("granularity='exits' sizes its per-group state from the number of "
+                       'exits: pass num_exits=K.')
+    return min(2 ** num_exits, len(jax.tree_util.tree_leaves(params)))
+  if granularity == 'global':
+    return 1
+  return static_group_ids(params, granularity)[1]
+
+
+def exit_pattern_ids(leaf_grams: jax.Array) -> tuple[jax.Array, int]:
+  """Groups leaves by the set of exits whose gradient reaches them (non-zero rows).
 
   Args:
-    updates: pytree of ``[K, ...]`` leaves, any float dtype.
-    ids: group index of each leaf, from :func:`group_ids`.
-    num_groups: number of groups.
+    leaf_grams: ``[L, K, K]`` Gram matrix of each leaf; exit k reaches leaf l
+      when ``leaf_grams[l, k, k] > 0``.
 
   Returns:
-    ``[num_groups, K, K]`` float32 Gram matrices, accumulated at highest
-    precision whatever the leaves' dtype.
+    ``(ids [L] int32, num_groups)``. With ``2 ** K <= L`` a group is a bit
+    pattern of exits (``sum_k 2 ** k`` over the exits reaching it), so a group
+    keeps its index from step to step; otherwise the patterns present are
+    numbered in increasing order (``num_groups = L``).
   """
-  grams = [None] * num_groups
-  for gid, leaf in zip(ids, jax.tree_util.tree_leaves(updates)):
+  num_leaves, num_exits = leaf_grams.shape[:2]
+  if num_exits > 30:
+    raise ValueError(f"granularity='exits' supports up to 30 exits, got K={num_exits}; "
+                     'use a partition (a pytree of group labels) instead.')
+  reached = jnp.diagonal(leaf_grams, axis1=1, axis2=2) > 0
+  pattern = reached.astype(jnp.int32) @ (2 ** jnp.arange(num_exits, dtype=jnp.int32))
+  if 2 ** num_exits <= num_leaves:
+    return pattern, 2 ** num_exits
+  _, ids = jnp.unique(pattern, size=num_leaves, return_inverse=True)
+  return jnp.reshape(ids, (num_leaves,)).astype(jnp.int32), num_leaves
+
+
+def leaf_grams(updates: PyTree) -> jax.Array:
+  """``[L, K, K]`` float32 Gram matrix of every leaf, accumulated at highest precision."""
+  def one(leaf):
     flat = jnp.reshape(leaf, (leaf.shape[0], -1))
-    g = jnp.einsum('kd,jd->kj', flat, flat,
-                   precision=jax.lax.Precision.HIGHEST,
-                   preferred_element_type=jnp.float32)
-    grams[gid] = g if grams[gid] is None else grams[gid] + g
-  return jnp.stack(grams)
+    return jnp.einsum('kd,jd->kj', flat, flat, precision=jax.lax.Precision.HIGHEST,
+                      preferred_element_type=jnp.float32)
+  return jnp.stack([one(leaf) for leaf in jax.tree_util.tree_leaves(updates)])
 
 
-def combine(updates: Any, weights: jax.Array, ids: Sequence[int]) -> Any:
+def grouped_gram(leaf_gram: jax.Array, ids: GroupIds, num_groups: int) -> jax.Array:
+  """Per-group Gram matrices: ``[L, K, K]`` leaf Grams summed into ``[num_groups, K, K]``."""
+  return jax.ops.segment_sum(leaf_gram, jnp.asarray(ids, jnp.int32), num_segments=num_groups)
+
+
+def combine(updates: PyTree, weights: jax.Array, ids: GroupIds) -> PyTree:
   """Weighted sum over the exit axis, leaf by leaf.
 
   Args:
     updates: pytree of ``[K, *shape]`` leaves.
     weights: ``[num_groups, K]`` weights; leaf ``i`` uses ``weights[ids[i]]``.
-    ids: group index of each leaf.
+    ids: group index of each leaf (static, or ``[L]`` on device).
 
   Returns:
     Pytree of ``[*shape]`` leaves, each in its input dtype; the sum itself
@@ -155,18 +217,27 @@ def combine(updates: Any, weights: jax.Array, ids: Sequence[int]) -> Any:
   return jax.tree_util.tree_unflatten(treedef, out)
 
 
-def average_over(updates: Any, axis_name: Any) -> Any:
+def average_over(tree: PyTree, axis_name: Optional[Hashable]) -> PyTree:
   """The per-exit gradients averaged over a named data axis (``shard_map``, ``pmap``).
 
   Gram-Schmidt is not linear: each device's gradients must be averaged before
   the Gram matrix, never the combined directions after it.
   """
-  return updates if axis_name is None else jax.lax.pmean(updates, axis_name)
+  return tree if axis_name is None else jax.lax.pmean(tree, axis_name)
 
 
-def exit_grams(updates: Any, params: Any, granularity: Granularity
-               ) -> tuple[int, tuple[int, ...], jax.Array]:
-  """Checks per-exit updates and returns ``(K, group ids, [num_groups, K, K] Grams)``."""
+def exit_grams(updates: PyTree, params: Optional[PyTree], granularity: Granularity
+               ) -> tuple[int, GroupIds, jax.Array]:
+  """Checks per-exit updates and returns ``(K, group ids, [num_groups, K, K] Grams)``.
+
+  Static granularities group the leaves of :func:`param_shapes` (the same
+  grouping as at ``init``); ``'exits'`` groups them on device by
+  :func:`exit_pattern_ids`.
+  """
   num_exits = check_exit_axis(updates, params)
-  ids, num_groups = group_ids(updates, granularity)
-  return num_exits, ids, grouped_gram(updates, ids, num_groups)
+  grams = leaf_grams(updates)
+  if granularity == 'exits':
+    ids, count = exit_pattern_ids(grams)
+    return num_exits, ids, grouped_gram(grams, ids, count)
+  static_ids, count = static_group_ids(param_shapes(updates), granularity)
+  return num_exits, static_ids, grouped_gram(grams, static_ids, count)

@@ -3,10 +3,28 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+
+
+class Gradients(NamedTuple):
+  """What every gradient function of the library returns: ``grads, losses, aux = ...``.
+
+  Attributes:
+    grads: the parameters' structure; per-exit functions give every leaf a
+      leading exit axis ``[K, *leaf.shape]`` (row k: exit k's gradient),
+      :func:`anytime_jax.summed_loss_gradient` the plain ``[*leaf.shape]``.
+    losses: ``[K]`` per-exit losses, exit order.
+    aux: what else the computation returns: ``loss_fn``'s auxiliary output
+      (:func:`exit_jacobian` with ``has_aux``), the stages' updated states
+      (the staged engine: BatchNorm statistics and other collections), or
+      ``None``.
+  """
+  grads: Any
+  losses: jax.Array
+  aux: Any
 
 
 def _check_losses(losses: Any) -> int:
@@ -24,8 +42,12 @@ def exit_jacobian(
     *args: Any,
     has_aux: bool = False,
     chunk_size: Optional[int] = None,
-) -> tuple[Any, Any]:
+) -> Gradients:
   """Per-exit gradients from one forward pass and K vmapped backward passes.
+
+  Use it for any model whose loss function returns the ``[K]`` exit losses;
+  for a model written as stages, :func:`anytime_jax.staged_jacobian` does the
+  same work at lower cost.
 
   Args:
     loss_fn: ``loss_fn(params, *args)`` returning the ``[K]`` per-exit losses,
@@ -38,9 +60,19 @@ def exit_jacobian(
       backward pass at once (bounds memory at the price of speed).
 
   Returns:
-    ``(jac, losses)`` or ``(jac, (losses, aux))``: ``jac`` has the structure of
-    ``params`` with every leaf ``[K, *leaf.shape]``, row ``k`` the gradient of
-    exit ``k``'s loss.
+    :class:`Gradients` ``(grads, losses [K], aux)``: ``grads`` has the structure
+    of ``params`` with every leaf ``[K, *leaf.shape]``, row ``k`` the gradient
+    of exit ``k``'s loss; ``aux`` is ``loss_fn``'s auxiliary output (``None``
+    without ``has_aux``).
+
+  Example:
+
+  >>> import jax.numpy as jnp, anytime_jax as aj
+  >>> loss_fn = lambda p, x: jnp.stack([jnp.sum(p * x), jnp.sum((p * x) ** 2)])
+  >>> grads, losses, _ = aj.exit_jacobian(loss_fn, jnp.ones(2), jnp.array([1.0, 2.0]))
+  >>> grads  # [K=2, 2]: row k is d loss_k / d p
+  Array([[1., 2.],
+         [2., 8.]], dtype=float32)
   """
   def fn(p):
     return loss_fn(p, *args)
@@ -62,4 +94,4 @@ def exit_jacobian(
     jac = jax.vmap(one_exit)(cotangents)
   else:
     jac = jax.lax.map(one_exit, cotangents, batch_size=chunk_size)
-  return jac, ((losses, aux) if has_aux else losses)
+  return Gradients(jac, losses, aux if has_aux else None)

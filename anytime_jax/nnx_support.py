@@ -21,6 +21,7 @@ from flax.nnx import bridge
 
 from anytime_jax import models
 from anytime_jax.losses import cross_entropy
+from anytime_jax.jacobian import Gradients
 from anytime_jax.staged import StageFn, staged_jacobian
 
 
@@ -77,13 +78,15 @@ def nnx_stages(modules: Sequence[nnx.Module],
   Returns:
     Stage functions, each stage's ``nnx.Param`` state (differentiated) and the
     rest of its state (returned updated by the engine: write it back with
-    ``nnx.update(module, state)``).
+    ``nnx.update(module, state)``). Randomness (``nnx.Dropout``) comes from
+    the ``nnx.Rngs`` inside that state, so the engine's ``rng=`` is ignored.
   """
   stages, params, states = [], [], []
   for module in modules:
-    graphdef, stage_params, rest = nnx.split(module, nnx.Param, ...)
+    graphdef, stage_params, rest = nnx.split(module, nnx.Param, ...)  # type: ignore[misc]
 
-    def stage(p, state, carry, graphdef=graphdef):
+    def stage(p, state, carry, rng=None, graphdef=graphdef):
+      del rng  # NNX modules draw randomness from the nnx.Rngs in their own state
       merged = nnx.merge(graphdef, p, state)
       carry, logits = call(merged, carry)
       return carry, logits, nnx.state(merged, nnx.Not(nnx.Param))
@@ -101,13 +104,15 @@ def nnx_staged_exit_jacobian(
     *,
     train: bool = True,
     loss_fn: Optional[Callable[[jax.Array, jax.Array], jax.Array]] = None,
-) -> tuple[nnx.State, jax.Array]:
+) -> Gradients:
   """Per-exit gradients of an :class:`AnytimeNNX` by the staged engine.
 
-  Updates the model's BatchNorm statistics in train mode (once per step) and
-  returns ``(grads, losses [K])``: ``grads`` is shaped like
-  ``nnx.state(model, nnx.Param)`` with every leaf ``[K, *leaf.shape]``, ready
-  for ``nnx.Optimizer.update``.
+  Updates the model's BatchNorm statistics in train mode (once per step, in
+  place, as NNX does) and returns :class:`anytime_jax.Gradients` ``(grads,
+  losses [K], aux)``: ``grads`` is shaped like ``nnx.state(model, nnx.Param)``
+  with every leaf ``[K, *leaf.shape]``, ready for ``nnx.Optimizer.update``;
+  ``aux`` is the list of the stages' updated non-parameter states (already
+  written back into the model).
   """
   loss_fn = cross_entropy if loss_fn is None else loss_fn
   stages, params, states = nnx_stages(
@@ -120,4 +125,4 @@ def nnx_staged_exit_jacobian(
   grads = nnx.state(model, nnx.Param)
   for k, stage_jac in enumerate(jac):
     grads['stages'][k] = stage_jac
-  return grads, losses
+  return Gradients(grads, losses, new_states)

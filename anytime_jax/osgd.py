@@ -14,34 +14,19 @@ leaf (see :mod:`anytime_jax.gram`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, NamedTuple, Optional
+from collections.abc import Hashable, Sequence
+from typing import Literal, Optional
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from anytime_jax import combinations
 from anytime_jax import gram as gram_lib
 
+Rescale = Optional[Literal['exit_norm', 'sum_norm']]
 RESCALE_OPTIONS = (None, 'exit_norm', 'sum_norm')
 ALGORITHMS = ('gram', 'vectors')
-
-
-class OrthogonalizeState(NamedTuple):
-  """State of :func:`orthogonalize` with ``diagnostics=True`` (otherwise the
-  state is ``optax.EmptyState()``), measured over the whole parameter vector
-  at the last update:
-
-  Attributes:
-    grad_norms: ``[K]`` norm of each exit's gradient before orthogonalization.
-    ortho_norms: ``[K]`` norm of each exit's contribution after it (its
-      Gram-Schmidt vector, rescaled if ``rescale`` asks for it).
-    cosine: ``[K, K]`` cosine similarity between the exits' gradients; negative
-      entries are conflicts between exits.
-  """
-  grad_norms: jax.Array
-  ortho_norms: jax.Array
-  cosine: jax.Array
 
 
 def gram_schmidt_coefficients(gram: jax.Array, eps: float | jax.Array = 1e-5,
@@ -86,8 +71,7 @@ def gram_schmidt_coefficients(gram: jax.Array, eps: float | jax.Array = 1e-5,
   return coeffs[inverse][:, inverse]
 
 
-def rescale_coefficients(coeffs: jax.Array, gram: jax.Array,
-                         rescale: Optional[str]) -> jax.Array:
+def rescale_coefficients(coeffs: jax.Array, gram: jax.Array, rescale: Rescale) -> jax.Array:
   """Applies a rescaling to Gram-Schmidt coefficients (``[K, K]``, rows = exits).
 
   * ``None``: the plain Gram-Schmidt vectors (the paper's OSGD).
@@ -130,21 +114,21 @@ def gram_schmidt_vectors(rows: jax.Array, eps: float = 1e-5,
   rows = rows.astype(jnp.float32)
   order = range(rows.shape[0]) if priority is None else priority
   tiny = jnp.finfo(jnp.float32).tiny
-  kept = [None] * rows.shape[0]
+  kept: dict[int, jax.Array] = {}
   for k in order:
     u = rows[k]
     for _ in range(2):
-      for v in (kept[j] for j in order if kept[j] is not None):
+      for v in kept.values():
         norm = jnp.vdot(v, v)
         u = u - jnp.where(norm > 0, jnp.vdot(v, u) / jnp.where(norm > 0, norm, 1.0), 0.0) * v
     alive = jnp.vdot(u, u) > eps * jnp.vdot(rows[k], rows[k]) + tiny
     kept[k] = jnp.where(alive, u, 0.0)
-  return jnp.stack(kept)
+  return jnp.stack([kept[k] for k in range(rows.shape[0])])
 
 
 def orthogonalize_vectors(rows: jax.Array, eps: float = 1e-5,
                           priority: Optional[Sequence[int]] = None,
-                          rescale: Optional[str] = None) -> jax.Array:
+                          rescale: Rescale = None) -> jax.Array:
   """``sum_k u_k`` of :func:`gram_schmidt_vectors`, rescaled as in :func:`rescale_coefficients`.
 
   Returns:
@@ -164,21 +148,25 @@ def orthogonalize_vectors(rows: jax.Array, eps: float = 1e-5,
   return total
 
 
-def _orthogonalize_groups_by_vectors(updates, ids, num_groups, eps, priority, rescale):
-  """Per group: flatten its leaves to ``[K, D]``, orthogonalize the vectors, split back."""
-  leaves, treedef = jax.tree_util.tree_flatten(updates)
-  out = [None] * len(leaves)
-  for group in range(num_groups):
-    members = [i for i, gid in enumerate(ids) if gid == group]
-    rows = jnp.concatenate([leaves[i].reshape(leaves[i].shape[0], -1).astype(jnp.float32)
-                            for i in members], axis=1)
-    total = orthogonalize_vectors(rows, eps, priority, rescale)
-    offset = 0
-    for i in members:
-      size = leaves[i][0].size
-      out[i] = total[offset:offset + size].reshape(leaves[i].shape[1:]).astype(leaves[i].dtype)
-      offset += size
-  return jax.tree_util.tree_unflatten(treedef, out)
+def _combine_by_vectors(eps: float, priority: Optional[Sequence[int]], rescale: Rescale):
+  """A group combine for :func:`anytime_jax.combinations.combination`: per group, flatten
+  its leaves to ``[K, D]``, orthogonalize the vectors, split back (the weights are unused)."""
+  def combine(updates, weights, ids, num_groups):
+    del weights
+    leaves, treedef = jax.tree_util.tree_flatten(updates)
+    out = [None] * len(leaves)
+    for group in range(num_groups):
+      members = [i for i, gid in enumerate(ids) if gid == group]
+      rows = jnp.concatenate([leaves[i].reshape(leaves[i].shape[0], -1).astype(jnp.float32)
+                              for i in members], axis=1)
+      total = orthogonalize_vectors(rows, eps, priority, rescale)
+      offset = 0
+      for i in members:
+        size = leaves[i][0].size
+        out[i] = total[offset:offset + size].reshape(leaves[i].shape[1:]).astype(leaves[i].dtype)
+        offset += size
+    return jax.tree_util.tree_unflatten(treedef, out)
+  return combine
 
 
 def _check_priority(priority: Optional[Sequence[int]], num_exits: int) -> None:
@@ -191,39 +179,38 @@ def _check_priority(priority: Optional[Sequence[int]], num_exits: int) -> None:
 
 def orthogonalize(
     *,
-    granularity: gram_lib.Granularity = 'leaf',
-    rescale: Optional[str] = None,
+    granularity: gram_lib.Granularity = 'exits',
+    rescale: Rescale = None,
     eps: float = 1e-5,
     priority: Optional[Sequence[int]] = None,
+    algorithm: Literal['gram', 'vectors'] = 'gram',
+    axis_name: Optional[Hashable] = None,
     diagnostics: bool = False,
     num_exits: Optional[int] = None,
-    algorithm: str = 'gram',
-    axis_name: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   """Orthogonalizes per-exit gradients in exit order and sums them (OSGD).
 
   Use it as the first element of a chain: it takes updates whose every leaf has
   a leading exit axis ``[K, *param.shape]`` (earliest exit first, as returned by
   :func:`anytime_jax.exit_jacobian`) and returns ordinary ``[*param.shape]``
-  updates, so every later transformation sees plain gradients::
-
-    tx = optax.chain(anytime_jax.orthogonalize(), optax.sgd(0.1, momentum=0.9))
+  updates, so every later transformation sees plain gradients.
 
   Gram-Schmidt is not linear: averaging over devices or micro-batches must
   happen on the per-exit gradients *before* this transformation. Under ``jit``
   with the batch sharded over a mesh, computing the per-exit gradients of the
   global-batch losses does exactly that. Never wrap a chain that contains this
   transformation in ``optax.MultiSteps`` (it would average orthogonalized
-  directions); accumulate the per-exit gradients over micro-batches yourself
-  and call ``update`` once.
+  directions); use :func:`anytime_jax.accumulate_exits`.
 
   Args:
-    granularity: ``'leaf'`` (default): each parameter tensor is orthogonalized
-      on its own, so exits that conflict in one layer do not lose their
-      gradient in another. ``'global'``: one Gram-Schmidt over the whole
-      parameter vector. Or a partition: a pytree of hashable labels with the
-      parameters' structure (or a callable returning one); leaves with equal
-      labels are orthogonalized together.
+    granularity: ``'exits'`` (default): leaves reached by the same set of exits
+      are orthogonalized together, so each exit's head keeps its own gradient
+      and each shared part gets its own Gram-Schmidt. ``'leaf'``: each
+      parameter tensor on its own. ``'global'``: one Gram-Schmidt over the whole
+      parameter vector; beware that a leaf only exit k reaches then moves by
+      ``w_k g_k`` with ``w_k`` set by the shared parameters, and ``w_k < 0``
+      (uphill on that head) whenever later exits lean on ``g_k``. Or a
+      partition (:data:`anytime_jax.gram.Granularity`).
     rescale: ``None`` (the paper's OSGD), ``'exit_norm'`` or ``'sum_norm'``;
       see :func:`rescale_coefficients`.
     eps: relative threshold below which a Gram-Schmidt vector counts as zero,
@@ -231,10 +218,6 @@ def orthogonalize(
       :func:`gram_schmidt_coefficients`).
     priority: order of orthogonalization, a permutation of the exits; the
       first one listed keeps its gradient. Default: exit order.
-    diagnostics: record per-exit gradient norms before and after and the
-      exits' cosine matrix in the state (needs ``num_exits``).
-    num_exits: K; needed for ``diagnostics``, checked against the updates
-      when given.
     algorithm: ``'gram'`` (default): Gram-Schmidt in coefficient space from the
       ``[K, K]`` Gram matrix, never flattening a group; its accuracy is float32's
       epsilon times the Gram matrix's condition number. Measured against a
@@ -244,77 +227,69 @@ def orthogonalize(
       (implicit) kept vectors orthogonal to |cos| <= 1.3e-2. ``'vectors'``:
       modified Gram-Schmidt with a second pass on the flattened gradients of
       each group (:func:`gram_schmidt_vectors`): 7.9e-8 and 8.1e-9 in the same
-      test, at a higher cost (``python -m experiments.bench --methods``).
+      test, at a higher cost (``python -m experiments.bench --methods``);
+      it needs a static granularity (not ``'exits'``).
     axis_name: inside ``shard_map`` or ``pmap`` over a data axis, its name:
       the per-exit gradients are averaged over it first (see
       :func:`anytime_jax.gram.average_over`). Not needed under ``jit`` with a
       sharded batch.
+    diagnostics: keep the last step's weights, gradient norms and cosines in
+      the state (:class:`anytime_jax.CombinationDiagnostics`); needs
+      ``num_exits``.
+    num_exits: K; needed for ``diagnostics``, checked against the updates
+      when given.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
 
   References:
     Wan et al., 2020. https://arxiv.org/abs/2008.06635
+
+  Example: two exits whose gradients conflict; the second keeps only what is
+  orthogonal to the first:
+
+  >>> import jax.numpy as jnp, optax, anytime_jax as aj
+  >>> tx = optax.chain(aj.orthogonalize(), optax.sgd(0.1))
+  >>> params = {'w': jnp.zeros(2)}
+  >>> jac = {'w': jnp.array([[1.0, 0.0], [-1.0, 1.0]])}  # [K=2, *w.shape]
+  >>> updates, _ = tx.update(jac, tx.init(params), params)
+  >>> updates['w']  # -0.1 * ([1, 0] + [0, 1])
+  Array([-0.1, -0.1], dtype=float32)
   """
   if rescale not in RESCALE_OPTIONS:
     raise ValueError(f'Unknown rescale {rescale!r}; choose one of {RESCALE_OPTIONS}.')
   if algorithm not in ALGORITHMS:
     raise ValueError(f'Unknown algorithm {algorithm!r}; choose one of {ALGORITHMS}.')
-  if diagnostics and num_exits is None:
-    raise ValueError('orthogonalize(diagnostics=True) needs num_exits=K to size '
-                     'its state; pass the number of exits of your network.')
+  if algorithm == 'vectors' and isinstance(granularity, str) and granularity == 'exits':
+    raise ValueError("algorithm='vectors' needs a static grouping: granularity='leaf', "
+                     "'global' or a partition ('exits' groups leaves on device).")
   if num_exits is not None:
     _check_priority(priority, num_exits)
 
-  def init_fn(params):
-    del params
-    if not diagnostics:
-      return optax.EmptyState()
-    return OrthogonalizeState(grad_norms=jnp.zeros((num_exits,), jnp.float32),
-                              ortho_norms=jnp.zeros((num_exits,), jnp.float32),
-                              cosine=jnp.zeros((num_exits, num_exits), jnp.float32))
+  def weighting(gram):
+    _check_priority(priority, gram.shape[-1])
+    coeffs = rescale_coefficients(gram_schmidt_coefficients(gram, eps, priority), gram, rescale)
+    return jnp.sum(coeffs, axis=0)
 
-  def update_fn(updates, state, params=None, **extra_args):
-    del extra_args
-    updates = gram_lib.average_over(updates, axis_name)
-    k, ids, grams = gram_lib.exit_grams(updates, params, granularity)
-    if num_exits is not None and k != num_exits:
-      raise ValueError(f'orthogonalize(num_exits={num_exits}) got per-exit '
-                       f'gradients with K={k} exits.')
-    _check_priority(priority, k)
-    if algorithm == 'gram' or diagnostics:  # 'vectors' needs coefficients for diagnostics only
-      coeffs = jax.vmap(lambda g: rescale_coefficients(
-          gram_schmidt_coefficients(g, eps, priority), g, rescale))(grams)
-    if algorithm == 'gram':
-      out = gram_lib.combine(updates, jnp.sum(coeffs, axis=1), ids)
-    else:
-      out = _orthogonalize_groups_by_vectors(updates, ids, grams.shape[0], eps, priority, rescale)
-    if diagnostics:
-      total = jnp.sum(grams, axis=0)
-      grad_norms = jnp.sqrt(jnp.maximum(jnp.diagonal(total), 0.0))
-      ortho_norms = jnp.sqrt(jnp.maximum(
-          jnp.einsum('gki,gij,gkj->k', coeffs, grams, coeffs), 0.0))
-      denom = jnp.outer(grad_norms, grad_norms)
-      cosine = jnp.where(denom > 0, total / jnp.where(denom > 0, denom, 1.0), 0.0)
-      state = OrthogonalizeState(grad_norms, ortho_norms, cosine)
-    return out, state
-
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  return combinations.combination(
+      weighting, granularity=granularity, init_state=None, axis_name=axis_name,
+      diagnostics=diagnostics, num_exits=num_exits,
+      combine=_combine_by_vectors(eps, priority, rescale) if algorithm == 'vectors' else None)
 
 
 def osgd(
     learning_rate: optax.ScalarOrSchedule,
+    *,
     momentum: Optional[float] = 0.9,
     nesterov: bool = False,
     weight_decay: float = 0.0,
-    *,
-    granularity: gram_lib.Granularity = 'leaf',
-    rescale: Optional[str] = None,
+    granularity: gram_lib.Granularity = 'exits',
+    rescale: Rescale = None,
     eps: float = 1e-5,
     priority: Optional[Sequence[int]] = None,
+    algorithm: Literal['gram', 'vectors'] = 'gram',
     diagnostics: bool = False,
     num_exits: Optional[int] = None,
-    algorithm: str = 'gram',
 ) -> optax.GradientTransformationExtraArgs:
   """OSGD with momentum: :func:`orthogonalize` chained with SGD.
 
@@ -346,13 +321,17 @@ def osgd(
       orthogonalize(granularity=granularity, rescale=rescale, eps=eps,
                     priority=priority, diagnostics=diagnostics,
                     num_exits=num_exits, algorithm=algorithm),
-      sgd_tail(learning_rate, momentum, nesterov, weight_decay))
+      sgd_tail(learning_rate, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay))
 
 
-def sgd_tail(learning_rate: optax.ScalarOrSchedule, momentum: Optional[float] = 0.9,
+def sgd_tail(learning_rate: optax.ScalarOrSchedule, *, momentum: Optional[float] = 0.9,
              nesterov: bool = False, weight_decay: float = 0.0
              ) -> optax.GradientTransformation:
-  """SGD with momentum and decoupled weight decay, for after an exit combination."""
+  """SGD with momentum and decoupled weight decay, for after an exit combination.
+
+  ``optax.chain(aj.pcgrad(), aj.sgd_tail(0.1, weight_decay=5e-4))`` is PCGrad
+  with the update rule of :func:`osgd`.
+  """
   return optax.chain(
       (optax.trace(decay=momentum, nesterov=nesterov)
        if momentum is not None else optax.identity()),

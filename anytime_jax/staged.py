@@ -11,7 +11,9 @@ stage, including the stages after it, where its cotangent is zero.
 A stage is any pure function ``stage(params_k, state_k, carry) -> (carry,
 logits_k, state_k)``: ``params_k`` is what is differentiated, ``state_k``
 anything it reads and updates without gradient (BatchNorm statistics; ``None``
-if it has none) and ``carry`` whatever later stages read (any pytree).
+if it has none) and ``carry`` whatever later stages read (any pytree). Stages
+that draw randomness (dropout) also take a keyword ``rng``: pass ``rng=`` to
+:func:`staged_jacobian` and stage k receives ``jax.random.fold_in(rng, k)``.
 :func:`staged_jacobian` takes such stages; :func:`linen_stages` turns one of our
 networks (or any linen module built from ``Stage`` s) into them, and
 ``anytime_jax.nnx_stages`` does the same for Flax NNX modules.
@@ -25,11 +27,13 @@ from typing import Any, Optional
 import jax
 import jax.numpy as jnp
 
+from anytime_jax.jacobian import Gradients
 from anytime_jax.losses import cross_entropy
 from anytime_jax.models.network import (AnytimeNetwork, apply_stage, initial_carry,
                                         stage_variables)
 
-StageFn = Callable[[Any, Any, Any], tuple[Any, jax.Array, Any]]
+StageFn = Callable[..., tuple[Any, jax.Array, Any]]
+"""``stage(params_k, state_k, carry[, rng=key]) -> (carry, logits_k [B, C], state_k)``."""
 
 
 def staged_jacobian(
@@ -39,8 +43,9 @@ def staged_jacobian(
     exit_loss: Callable[[int, jax.Array], jax.Array],
     states: Optional[Sequence[Any]] = None,
     *,
+    rng: Optional[jax.Array] = None,
     vectorize: bool = False,
-) -> tuple[list[Any], jax.Array, list[Any]]:
+) -> Gradients:
   """Per-exit gradients of any sequence of stages, stage by stage.
 
   Args:
@@ -51,15 +56,17 @@ def staged_jacobian(
       cotangent.
     exit_loss: ``exit_loss(k, logits_k) -> scalar``, exit k's loss.
     states: K pytrees of non-differentiated state (default: ``None`` each).
+    rng: a PRNG key; stage k is then called with
+      ``rng=jax.random.fold_in(rng, k)`` (dropout and other randomness).
     vectorize: push the exits' cotangents through a stage's backward pass as
       one ``vmap`` instead of one backward call per exit (default). Both share
       the forward residuals; on CPU the per-exit calls measured faster.
 
   Returns:
-    ``(jac, losses, states)``: ``jac[k]`` has the structure of ``params[k]``
-    with every leaf ``[K, *leaf.shape]`` (row j: the gradient of exit j's loss;
-    exactly zero for j < k); ``losses`` is ``[K]``; ``states`` the updated
-    states.
+    :class:`anytime_jax.Gradients` ``(grads, losses, aux)``: ``grads[k]`` has
+    the structure of ``params[k]`` with every leaf ``[K, *leaf.shape]`` (row
+    j: the gradient of exit j's loss; exactly zero for j < k); ``losses`` is
+    ``[K]``; ``aux`` the list of updated states.
   """
   num_exits = len(stages)
   if len(params) != num_exits:
@@ -70,8 +77,10 @@ def staged_jacobian(
   vjps, out_carries, losses, new_states = [], [], [], []
   for k, (stage, stage_params, state) in enumerate(zip(stages, params, states)):
 
-    def run(p, c, stage=stage, state=state, k=k):
-      new_carry, logits, new_state = stage(p, state, c)
+    keyword = {} if rng is None else {'rng': jax.random.fold_in(rng, k)}
+
+    def run(p, c, stage=stage, state=state, k=k, keyword=keyword):
+      new_carry, logits, new_state = stage(p, state, c, **keyword)
       return (new_carry, exit_loss(k, logits)), new_state
 
     if k == 0:  # the input needs no cotangent: differentiate the first stage's params only
@@ -85,7 +94,7 @@ def staged_jacobian(
     new_states.append(new_state)
 
   jac = [None] * num_exits
-  arriving = []  # per later exit: its cotangent on stage k's output carry
+  arriving: list[Any] = []  # per later exit: its cotangent on stage k's output carry
   for k in reversed(range(num_exits)):
     # Exit k enters here with d loss_k / d loss_k = 1 and nothing on the carry;
     # the later exits bring their carry cotangents and nothing on loss_k.
@@ -103,7 +112,7 @@ def staged_jacobian(
       arriving = [o[1] for o in outs] if k else []
     jac[k] = jax.tree.map(
         lambda g, k=k: jnp.concatenate([jnp.zeros((k, *g.shape[1:]), g.dtype), g]), param_cts)
-  return jac, jnp.stack(losses), new_states
+  return Gradients(jac, jnp.stack(losses), new_states)
 
 
 def linen_stages(network: AnytimeNetwork, variables: Any, *, train: bool = True
@@ -111,7 +120,9 @@ def linen_stages(network: AnytimeNetwork, variables: Any, *, train: bool = True
   """Our linen networks as stages: ``(stages, params, states)`` for :func:`staged_jacobian`.
 
   Stage k's parameters are ``variables['params']['stages_k']`` and its state
-  its BatchNorm statistics (updated in train mode).
+  every other collection of it (BatchNorm statistics and any other), updated
+  in train mode. A stage called with ``rng=key`` hands ``{'dropout': key}`` to
+  ``Module.apply``.
   """
   stages, params, states = [], [], []
   for k in range(network.num_exits):
@@ -120,9 +131,9 @@ def linen_stages(network: AnytimeNetwork, variables: Any, *, train: bool = True
       raise ValueError(f'variables lack params for stage {k} (stages_{k}); pass the '
                        'variables returned by network.init.')
 
-    def stage(p, state, carry, k=k):
-      carry, logits, stats = apply_stage(network, {'params': p, **state}, k, carry, train)
-      return carry, logits, ({'batch_stats': stats} if 'batch_stats' in state else state)
+    def stage(p, state, carry, rng=None, k=k):
+      rngs = None if rng is None else {'dropout': rng}
+      return apply_stage(network, {'params': p, **state}, k, carry, train, rngs)
 
     stages.append(stage)
     params.append(stage_vars['params'])
@@ -138,8 +149,9 @@ def staged_exit_jacobian(
     *,
     train: bool = True,
     loss_fn: Optional[Callable[[jax.Array, jax.Array], jax.Array]] = None,
+    rng: Optional[jax.Array] = None,
     vectorize: bool = False,
-) -> tuple[Any, jax.Array, Any]:
+) -> Gradients:
   """Per-exit gradients of one of our anytime networks (:func:`staged_jacobian` on it).
 
   Args:
@@ -151,21 +163,24 @@ def staged_exit_jacobian(
       updated statistics are returned (once per step, as in ordinary training).
     loss_fn: ``loss_fn(logits [B, C], y) -> scalar``, the loss of one exit;
       default mean softmax cross-entropy with integer labels.
+    rng: a PRNG key for stages that draw randomness (see :func:`staged_jacobian`).
     vectorize: see :func:`staged_jacobian`.
 
   Returns:
-    ``(jac, losses, batch_stats)``: ``jac`` has the structure of
-    ``variables['params']`` with every leaf ``[K, *leaf.shape]`` (row k: the
-    gradient of exit k's loss; exactly zero for stages after k); ``losses``
-    is ``[K]``; ``batch_stats`` the updated statistics (the old ones in eval
-    mode, ``{}`` without BatchNorm).
+    :class:`anytime_jax.Gradients` ``(grads, losses, aux)``: ``grads`` has the
+    structure of ``variables['params']`` with every leaf ``[K, *leaf.shape]``
+    (row k: the gradient of exit k's loss; exactly zero for stages after k);
+    ``losses`` is ``[K]``; ``aux`` the variables' other collections
+    (``{'batch_stats': ...}`` for BatchNorm), updated in train mode.
   """
   loss_fn = cross_entropy if loss_fn is None else loss_fn
   stages, params, states = linen_stages(network, variables, train=train)
   jac, losses, new_states = staged_jacobian(stages, params, initial_carry(x),
                                             lambda k, logits: loss_fn(logits, y), states,
-                                            vectorize=vectorize)
+                                            rng=rng, vectorize=vectorize)
   names = [f'stages_{k}' for k in range(network.num_exits)]
-  batch_stats = ({name: state['batch_stats'] for name, state in zip(names, new_states)}
-                 if 'batch_stats' in variables else {})
-  return {name: jac[k] for k, name in enumerate(names)}, losses, batch_stats
+  other: dict[str, dict[str, Any]] = {}
+  for name, state in zip(names, new_states):
+    for collection, tree in state.items():
+      other.setdefault(collection, {})[name] = tree
+  return Gradients({name: jac[k] for k, name in enumerate(names)}, losses, other)

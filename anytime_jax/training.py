@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from collections.abc import Callable
+from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from anytime_jax.jacobian import exit_jacobian
+from anytime_jax.combinations import find_diagnostics
+from anytime_jax.jacobian import Gradients, exit_jacobian
 from anytime_jax.losses import exit_cross_entropy
 from anytime_jax.models.network import AnytimeNetwork, init_variables
 from anytime_jax.staged import staged_exit_jacobian
 
+Metrics = dict[str, jax.Array]
 ENGINES = ('staged', 'vmap')
 REDUCTIONS = ('sum', 'mean')
 
@@ -35,40 +38,42 @@ def create_train_state(network: AnytimeNetwork, tx: optax.GradientTransformation
 
 
 def summed_loss_gradient(network: AnytimeNetwork, variables: Any, x: jax.Array, y: jax.Array,
-                         reduction: str = 'sum') -> tuple[Any, jax.Array, Any]:
-  """The ordinary gradient of the summed (or averaged) exit losses.
+                         *, reduction: Literal['sum', 'mean'] = 'sum') -> Gradients:
+  """The ordinary gradient of the summed (or averaged) exit losses, in train mode.
 
-  Returns ``(grads, losses [K], batch_stats)``, the summed-loss counterpart of
+  Returns :class:`anytime_jax.Gradients` ``(grads, losses [K], aux)`` with
+  plain ``[*leaf.shape]`` gradients and ``aux`` the updated non-parameter
+  collections: the summed-loss counterpart of
   :func:`anytime_jax.staged_exit_jacobian`.
   """
   if reduction not in REDUCTIONS:
     raise ValueError(f'reduction must be one of {REDUCTIONS}, got {reduction!r}.')
-  rest = {c: t for c, t in variables.items() if c != 'params'}
 
   def loss(params):
-    logits, new = network.apply({'params': params, **rest}, x, train=True,
-                                mutable=['batch_stats'])
-    losses = exit_cross_entropy(logits, y)
+    losses, rest = _train_losses(network, params, variables, x, y)
     total = jnp.sum(losses) if reduction == 'sum' else jnp.mean(losses)
-    return total, (losses, new.get('batch_stats', {}))
+    return total, (losses, rest)
 
-  grads, (losses, stats) = jax.grad(loss, has_aux=True)(variables['params'])
-  return grads, losses, stats
+  grads, (losses, rest) = jax.grad(loss, has_aux=True)(variables['params'])
+  return Gradients(grads, losses, rest)
+
+
+def _train_losses(network: AnytimeNetwork, params: Any, variables: Any, x: jax.Array,
+                  y: jax.Array) -> tuple[jax.Array, Any]:
+  """``[K]`` exit losses in train mode and the updated non-parameter collections."""
+  rest = {c: t for c, t in variables.items() if c != 'params'}
+  logits, new = network.apply({'params': params, **rest}, x, train=True, mutable=list(rest))
+  return exit_cross_entropy(logits, y), {**rest, **new}
 
 
 def vmapped_exit_jacobian(network: AnytimeNetwork, variables: Any, x: jax.Array,
-                          y: jax.Array) -> tuple[Any, jax.Array, Any]:
+                          y: jax.Array) -> Gradients:
   """Per-exit gradients by :func:`anytime_jax.exit_jacobian` (the plain vmap path).
 
-  Same contract as :func:`anytime_jax.staged_exit_jacobian` in train mode:
-  returns ``(jac, losses [K], batch_stats)``.
+  Same contract as :func:`anytime_jax.staged_exit_jacobian` in train mode.
   """
-  def losses(params):
-    logits, new = network.apply({'params': params, 'batch_stats': variables['batch_stats']}, x,
-                                train=True, mutable=['batch_stats'])
-    return exit_cross_entropy(logits, y), new['batch_stats']
-  jac, (exit_losses, stats) = exit_jacobian(losses, variables['params'], has_aux=True)
-  return jac, exit_losses, stats
+  return exit_jacobian(lambda p: _train_losses(network, p, variables, x, y),
+                       variables['params'], has_aux=True)
 
 
 def _check_updates_fit(updates: Any, params: Any, per_exit: bool) -> None:
@@ -87,7 +92,9 @@ def _check_updates_fit(updates: Any, params: Any, per_exit: bool) -> None:
 
 
 def make_train_step(network: AnytimeNetwork, tx: optax.GradientTransformation, *,
-                    per_exit: bool = True, engine: str = 'staged', reduction: str = 'sum'):
+                    per_exit: bool = True, engine: Literal['staged', 'vmap'] = 'staged',
+                    reduction: Literal['sum', 'mean'] = 'sum'
+                    ) -> Callable[[TrainState, jax.Array, jax.Array], tuple[TrainState, Metrics]]:
   """Builds ``step(state, x, y) -> (state, metrics)``, to be jitted by the caller.
 
   Args:
@@ -101,28 +108,35 @@ def make_train_step(network: AnytimeNetwork, tx: optax.GradientTransformation, *
     reduction: ``'sum'`` or ``'mean'`` of the exit losses when not per-exit.
 
   Returns:
-    The step function; metrics hold ``loss`` (sum of exit losses) and
-    ``exit_losses`` ``[K]``.
+    The step function; metrics hold ``loss`` (sum of exit losses),
+    ``exit_losses`` ``[K]`` and, when ``tx`` keeps diagnostics
+    (``diagnostics=True``), ``negative_weight``: 1.0 if the combination gave
+    some exit a negative weight in a group it reaches, else 0.0.
   """
   if engine not in ENGINES:
     raise ValueError(f'engine must be one of {ENGINES}, got {engine!r}.')
+  if reduction not in REDUCTIONS:
+    raise ValueError(f'reduction must be one of {REDUCTIONS}, got {reduction!r}.')
 
   def gradients(params, batch_stats, x, y):
     variables = {'params': params, 'batch_stats': batch_stats}
     if not per_exit:
-      return summed_loss_gradient(network, variables, x, y, reduction)
+      return summed_loss_gradient(network, variables, x, y, reduction=reduction)
     if engine == 'staged':
       return staged_exit_jacobian(network, variables, x, y, train=True)
     return vmapped_exit_jacobian(network, variables, x, y)
 
   def step(state: TrainState, x: jax.Array, y: jax.Array):
-    grads, exit_losses, batch_stats = gradients(state.params, state.batch_stats, x, y)
+    grads, exit_losses, rest = gradients(state.params, state.batch_stats, x, y)
     # Per-exit transformations that weight by loss (AdaLoss) read the losses.
     extra = {'losses': exit_losses} if per_exit else {}
     updates, opt_state = tx.update(grads, state.opt_state, state.params, **extra)
     _check_updates_fit(updates, state.params, per_exit)
     params = optax.apply_updates(state.params, updates)
     metrics = {'loss': jnp.sum(exit_losses), 'exit_losses': exit_losses}
-    return TrainState(state.step + 1, params, batch_stats, opt_state), metrics
+    diagnostics = find_diagnostics(opt_state)
+    if diagnostics is not None:
+      metrics['negative_weight'] = diagnostics.negative_weight.astype(jnp.float32)
+    return TrainState(state.step + 1, params, rest.get('batch_stats', {}), opt_state), metrics
 
   return step

@@ -23,12 +23,12 @@ import numpy as np
 import optax
 
 import anytime_jax as aj
-from anytime_jax import conv, data, models
+from anytime_jax import conv, models
 from anytime_jax.losses import exit_cross_entropy
-from experiments import optimizers
 from anytime_jax.staged import staged_exit_jacobian
 from anytime_jax.training import (create_train_state, make_train_step, summed_loss_gradient,
                                   vmapped_exit_jacobian)
+from experiments import data, optimizers
 
 
 def floor_ratio(flops: list[float]) -> float:
@@ -275,8 +275,8 @@ def bench_methods(name: str, batch_size: int, repeats: int, shape=(28, 28, 1), w
   jac, losses, _ = staged(variables)
   params = variables['params']
   programs = {'per_exit_gradients': lambda: staged(variables)}
-  for method, make in optimizers.PER_EXIT.items():
-    head = make(network.num_exits)
+  for method in optimizers.PER_EXIT:
+    head = optimizers.combination(method, network.num_exits)
     update = jax.jit(lambda j, s, head=head: head.update(j, s, params, losses=losses)[0])
     programs[method] = lambda u=update, s=head.init(params): u(jac, s)
   t = _time_round_robin(programs, repeats)

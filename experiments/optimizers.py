@@ -6,24 +6,36 @@ import optax
 
 import anytime_jax as aj
 
-# Per-exit combinations (each followed by the same SGD), by name; K is the number of exits.
+# Per-exit combinations (each followed by the same SGD), by name: the factory and its options.
+# The names the first study used keep their meaning: 'osgd' is per-tensor Gram-Schmidt and
+# every other method combines the whole parameter vector ('global'); 'osgd_exits' is the
+# library's default, exit-aware granularity.
 PER_EXIT = {
-    'osgd': lambda k: aj.orthogonalize(),
-    'osgd_global': lambda k: aj.orthogonalize(granularity='global'),
-    'osgd_exit_norm': lambda k: aj.orthogonalize(rescale='exit_norm'),
-    'osgd_sum_norm': lambda k: aj.orthogonalize(rescale='sum_norm'),
-    'osgd_vectors': lambda k: aj.orthogonalize(algorithm='vectors'),
-    'pcgrad': lambda k: aj.pcgrad(),
-    'mgda': lambda k: aj.mgda(),
-    'adaloss': lambda k: aj.adaloss(k),
-    'upgrad': lambda k: aj.upgrad(),
-    'dualproj': lambda k: aj.dualproj(),
-    'cagrad': lambda k: aj.cagrad(),
-    'imtl_g': lambda k: aj.imtl_g(),
-    'aligned_mtl': lambda k: aj.aligned_mtl(),
-    'gradvac': lambda k: aj.gradvac(k),
-    'nash_mtl': lambda k: aj.nash_mtl(),
+    'osgd': (aj.orthogonalize, dict(granularity='leaf')),
+    'osgd_global': (aj.orthogonalize, dict(granularity='global')),
+    'osgd_exits': (aj.orthogonalize, dict(granularity='exits')),
+    'osgd_exit_norm': (aj.orthogonalize, dict(granularity='leaf', rescale='exit_norm')),
+    'osgd_sum_norm': (aj.orthogonalize, dict(granularity='leaf', rescale='sum_norm')),
+    'osgd_vectors': (aj.orthogonalize, dict(granularity='leaf', algorithm='vectors')),
+    'pcgrad': (aj.pcgrad, dict(granularity='global')),
+    'mgda': (aj.mgda, dict(granularity='global')),
+    'adaloss': (aj.adaloss, dict(granularity='global')),
+    'upgrad': (aj.upgrad, dict(granularity='global')),
+    'dualproj': (aj.dualproj, dict(granularity='global')),
+    'cagrad': (aj.cagrad, dict(granularity='global')),
+    'imtl_g': (aj.imtl_g, dict(granularity='global')),
+    'aligned_mtl': (aj.aligned_mtl, dict(granularity='global', scale='mean')),
+    'gradvac': (aj.gradvac, dict(granularity='global')),
+    'nash_mtl': (aj.nash_mtl, dict(granularity='global')),
 }
+
+
+def combination(name: str, num_exits: int) -> optax.GradientTransformationExtraArgs:
+  """The per-exit combination ``name`` for K exits, keeping diagnostics (its weights)."""
+  factory, options = PER_EXIT[name]
+  return factory(**options, num_exits=num_exits, diagnostics=True)
+
+
 _SUMMED = {'sgd': 'sum', 'sgd_mean': 'mean'}
 OPTIMIZERS = tuple(PER_EXIT) + tuple(_SUMMED)
 
@@ -42,9 +54,9 @@ def make(name: str, config, total_steps: int, steps_per_epoch: int):
   schedule; they differ only in how the exits' gradients are combined.
   """
   lr = schedule(config, total_steps, steps_per_epoch)
-  tail = aj.sgd_tail(lr, config.momentum, weight_decay=config.weight_decay)
+  tail = aj.sgd_tail(lr, momentum=config.momentum, weight_decay=config.weight_decay)
   if name in PER_EXIT:
-    return optax.chain(PER_EXIT[name](config.num_exits), tail), True
+    return optax.chain(combination(name, config.num_exits), tail), True
   if name in _SUMMED:
     return tail, False
   raise ValueError(f'Unknown optimizer {name!r}; choose one of {", ".join(OPTIMIZERS)}.')

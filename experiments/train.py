@@ -24,7 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import anytime_jax as aj
-from anytime_jax import data, models
+from anytime_jax import models
+from experiments import data
 from experiments import checkpoint, optimizers, report
 
 
@@ -275,7 +276,7 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *,
   for epoch in range(start_epoch, config.epochs):
     skip = step - epoch * steps_per_epoch
     progress = Progress(steps_per_epoch, f'epoch {epoch + 1}/{config.epochs}')
-    epoch_start, images_seen, losses = time.perf_counter(), 0, []
+    epoch_start, images_seen, losses, negative = time.perf_counter(), 0, [], []
     batches = data.train_batches(dataset, config.batch_size, seed=config.seed, epoch=epoch,
                                  augmentation=augmentation, process_index=process[0],
                                  process_count=process[1], start=skip)
@@ -297,6 +298,8 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *,
             f'error: the loss became {loss} at step {step} (epoch {epoch + 1}); stopping; {where}. '
             'Lower --learning_rate and run again with a fresh --workdir.', step)
       losses.append(np.asarray(metrics['exit_losses']))
+      if 'negative_weight' in metrics:
+        negative.append(float(metrics['negative_weight']))
       progress.update(i + 1, loss, images_seen)
       if step % checkpoint_every == 0:
         manager.save(step, state)
@@ -306,6 +309,11 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *,
     record = {'epoch': epoch + 1, 'step': step,
               'train_exit_losses': np.mean(losses, 0).tolist() if losses else None,
               'seconds': seconds, 'images_per_second': images_seen / seconds}
+    if negative:
+      # How often the combination gave some exit a negative weight where that exit reaches.
+      record['negative_weight_fraction'] = float(np.mean(negative))
+      print(f'epoch {epoch + 1}: some exit had a negative weight in '
+            f'{record["negative_weight_fraction"]:.1%} of the steps', file=sys.stderr, flush=True)
     if last or (config.eval_every and (epoch + 1) % config.eval_every == 0):
       val_logits = logits_of(validation)
       accuracy = aj.exit_accuracy(jnp.asarray(val_logits), jnp.asarray(validation.labels))

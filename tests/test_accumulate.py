@@ -26,7 +26,8 @@ def _problem():
 
 
 @pytest.mark.parametrize('make', [lambda: aj.osgd(0.1, momentum=0.9),
-                                  lambda: optax.chain(aj.upgrad(), optax.adam(1e-2))])
+                                  lambda: optax.chain(aj.upgrad(), optax.adam(1e-2)),
+                                  lambda: optax.chain(aj.adaloss(num_exits=3), optax.sgd(0.1))])
 def test_four_micro_batches_step_like_one_batch_four_times_larger(make):
   params, x, y = _problem()
   big = make()
@@ -34,11 +35,13 @@ def test_four_micro_batches_step_like_one_batch_four_times_larger(make):
   micro = aj.accumulate_exits(make(), every=4, num_exits=3)
   micro_state = micro.init(params)
   micro_update = jax.jit(micro.update)
-  for _ in range(2):  # two steps, so that momentum and the inner state carry over
-    want, big_state = big.update(aj.exit_jacobian(_losses, params, x, y)[0], big_state, params)
+  for _ in range(3):  # three steps, so that momentum and the inner state (AdaLoss's) carry over
+    jac, losses, _ = aj.exit_jacobian(_losses, params, x, y)
+    want, big_state = big.update(jac, big_state, params, losses=losses)
     for i in range(4):
-      jac, _ = aj.exit_jacobian(_losses, params, x[16 * i:16 * (i + 1)], y[16 * i:16 * (i + 1)])
-      got, micro_state = micro_update(jac, micro_state, params)
+      part = slice(16 * i, 16 * (i + 1))
+      jac, losses, _ = aj.exit_jacobian(_losses, params, x[part], y[part])
+      got, micro_state = micro_update(jac, micro_state, params, losses=losses)
       if i < 3:
         assert all(np.all(u == 0) for u in jax.tree.leaves(got))
     for k in want:
@@ -46,6 +49,14 @@ def test_four_micro_batches_step_like_one_batch_four_times_larger(make):
     params = optax.apply_updates(params, want)
 
 
-def test_every_must_be_positive():
+def test_bad_arguments_are_refused():
   with pytest.raises(ValueError, match='every must be a positive integer'):
     aj.accumulate_exits(aj.osgd(0.1), every=0, num_exits=2)
+  params, x, y = _problem()
+  tx = aj.accumulate_exits(aj.osgd(0.1), every=2, num_exits=4)
+  jac, losses, _ = aj.exit_jacobian(_losses, params, x, y)
+  with pytest.raises(ValueError, match='num_exits=4.*K=3'):
+    tx.update(jac, tx.init(params), params)
+  tx = aj.accumulate_exits(aj.osgd(0.1), every=2, num_exits=3)
+  with pytest.raises(ValueError, match=r'losses= of shape \(2,\)'):
+    tx.update(jac, tx.init(params), params, losses=losses[:2])

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from anytime_jax import data
+from experiments import data
 
 
 def _write_idx(path, array):

@@ -36,7 +36,7 @@ def _losses(params, static, x, y):
 
 
 @pytest.mark.parametrize('make', [aj.orthogonalize, aj.sum_exits, aj.pcgrad, aj.upgrad,
-                                  lambda: aj.gradvac(2)])
+                                  lambda: aj.gradvac(num_exits=2)])
 def test_equinox_model_trains_through_filtered_pytrees(make):
   model = TwoExits(jax.random.key(0))
   params, static = eqx.partition(model, eqx.is_array)
@@ -47,7 +47,7 @@ def test_equinox_model_trains_through_filtered_pytrees(make):
 
   @jax.jit
   def step(params, opt_state):
-    jac, losses = aj.exit_jacobian(_losses, params, static, x, y)
+    jac, losses, _ = aj.exit_jacobian(_losses, params, static, x, y)
     updates, opt_state = tx.update(jac, opt_state, params)
     return eqx.apply_updates(params, updates), opt_state, losses
 

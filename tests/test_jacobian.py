@@ -41,7 +41,7 @@ def test_exit_jacobian_equals_jacrev(chunk_size):
   x, y = _data()
   params = model.init(jax.random.key(0), x)
   loss_fn = _losses(model)
-  jac, losses = jax.jit(lambda p: aj.exit_jacobian(loss_fn, p, x, y, chunk_size=chunk_size))(params)
+  jac, losses, _ = jax.jit(lambda p: aj.exit_jacobian(loss_fn, p, x, y, chunk_size=chunk_size))(params)
   want = jax.jacrev(loss_fn)(params, x, y)
   np.testing.assert_allclose(losses, loss_fn(params, x, y), rtol=1e-6)
   for a, b in zip(jax.tree.leaves(jac), jax.tree.leaves(want)):
@@ -56,7 +56,7 @@ def test_exit_jacobian_has_aux():
   x, y = _data()
   params = model.init(jax.random.key(0), x)
   loss_fn = _losses(model)
-  jac, (losses, aux) = aj.exit_jacobian(lambda p, x, y: (loss_fn(p, x, y), {'n': x.shape[0]}),
+  jac, losses, aux = aj.exit_jacobian(lambda p, x, y: (loss_fn(p, x, y), {'n': x.shape[0]}),
                                         params, x, y, has_aux=True)
   assert aux == {'n': 64} and losses.shape == (2,)
 
@@ -81,7 +81,7 @@ def test_osgd_trains_a_two_exit_network(make_tx):
 
   @jax.jit
   def step(params, state):
-    jac, losses = aj.exit_jacobian(loss_fn, params, x, y)
+    jac, losses, _ = aj.exit_jacobian(loss_fn, params, x, y)
     updates, state = tx.update(jac, state, params)
     return optax.apply_updates(params, updates), state, losses
 

@@ -261,7 +261,7 @@ def test_every_model_trains_with_osgd(name):
 
   @jax.jit
   def step(params, stats, opt_state):
-    jac, (l, stats) = aj.exit_jacobian(losses, params, stats, has_aux=True)
+    jac, l, stats = aj.exit_jacobian(losses, params, stats, has_aux=True)
     updates, opt_state = tx.update(jac, opt_state, params)
     return optax.apply_updates(params, updates), stats, opt_state, l
 

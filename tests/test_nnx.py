@@ -51,15 +51,16 @@ def test_exit_k_ignores_the_parameters_of_later_stages(name):
 def test_staged_nnx_gradients_equal_the_plain_per_exit_jacobian(name):
   model = nnx.clone(_model(name))
   reference = nnx.clone(model)
-  grads, losses = aj.nnx_staged_exit_jacobian(model, X, Y)
+  grads, losses, _ = aj.nnx_staged_exit_jacobian(model, X, Y)
   graphdef, params, rest = nnx.split(reference, nnx.Param, ...)
 
   def all_losses(params):
     merged = nnx.merge(graphdef, params, rest)
     return aj.exit_cross_entropy(merged(X, train=True), Y)
 
-  want, want_losses = aj.exit_jacobian(all_losses, params)
+  want, want_losses, _ = aj.exit_jacobian(all_losses, params)
   np.testing.assert_allclose(losses, want_losses, rtol=1e-6)
+  assert jax.tree.structure(grads) == jax.tree.structure(want)
   for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(want)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
   # Train mode moved the BatchNorm statistics once, as an ordinary step does.
@@ -74,7 +75,7 @@ def test_osgd_inside_nnx_optimizer_trains_under_nnx_jit():
 
   @nnx.jit
   def step(model, optimizer):
-    grads, losses = aj.nnx_staged_exit_jacobian(model, X, Y)
+    grads, losses, _ = aj.nnx_staged_exit_jacobian(model, X, Y)
     optimizer.update(model, grads)
     return losses
 
@@ -110,7 +111,8 @@ def test_user_nnx_stages_in_the_engine():
       out.append(logits)
     return aj.exit_cross_entropy(jnp.stack(out), y)
 
-  want, want_losses = aj.exit_jacobian(all_losses, params)
+  want, want_losses, _ = aj.exit_jacobian(all_losses, params)
   np.testing.assert_allclose(losses, want_losses, rtol=1e-6)
+  assert jax.tree.structure(list(jac)) == jax.tree.structure(list(want))
   for a, b in zip(jax.tree.leaves(jac), jax.tree.leaves(want)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

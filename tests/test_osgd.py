@@ -59,15 +59,15 @@ KINDS = ['random', 'zero_row', 'duplicate', 'scaled_collinear', 'nearly_collinea
 
 
 @pytest.mark.parametrize('kind', KINDS)
-@pytest.mark.parametrize('k,algorithm', [(k, 'gram') for k in range(1, 9)]
-                         + [(k, 'vectors') for k in (1, 3, 8)])
-@pytest.mark.parametrize('granularity', ['global', 'leaf'])
+@pytest.mark.parametrize('k,algorithm,granularity',
+                         [(k, 'gram', g) for k in range(1, 9) for g in ('global', 'leaf', 'exits')]
+                         + [(k, 'vectors', g) for k in (1, 3, 8) for g in ('global', 'leaf')])
 def test_matches_numpy_reference(kind, k, granularity, algorithm):
   rng = np.random.default_rng(100 * k + KINDS.index(kind))
   rows = _adversarial(kind, k, rng)
   got = _flat(_apply(rows, granularity=granularity, algorithm=algorithm))
-  want = (reference.osgd_direction(rows) if granularity == 'global'
-          else _leaf_reference(rows))
+  # Every leaf of these rows is reached by the same exits: 'exits' is one group, as 'global'.
+  want = _leaf_reference(rows) if granularity == 'leaf' else reference.osgd_direction(rows)
   assert np.all(np.isfinite(got))
   # The Gram formulation in float32 resolves a direction to ~sqrt(eps_f32) of
   # the gradients' scale; compare at that scale.
@@ -172,17 +172,59 @@ def test_partition_granularity_groups_leaves():
   np.testing.assert_array_equal(got, by_callable)
 
 
-def test_diagnostics_report_norms_and_cosines():
+def test_diagnostics_report_weights_norms_and_cosines():
   rows = np.random.default_rng(6).normal(size=(3, 20))
   rows[1] = -rows[0] + 0.1 * rows[1]
   tx = aj.orthogonalize(granularity='global', diagnostics=True, num_exits=3)
   _, state = tx.update(_tree(rows), tx.init(None))
-  np.testing.assert_allclose(state.grad_norms, np.linalg.norm(rows, axis=1), rtol=1e-5)
-  u = reference.gram_schmidt(rows)
-  np.testing.assert_allclose(state.ortho_norms, np.linalg.norm(u, axis=1), rtol=1e-3)
+  d = state.diagnostics
+  np.testing.assert_allclose(d.grad_norms, np.linalg.norm(rows, axis=1), rtol=1e-5)
+  # The weights w with sum_k u_k = w^T J, from a float64 Gram-Schmidt.
+  w = np.linalg.lstsq(rows.T, reference.gram_schmidt(rows).sum(0), rcond=None)[0]
+  np.testing.assert_allclose(d.weights[0], w, rtol=1e-3, atol=1e-4)
+  assert d.weights[0, 0] > 1 and bool(d.negative_weight) == bool(np.any(w < 0))
   unit = rows / np.linalg.norm(rows, axis=1, keepdims=True)
-  np.testing.assert_allclose(state.cosine, unit @ unit.T, atol=1e-5)
-  assert state.cosine[0, 1] < -0.9  # the planted conflict shows
+  np.testing.assert_allclose(d.cosine, unit @ unit.T, atol=1e-5)
+  assert d.cosine[0, 1] < -0.9  # the planted conflict shows
+
+
+def _branched_tree(rows):
+  """A branched network's per-exit gradients (K = 3): ``trunk1`` reached by every exit,
+  ``trunk2`` by exits 1 and 2, ``head_k`` by exit k alone."""
+  rows = np.asarray(rows, np.float64)
+  tree = {'trunk1': rows[:, :6], 'trunk2': rows[:, 6:12] * [[0], [1], [1]]}
+  for k in range(3):
+    tree[f'head{k}'] = rows[:, 12 + 3 * k:15 + 3 * k] * (np.arange(3) == k)[:, None]
+  return tree
+
+
+def _exits_reference(tree, **options):
+  """Per group of leaves reached by the same exits, a float64 Gram-Schmidt of the group."""
+  groups = {}
+  for name, part in tree.items():
+    reached = tuple(np.flatnonzero(np.any(part != 0, axis=1)))
+    groups.setdefault(reached, []).append(name)
+  out = {}
+  for names in groups.values():
+    total = reference.osgd_direction(np.concatenate([tree[n] for n in names], 1), **options)
+    for name, piece in zip(names, np.split(total, np.cumsum([tree[n].shape[1] for n in names]))):
+      out[name] = piece
+  return out
+
+
+@pytest.mark.parametrize('rescale', [None, 'exit_norm', 'sum_norm'])
+def test_exits_granularity_against_reference_on_a_branched_tree(rescale):
+  rows = np.random.default_rng(8).normal(size=(3, 21))
+  rows[2, :12] = 2.5 * rows[0, :12] + 0.3 * rows[2, :12]  # the last exit leans on the first
+  tree = _branched_tree(rows)
+  want = _exits_reference(tree, rescale=rescale)
+  got, _ = jax.jit(aj.orthogonalize(rescale=rescale).update)(
+      jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), tree), None)
+  for name in tree:
+    np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-5)
+  for k in range(3):  # each head moves along its own exit's gradient, whatever the rescaling
+    head = rows[k, 12 + 3 * k:15 + 3 * k]
+    np.testing.assert_allclose(got[f'head{k}'], head, rtol=1e-5)
 
 
 # ----- one harness: every configuration through jit, dtypes and optax idioms -----
@@ -190,6 +232,7 @@ def test_diagnostics_report_norms_and_cosines():
 CONFIGS = [
     dict(),
     dict(granularity='global'),
+    dict(granularity='leaf'),
     dict(rescale='exit_norm'),
     dict(rescale='sum_norm', granularity='global'),
     dict(priority=(3, 2, 1, 0)),
@@ -217,6 +260,17 @@ def test_jit_matches_eager_and_keeps_dtype(config, dtype):
     assert j.dtype == dtype and j.shape == p.shape
     np.testing.assert_allclose(np.float32(e), np.float32(j), rtol=1e-2 if dtype == jnp.bfloat16 else 1e-5)
   assert jax.tree.structure(new_state) == jax.tree.structure(state)
+  # Against the float64 reference on the same inputs. Every exit reaches every leaf here, so
+  # 'exits' (the default) is one group, as 'global' is.
+  parts = [np.asarray(leaf, np.float64).reshape(4, -1) for leaf in jax.tree.leaves(jac)]
+  options = {key: config[key] for key in ('rescale', 'priority') if key in config}
+  if config.get('granularity') == 'leaf':
+    want = np.concatenate([reference.osgd_direction(part, **options) for part in parts])
+  else:
+    want = reference.osgd_direction(np.concatenate(parts, 1), **options)
+  got = np.concatenate([np.ravel(np.float32(j)) for j in jax.tree.leaves(jitted)])
+  tolerance = 5e-2 if dtype == jnp.bfloat16 else 1e-4
+  np.testing.assert_allclose(got, want, rtol=tolerance, atol=tolerance * np.abs(want).max())
 
 
 @pytest.mark.parametrize('config', CONFIGS, ids=str)
@@ -328,12 +382,15 @@ def test_rejects_bad_options():
     aj.orthogonalize(diagnostics=True)
   with pytest.raises(ValueError, match='not a permutation'):
     aj.orthogonalize(priority=(0, 0, 1), num_exits=3)
-  tx = aj.orthogonalize(granularity='layer')
   with pytest.raises(ValueError, match="Unknown granularity 'layer'"):
-    tx.update({'a': jnp.ones((2, 3))}, tx.init(None))
+    aj.orthogonalize(granularity='layer')
   tx = aj.orthogonalize(priority=(1, 0))
   with pytest.raises(ValueError, match='not a permutation of the 3 exits'):
     tx.update({'a': jnp.ones((3, 3))}, tx.init(None))
   tx = aj.orthogonalize(num_exits=4)
   with pytest.raises(ValueError, match='K=3'):
     tx.update({'a': jnp.ones((3, 3))}, tx.init(None))
+  with pytest.raises(ValueError, match="algorithm='vectors' needs a static grouping"):
+    aj.orthogonalize(algorithm='vectors')
+  with pytest.raises(TypeError, match='positional'):
+    aj.osgd(0.1, 0.9)

@@ -26,9 +26,24 @@ def test_usage_example_trains_two_exits(tmp_path):
   assert len(losses) == 2 and max(losses) < 0.3, stdout
 
 
-@pytest.mark.parametrize('index', range(1, len(BLOCKS)))
-def test_other_examples_run(index, tmp_path):
-  _run(BLOCKS[index], tmp_path)
+# What each later example must print: the claim its comments make, as a regular expression.
+EXPECTED = {
+    1: r'per-exit losses: \[0\.0\d+ +0\.0\d+\]',  # Equinox: both exits trained below 0.1
+    2: r'logits: \(3, 32, 10\)',  # NNX: [K, B, C]
+    3: r'\[(3 ){7}3\] \[3\.7\d+e\+07',  # an untrained network never gets confident: last exit
+    4: r"'w': \(3, 8, 16\)",  # stage 0's Jacobian has a row for each of the 3 exits
+    5: r'-0\.0816',  # the user weighting: -0.1 * (g1/|g1| + g2/|g2|)
+}
+
+
+def test_every_example_has_an_expectation():
+  assert sorted(EXPECTED) == list(range(1, len(BLOCKS)))
+
+
+@pytest.mark.parametrize('index', sorted(EXPECTED))
+def test_other_examples_print_what_they_claim(index, tmp_path):
+  stdout = _run(BLOCKS[index], tmp_path)
+  assert re.search(EXPECTED[index], stdout), stdout
 
 
 def test_the_library_imports_without_the_experiments_extra():

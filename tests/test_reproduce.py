@@ -12,7 +12,8 @@ import pytest
 from scipy import stats as scipy_stats
 
 import anytime_jax as aj
-from anytime_jax import data, models
+from anytime_jax import models
+from experiments import data
 from experiments import optimizers, pilot, reproduce, stats, study_runs, train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -241,18 +242,26 @@ def test_quick_study_runs_reports_and_skips_finished_runs(tmp_path):
   assert first.stdout.endswith(again.stdout)  # the same report, now without training
 
 
-@pytest.mark.parametrize('name', ['pcgrad', 'mgda', 'adaloss', 'osgd_exit_norm'])
-def test_trainer_optimizers_take_a_step(name):
+@pytest.mark.parametrize('name', optimizers.OPTIMIZERS)
+def test_trainer_optimizers_descend_on_a_batch(name):
   network = models.create('branched', num_classes=5, num_exits=3, width=4)
   x = jax.random.normal(jax.random.key(0), (8, 8, 8, 1))
   y = jax.numpy.arange(8) % 5
-  config = train.Config(num_exits=3)
-  tx, per_exit = optimizers.make(name, config, total_steps=10, steps_per_epoch=5)
+  config = train.Config(num_exits=3, learning_rate=0.1, warmup_epochs=0.0)
+  tx, per_exit = optimizers.make(name, config, total_steps=100, steps_per_epoch=50)
   state = aj.create_train_state(network, tx, jax.random.key(0), x)
-  step = jax.jit(aj.make_train_step(network, tx, per_exit=per_exit))
-  for _ in range(3):
+  first = state.params
+  step = jax.jit(aj.make_train_step(network, tx, per_exit=per_exit,
+                                    reduction=optimizers.reduction(name)))
+  losses = []
+  for _ in range(6):
     state, metrics = step(state, x, y)
-  assert np.all(np.isfinite(metrics['exit_losses'])) and int(state.step) == 3
+    losses.append(float(metrics['loss']))
+  assert int(state.step) == 6 and all(np.isfinite(losses))
+  moved = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(first),
+                                                     jax.tree.leaves(state.params))]
+  assert all(moved), f'{moved.count(False)} parameters never moved'
+  assert losses[-1] < losses[0], losses
 
 
 def test_regime_builds_the_configs_every_run_shares():

@@ -30,29 +30,40 @@ SCRIPT = textwrap.dedent('''
 
     mesh = Mesh(np.array(jax.devices()), ('data',))
     for make in (lambda **kw: aj.orthogonalize(**kw), lambda **kw: aj.upgrad(**kw),
-                 lambda **kw: aj.pcgrad(**kw)):
+                 lambda **kw: aj.pcgrad(**kw), lambda **kw: aj.adaloss(num_exits=2, **kw)):
       whole = make()
-      want, _ = whole.update(aj.exit_jacobian(losses, params, x, y)[0], whole.init(params), params)
+      whole_state = whole.init(params)
+      jac, exit_losses, _ = aj.exit_jacobian(losses, params, x, y)
+      for _ in range(2):  # AdaLoss weights the second step by the first step's losses
+        want, whole_state = whole.update(jac, whole_state, params, losses=exit_losses)
       sharded = make(axis_name='data')
 
       # check_vma=False, as with pmap: each device differentiates its own shard's losses
       # (with the default check_vma=True, JAX itself sums the gradients of replicated params).
       @functools.partial(jax.shard_map, mesh=mesh, in_specs=(P(), P('data'), P('data')),
-                         out_specs=P(), check_vma=False)
+                         out_specs=(P(), P('data')), check_vma=False)
       def step(params, x, y):
-        jac, _ = aj.exit_jacobian(losses, params, x, y)  # this device's shard only
-        return sharded.update(jac, sharded.init(params), params)[0]
+        jac, exit_losses, _ = aj.exit_jacobian(losses, params, x, y)  # this shard only
+        state = sharded.init(params)
+        for _ in range(2):
+          out, state = sharded.update(jac, state, params, losses=exit_losses)
+        # Each replica's running losses (AdaLoss), stacked: they must agree with the whole batch's.
+        return out, jnp.asarray(getattr(state, 'average', jnp.zeros(2)))[None]
 
-      got = step(params, x, y)
+      got, averages = step(params, x, y)
       for k in want:
         np.testing.assert_allclose(got[k], want[k], rtol=2e-5, atol=1e-6)
+      if isinstance(whole_state, aj.AdaLossState):
+        np.testing.assert_allclose(averages, np.tile(whole_state.average, (8, 1)), rtol=2e-5)
       # Without the axis, each device combines its own gradients: a different direction.
       unsynced = make()
       @functools.partial(jax.shard_map, mesh=mesh, in_specs=(P(), P('data'), P('data')),
                          out_specs=P(), check_vma=False)
       def naive(params, x, y):
-        jac, _ = aj.exit_jacobian(losses, params, x, y)
-        out = unsynced.update(jac, unsynced.init(params), params)[0]
+        jac, exit_losses, _ = aj.exit_jacobian(losses, params, x, y)
+        state = unsynced.init(params)
+        for _ in range(2):
+          out, state = unsynced.update(jac, state, params, losses=exit_losses)
         return jax.tree.map(lambda u: jax.lax.pmean(u, 'data'), out)
       wrong = naive(params, x, y)
       assert any(not np.allclose(wrong[k], want[k], rtol=1e-3) for k in want)

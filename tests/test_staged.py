@@ -60,13 +60,14 @@ def test_staged_equals_exit_jacobian(name, train, vectorize):
   network, variables, x, y = _setup(name)
   staged = jax.jit(lambda v: aj.staged_exit_jacobian(network, v, x, y, train=train,
                                                      vectorize=vectorize))
-  jac, losses, stats = staged(variables)
+  jac, losses, rest = staged(variables)
   ref_fn = _reference(network, variables, x, y, train)
-  want, (want_losses, want_stats) = jax.jit(
+  want, want_losses, want_stats = jax.jit(
       lambda p: aj.exit_jacobian(ref_fn, p, has_aux=True))(variables['params'])
   _assert_trees_close(jac, want, rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(losses, want_losses, rtol=1e-5)
-  _assert_trees_close(stats, want_stats, rtol=1e-5, atol=1e-6)
+  assert set(rest) == {'batch_stats'}
+  _assert_trees_close(rest['batch_stats'], want_stats, rtol=1e-5, atol=1e-6)
   if name == 'nested_depth':
     by_jacrev = jax.jit(jax.jacrev(lambda p: ref_fn(p)[0]))(variables['params'])
     _assert_trees_close(jac, by_jacrev, rtol=1e-4, atol=1e-5)
@@ -86,7 +87,7 @@ def test_custom_loss_fn():
     logits, new = network.apply({'params': params, 'batch_stats': variables['batch_stats']}, x,
                                 train=True, mutable=['batch_stats'])
     return jax.vmap(lambda l: loss_fn(l, targets))(logits)
-  want, want_losses = jax.jit(lambda p: aj.exit_jacobian(ref, p))(variables['params'])
+  want, want_losses, _ = jax.jit(lambda p: aj.exit_jacobian(ref, p))(variables['params'])
   np.testing.assert_allclose(losses, want_losses, rtol=1e-5)
   _assert_trees_close(jac, want, rtol=1e-4, atol=1e-6)
 
@@ -205,9 +206,45 @@ def test_any_stages_give_the_plain_per_exit_jacobian(vectorize):
       out.append(logits)
     return aj.exit_cross_entropy(jnp.stack(out), y)
 
-  want, want_losses = aj.exit_jacobian(all_losses, params)
+  want, want_losses, _ = aj.exit_jacobian(all_losses, params)
   np.testing.assert_allclose(losses, want_losses, rtol=1e-6)
   _assert_trees_close(jac, want, rtol=1e-5, atol=1e-6)
   assert states == [None] * 3
   with pytest.raises(ValueError, match='one per stage'):
     aj.staged_jacobian(stages, params[:2], x, exit_loss)
+
+
+def test_stages_draw_randomness_from_their_own_folded_key():
+  _, params = _user_stages()
+
+  def stage(p, state, carry, rng):  # dropout on the hidden units
+    h = jnp.tanh(carry @ p['w']) * jax.random.bernoulli(rng, 0.5, (carry.shape[0], 8)) * 2.0
+    return h, h @ p['head'], state
+
+  x = jax.random.normal(jax.random.key(0), (16, 5))
+  y = jnp.arange(16) % 3
+  exit_loss = lambda k, logits: aj.exit_cross_entropy(logits[None], y)[0]
+  key = jax.random.key(42)
+  jac, losses, _ = jax.jit(lambda p: aj.staged_jacobian([stage] * 3, p, x, exit_loss,
+                                                       rng=key))(params)
+
+  def all_losses(p):
+    carry, out = x, []
+    for k, stage_params in enumerate(p):
+      carry, logits, _ = stage(stage_params, None, carry, jax.random.fold_in(key, k))
+      out.append(logits)
+    return aj.exit_cross_entropy(jnp.stack(out), y)
+
+  want, want_losses, _ = aj.exit_jacobian(all_losses, params)
+  np.testing.assert_allclose(losses, want_losses, rtol=1e-6)
+  _assert_trees_close(jac, want, rtol=1e-5, atol=1e-6)
+  other, _, _ = aj.staged_jacobian([stage] * 3, params, x, exit_loss, rng=jax.random.key(7))
+  assert not np.allclose(other[0]['w'], jac[0]['w'])  # the key matters
+
+
+def test_linen_stages_keep_every_collection():
+  network, variables, x, y = _setup('branched')
+  extra = {'stages_0': {'note': jnp.ones(3)}}
+  _, _, rest = aj.staged_exit_jacobian(network, {**variables, 'extra': extra}, x, y)
+  assert set(rest) == {'batch_stats', 'extra'}
+  np.testing.assert_array_equal(rest['extra']['stages_0']['note'], jnp.ones(3))

@@ -18,7 +18,8 @@ import jax
 import jax.numpy as jnp
 
 import anytime_jax as aj
-from anytime_jax import data, models
+from anytime_jax import models
+from experiments import data
 from experiments import checkpoint, optimizers, train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

@@ -7,6 +7,7 @@ stacked exit logits ``[K, B, C]``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Optional
 
 import jax.numpy as jnp
@@ -60,7 +61,7 @@ def create(name: str, *, num_classes: int, num_exits: int = 4, width: Optional[i
   width = DEFAULT_WIDTH[name] if width is None else width
   if not isinstance(width, int) or width < 1:
     raise ValueError(f'width must be a positive integer, got {width!r}.')
-  builders = {
+  builders: dict[str, Callable[..., Any]] = {
       'branched': plans.branched,
       'nested_width': lambda k, w, **o: plans.nested(k, w, grow_width=True, grow_depth=False, **o),
       'nested_depth': lambda k, w, **o: plans.nested(k, w, grow_width=False, grow_depth=True, **o),

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Optional, cast
 
 import flax.linen as nn
 import jax
@@ -57,7 +57,7 @@ class ResidualPart(nn.Module):
       h = jnp.concatenate([hidden_old, h], axis=-1)
     y = self.norm(use_running_average=not train, scale_init=nn.initializers.zeros)(
         self.conv(self.channels, (3, 3))(h))
-    shortcut = 0.0
+    shortcut: Any = 0.0
     for x, s, same in zip(inputs, self.strides, self.identity):
       if same:
         shortcut = shortcut + x[..., out_old_channels:]
@@ -143,7 +143,8 @@ def stage_variables(variables: Any, k: int) -> dict[str, Any]:
 
 
 def apply_stage(network: AnytimeNetwork, variables: Any, k: int, carry: Carry,
-                train: bool = False):
+                train: bool = False, rngs: Optional[Any] = None
+                ) -> tuple[Carry, jax.Array, dict[str, Any]]:
   """Runs stage k alone with its own variables.
 
   Args:
@@ -152,15 +153,20 @@ def apply_stage(network: AnytimeNetwork, variables: Any, k: int, carry: Carry,
     k: stage index.
     carry: what stage k-1 handed on (or :func:`initial_carry`).
     train: training mode; BatchNorm uses and updates batch statistics.
+    rngs: PRNG keys for ``Module.apply`` (e.g. ``{'dropout': key}``).
 
   Returns:
-    ``(carry, logits [B, C], batch_stats)``: the stage's updated BatchNorm
-    statistics in train mode, its unchanged ones otherwise.
+    ``(carry, logits [B, C], state)``: ``state`` holds every collection of
+    ``variables`` other than ``params``, updated in train mode (BatchNorm
+    statistics and any other mutable collection), unchanged otherwise.
   """
   stage = network.stages[k]
-  if train and 'batch_stats' in variables:
-    (carry, logits), updates = stage.apply(variables, carry, train=True,
-                                           mutable=['batch_stats'])
-    return carry, logits, updates['batch_stats']
-  carry, logits = stage.apply(variables, carry, train=train)
-  return carry, logits, variables.get('batch_stats', {})
+  state = {col: tree for col, tree in variables.items() if col != 'params'}
+  if train and state:
+    (carry, logits), updates = cast(
+        tuple[tuple[Carry, jax.Array], dict[str, Any]],
+        stage.apply(variables, carry, train=True, rngs=rngs, mutable=list(state)))
+    return carry, logits, {**state, **updates}
+  carry, logits = cast(tuple[Carry, jax.Array],
+                       stage.apply(variables, carry, train=train, rngs=rngs))
+  return carry, logits, state
