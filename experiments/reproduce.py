@@ -9,7 +9,9 @@ Protocol:
 
 1. **Regime by measurement.** A pilot (:mod:`experiments.pilot`) trains the
    summed-loss baseline and the independent networks at several lengths and
-   picks the shortest at which the baseline has plateaued and capacity matters.
+   widths and fixes the budget: the cheapest candidate where capacity matters
+   and twice the epochs add little, else the longest (a fixed budget, said as
+   such in the report).
 2. **Step size chosen fairly.** Every (model, method) gets its own rate sweep
    at the study's budget on the selection seed, which is never reported; the
    rate with the best validation accuracy (mean over exits) wins, and while it
@@ -95,7 +97,7 @@ def quick_study() -> Study:
   """The whole pipeline on digits in a few minutes; its criteria always pass."""
   return Study(
       pilot=pilot_lib.Pilot('digits', train_size=None, epochs=(1,), batch_size=32,
-                            max_steps_per_epoch=6, last_epoch_points=math.inf,
+                            max_steps_per_epoch=6,
                             doubling_points=math.inf, capacity_points=-math.inf),
       models={'nested_width': 3, 'branched': 3}, methods=('sgd', 'osgd'),
       learning_rates=(0.1,), seeds=(1,), max_grid_extensions=0)
@@ -160,7 +162,7 @@ def regime(study: Study, out: pathlib.Path) -> Optional[study_runs.Regime]:
   return None if chosen is None else study.pilot.regime(*chosen)
 
 
-def _run_dir(out, model, method, lr, seed) -> pathlib.Path:
+def run_dir(out, model, method, lr, seed) -> pathlib.Path:
   return out / 'runs' / model / method / f'lr{lr:g}' / f'seed{seed}'
 
 
@@ -170,8 +172,8 @@ def _score(outcome: dict) -> float:
   return float(np.mean([e['validation_accuracy'] for e in outcome['exits']]))
 
 
-def _run(study, reg, out, model, method, lr, seed, data_dir, train_missing):
-  workdir = _run_dir(out, model, method, lr, seed)
+def study_run(study, reg, out, model, method, lr, seed, data_dir, train_missing):
+  workdir = run_dir(out, model, method, lr, seed)
   if not train_missing:
     return study_runs.outcome(workdir)
   config = reg.config(model, method, lr, seed, study.num_exits(model))
@@ -188,7 +190,7 @@ def sweep(study, reg, out, model, method, data_dir='', train_missing=False) -> d
   for extension in range(study.max_grid_extensions + 1):
     scores = {}
     for lr in grid:
-      done = _run(study, reg, out, model, method, lr, study.selection_seed, data_dir,
+      done = study_run(study, reg, out, model, method, lr, study.selection_seed, data_dir,
                   train_missing)
       if done is None:
         return {'rate': None, 'scores': scores, 'at_end': None}
@@ -218,7 +220,7 @@ def run(study: Study, out: pathlib.Path, data_dir: str) -> None:
              for method in study.methods_of(model)}
     for method, rate in rates.items():
       for seed in study.seeds:
-        _run(study, reg, out, model, method, rate, seed, data_dir, train_missing=True)
+        study_run(study, reg, out, model, method, rate, seed, data_dir, train_missing=True)
 
 
 # ----- the report -----
@@ -234,7 +236,7 @@ def summarize(study: Study, out: pathlib.Path) -> dict:
       chosen = sweep(study, reg, out, model, method)
       if chosen['rate'] is None:
         continue
-      outcomes = {s: _run(study, reg, out, model, method, chosen['rate'], s, '', False)
+      outcomes = {s: study_run(study, reg, out, model, method, chosen['rate'], s, '', False)
                   for s in study.seeds}
       runs = {s: r for s, r in outcomes.items() if r and 'diverged' not in r}
       if not runs:
@@ -471,7 +473,7 @@ def main_job_choice(study: Study, out: pathlib.Path) -> Optional[dict]:
     rate = sweep(study, reg, out, model, method)['rate']
     if rate is None:
       return None
-    runs = [_run(study, reg, out, model, method, rate, seed, '', False)
+    runs = [study_run(study, reg, out, model, method, rate, seed, '', False)
             for seed in (study.selection_seed, *study.seeds)]
     scores = [_score(r) for r in runs if r is not None]
     choice = {'optimizer': method, 'learning_rate': rate, 'score': float(np.mean(scores)),

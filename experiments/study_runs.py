@@ -17,6 +17,10 @@ from experiments import train
 from experiments.checkpoint import atomic_write
 
 
+# Study models that are one of the library's networks with options: name -> (network, fields).
+VARIANTS = {'independent_depth': ('independent', {'growth': 'depth'})}
+
+
 @dataclasses.dataclass(frozen=True)
 class Regime:
   """What every run of a study shares: data, length and schedule."""
@@ -28,15 +32,19 @@ class Regime:
   warmup_fraction: float = 0.05  # of all steps, linear, then cosine decay
   width: Optional[int] = None  # base width of the nested and independent networks (None: default)
   width_factor: tuple = (('branched', 4),)  # a model's width is this times the base width
+  fixed_widths: tuple = ()  # (model, width) pairs that override the base width
 
   def model_width(self, model: str) -> Optional[int]:
+    if model in dict(self.fixed_widths):
+      return dict(self.fixed_widths)[model]
     return None if self.width is None else self.width * dict(self.width_factor).get(model, 1)
 
   def config(self, model: str, method: str, learning_rate: float, seed: int, num_exits: int,
              eval_every: int = 0) -> train.Config:
+    network, fields = VARIANTS.get(model, (model, {}))
     return train.Config(
-        width=self.model_width(model),
-        model=model, optimizer=method, dataset=self.dataset, epochs=self.epochs,
+        width=self.model_width(model), **fields,
+        model=network, optimizer=method, dataset=self.dataset, epochs=self.epochs,
         batch_size=self.batch_size, learning_rate=learning_rate,
         warmup_epochs=self.warmup_fraction * self.epochs, num_exits=num_exits,
         train_size=self.train_size, max_steps_per_epoch=self.max_steps_per_epoch, seed=seed,

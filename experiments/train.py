@@ -51,6 +51,7 @@ class Config:
   warmup_epochs: float = 0.5
   num_exits: int = 4
   width: Optional[int] = None
+  growth: Optional[str] = None  # independent networks: 'width' (default), 'depth' or 'both'
   validation_size: int = 5000
   train_size: Optional[int] = None  # use only this many training examples (after validation)
   eval_every: int = 1  # epochs between validation evaluations (0: at the end only)
@@ -81,6 +82,8 @@ def parse_args(argv=None):
   p.add_argument('--weight_decay', type=float, default=defaults.weight_decay)
   p.add_argument('--num_exits', type=int, default=defaults.num_exits)
   p.add_argument('--width', type=int, default=None, help='base width (default: per model)')
+  p.add_argument('--growth', default=None, choices=('width', 'depth', 'both'),
+                 help="how the independent networks grow (--model independent; default 'width')")
   p.add_argument('--validation_size', type=int, default=defaults.validation_size,
                  help='training examples held out to calibrate early exit (capped at 10%%)')
   p.add_argument('--train_size', type=int, default=None,
@@ -246,8 +249,9 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *,
                      f'{len(dataset.train)} training examples of {config.dataset}.')
   total_steps = steps_per_epoch * config.epochs
 
+  options = {} if config.growth is None else {'growth': config.growth}
   network = models.create(config.model, num_classes=dataset.num_classes,
-                          num_exits=config.num_exits, width=config.width)
+                          num_exits=config.num_exits, width=config.width, **options)
   tx, per_exit = optimizers.make(config.optimizer, config, total_steps, steps_per_epoch)
   example = jnp.zeros((1, *dataset.image_shape), jnp.float32)
   state = jax.device_put(aj.create_train_state(network, tx, jax.random.key(config.seed), example),

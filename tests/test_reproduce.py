@@ -51,7 +51,6 @@ def _write(workdir, results):
 
 def _toy_study(**kwargs):
   toy_pilot = pilot.Pilot('toy', train_size=None, epochs=(1,), models=('m', 'independent'),
-                          last_epoch_points=math.inf,
                           doubling_points=math.inf, capacity_points=-math.inf)
   return reproduce.Study(**{'pilot': toy_pilot, 'models': {'m': 2}, 'methods': ('sgd', 'osgd'),
                             'learning_rates': (0.1, 0.2), 'seeds': (1, 2),
@@ -60,7 +59,7 @@ def _toy_study(**kwargs):
 
 def test_the_sweep_grows_its_grid_until_the_chosen_rate_is_interior(tmp_path):
   study = _toy_study()
-  write = lambda lr, val: _write(reproduce._run_dir(tmp_path, 'm', 'sgd', lr, 0),
+  write = lambda lr, val: _write(reproduce.run_dir(tmp_path, 'm', 'sgd', lr, 0),
                                  _results(val, [0.5, 0.5]))
   write(0.1, 0.5)
   write(0.2, 0.7)
@@ -77,12 +76,12 @@ def test_the_sweep_grows_its_grid_until_the_chosen_rate_is_interior(tmp_path):
 
 def test_downward_growth_and_divergence_scoring_lowest(tmp_path):
   study = _toy_study()
-  _write(reproduce._run_dir(tmp_path, 'm', 'osgd', 0.1, 0), _results(0.6, [0.5, 0.5]))
-  diverged = reproduce._run_dir(tmp_path, 'm', 'osgd', 0.2, 0)
+  _write(reproduce.run_dir(tmp_path, 'm', 'osgd', 0.1, 0), _results(0.6, [0.5, 0.5]))
+  diverged = reproduce.run_dir(tmp_path, 'm', 'osgd', 0.2, 0)
   diverged.mkdir(parents=True)
   (diverged / 'diverged.json').write_text(json.dumps({'step': 3, 'message': 'nan'}))
   assert reproduce.sweep(study, None, tmp_path, 'm', 'osgd')['rate'] is None  # 0.05 missing
-  _write(reproduce._run_dir(tmp_path, 'm', 'osgd', 0.05, 0), _results(0.5, [0.5, 0.5]))
+  _write(reproduce.run_dir(tmp_path, 'm', 'osgd', 0.05, 0), _results(0.5, [0.5, 0.5]))
   chosen = reproduce.sweep(study, None, tmp_path, 'm', 'osgd')
   assert chosen['rate'] == 0.1 and chosen['scores'][0.2] == -math.inf
 
@@ -164,20 +163,21 @@ def test_cost_to_match_the_last_exit_reads_the_seed_averaged_curve():
 
 def test_pilot_chooses_the_cheapest_candidate_meeting_every_criterion():
   p = pilot.Pilot('toy', train_size=None, epochs=(4, 8, 16), widths=(4, 2))
-  row = lambda last_epoch, doubling, capacity: {
-      'last_exit': 80.0, 'last_epoch_gain': last_epoch, 'doubling_gain': doubling,
+  row = lambda doubling, capacity: {
+      'last_exit': 80.0, 'doubling_gain': doubling,
       'independent': [80.0, 80.0 + capacity], 'capacity_gain': capacity}
-  rows = {(2, 4): row(0.1, 1.2, 5.0),  # twice the epochs still add 1.2
-          (2, 8): row(0.1, 0.2, 2.0),  # capacity does not matter enough
-          (2, 16): row(0.5, np.nan, 5.0),  # its last epoch still adds 0.5
-          (4, 4): row(0.1, 0.2, 3.5)}
+  rows = {(2, 4): row(1.2, 5.0),  # twice the epochs still add 1.2
+          (2, 8): row(0.2, 2.0),  # capacity does not matter enough
+          (2, 16): row(np.nan, 2.5),  # the longest, but capacity does not matter enough
+          (4, 4): row(0.2, 3.5)}
   chosen, why = pilot.choose(p, rows)
   assert chosen == (4, 4) and 'base width 4, 4 epochs' in why
-  rows[(2, 16)] = row(0.1, np.nan, 5.0)  # the longest: doubling unmeasured, does not decide
-  assert pilot.choose(p, rows)[0] == (2, 16)  # the narrower width is tried first
-  rows[(2, 8)] = row(0.1, 0.2, 3.0)
+  rows[(2, 16)] = row(np.nan, 5.0)  # the longest: a fixed budget, chosen on capacity alone
+  chosen, why = pilot.choose(p, rows)
+  assert chosen == (2, 16) and 'a fixed budget' in why  # the narrower width is tried first
+  rows[(2, 8)] = row(0.2, 3.0)
   assert pilot.choose(p, rows)[0] == (2, 8)
-  assert pilot.choose(p, {(4, 4): row(0.1, 0.2, 1.0)})[0] is None
+  assert pilot.choose(p, {(4, 4): row(0.2, 1.0)})[0] is None
 
 
 def test_pilot_measures_its_criteria_from_learning_curves(tmp_path):
@@ -191,9 +191,8 @@ def test_pilot_measures_its_criteria_from_learning_curves(tmp_path):
     (workdir / 'metrics.jsonl').write_text(''.join(
         json.dumps({'epoch': i + 1, 'validation_accuracy': a}) + '\n' for i, a in enumerate(curve)))
   rows = pilot.measure(p, tmp_path)
-  np.testing.assert_allclose([rows[3, 2]['last_epoch_gain'], rows[3, 2]['doubling_gain'],
-                              rows[3, 2]['capacity_gain']], [10.0, 1.0, 15.0])
-  np.testing.assert_allclose(rows[3, 4]['last_epoch_gain'], 11.0)
+  np.testing.assert_allclose([rows[3, 2]['doubling_gain'], rows[3, 2]['capacity_gain']],
+                             [1.0, 15.0])
   assert np.isnan(rows[3, 4]['doubling_gain'])
   assert p.regime(3, 4).config('branched', 'sgd', 0.1, 0, 4).width == 12  # branched: 4x
 
@@ -295,7 +294,7 @@ def test_main_job_choice_averages_validation_over_every_finished_seed(tmp_path, 
   study = _toy_study(methods=('sgd', 'osgd', 'osgd_global'), max_grid_extensions=0)
   monkeypatch.setattr(reproduce, 'regime', lambda study, out: 'a regime')
   write = lambda method, lr, seed, val: _write(
-      reproduce._run_dir(tmp_path, 'm', method, lr, seed), _results(val, [0.5, 0.5]))
+      reproduce.run_dir(tmp_path, 'm', method, lr, seed), _results(val, [0.5, 0.5]))
   for method, best_on_seed0 in (('osgd', 0.80), ('osgd_global', 0.78)):
     write(method, 0.1, 0, 0.70)
     write(method, 0.2, 0, best_on_seed0)

@@ -1,0 +1,391 @@
+"""The confirmatory study: the first study's hypotheses, declared, then tested on fresh seeds.
+
+  python -m experiments.confirm                 # resumable: run it again to continue
+  python -m experiments.confirm --report_only   # results/confirm.md from the finished runs
+  python -m experiments.confirm --declaration   # prints what is tested, before any run
+  python -m experiments.confirm --quick         # the same pipeline on digits (tests)
+
+The first study (:mod:`experiments.reproduce`, seeds 1-3) generated hypotheses;
+it could confirm none. This study fixes, before its runs, a family of
+:data:`PRIMARIES`: each one paired test with one endpoint, all corrected
+together (Bonferroni over the whole family), on seeds the first study never
+used (:data:`SEEDS`). It keeps the first study's regime (the pilot's fixed
+budget: Fashion-MNIST, 10,000 training images, 16 epochs) and protocol (each
+(model, method) at the rate its own sweep chose on seed 0, which is never
+reported). New here: the depth-nested network (``nested_depth``, the paper's
+figure) with the independent networks grown in depth as its reference, at a
+width its own pilot measured, and equal cost as an anytime network delivers
+it: the accuracy of the deepest exit whose cumulative FLOPs fit the budget.
+Everything else in the report is descriptive.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import pathlib
+import sys
+from typing import Optional
+
+import jax
+import numpy as np
+
+from experiments import reproduce, stats, study_runs, train
+from experiments.checkpoint import atomic_write
+
+
+@dataclasses.dataclass(frozen=True)
+class Arm:
+  """One side of a comparison: a study model (a network, or ``independent_depth``) and method."""
+  model: str
+  method: str
+
+  def __str__(self) -> str:
+    return f'{self.model}/{self.method}'
+
+
+ENDPOINTS = ('first_exit', 'mean_over_exits', 'deliverable_cost')
+
+
+@dataclasses.dataclass(frozen=True)
+class Primary:
+  """A declared paired test: ``a`` minus ``b`` on ``endpoint``, test accuracy in points."""
+  question: str
+  a: Arm
+  b: Arm
+  endpoint: str
+
+
+PRIMARIES = (
+    Primary('Does OSGD raise the branched network\'s first exit? (the first study\'s hypothesis)',
+            Arm('branched', 'osgd_global'), Arm('branched', 'sgd'), 'first_exit'),
+    Primary('Does OSGD change the width-nested network?',
+            Arm('nested_width', 'osgd_global'), Arm('nested_width', 'sgd'), 'mean_over_exits'),
+    Primary('Does OSGD change the depth-nested network?',
+            Arm('nested_depth', 'osgd_global'), Arm('nested_depth', 'sgd'), 'mean_over_exits'),
+    Primary('Width nesting against independent networks of the same width',
+            Arm('nested_width', 'sgd'), Arm('independent', 'sgd'), 'mean_over_exits'),
+    Primary('Depth nesting against independent networks grown in depth',
+            Arm('nested_depth', 'sgd'), Arm('independent_depth', 'sgd'), 'mean_over_exits'),
+    Primary('Width nesting against branching at equal deliverable cost',
+            Arm('nested_width', 'sgd'), Arm('branched', 'sgd'), 'deliverable_cost'),
+)
+SEEDS = tuple(range(4, 12))  # 8 seeds the first study never used
+FIRST_STUDY_SEEDS = (1, 2, 3)  # shown beside, descriptive
+DESCRIPTIVE_METHODS = ('osgd', 'osgd_exits')  # swept, run on the first DESCRIPTIVE_SEEDS
+DESCRIPTIVE_ARMS = tuple(Arm(model, method) for model in ('branched', 'nested_width', 'nested_depth')
+                         for method in DESCRIPTIVE_METHODS)
+DESCRIPTIVE_SEEDS = SEEDS[:3]
+DOUBLED_SEEDS = SEEDS[:3]  # the branched primary at twice the epochs, descriptive
+NUM_BUDGETS = 8  # the deliverable-cost grid: log-spaced over the range both networks cover
+DEPTH_WIDTHS = (2, 4)  # nested_depth's candidate base widths (its pilot picks one)
+DEPTH_PILOT_RATE = 0.1  # as the first pilot
+
+
+def declaration(num_primaries: int = len(PRIMARIES)) -> str:
+  """The declared family, as the report and README state it (written before any run)."""
+  crit = stats.critical_t(len(SEEDS), num_primaries)
+  lines = [f'Declared before the runs (`experiments/confirm.py`): {num_primaries} primary paired '
+           f'tests, each on seeds {SEEDS[0]}-{SEEDS[-1]} ({len(SEEDS)} pairs, never used before), '
+           f'Bonferroni over the whole family at a family-wise 5 % (two-sided critical |t| = '
+           f'{crit:.2f} with {len(SEEDS)} pairs):', '',
+           '| # | question | a − b | endpoint |', '|---|---|---|---|']
+  for i, p in enumerate(PRIMARIES[:num_primaries], 1):
+    lines.append(f'| {i} | {p.question} | `{p.a}` − `{p.b}` | {_ENDPOINT_TEXT[p.endpoint]} |')
+  lines += ['', f'Everything else is descriptive: the first study\'s seeds '
+            f'{list(FIRST_STUDY_SEEDS)}, the methods {", ".join(f"`{m}`" for m in DESCRIPTIVE_METHODS)} '
+            f'(seeds {list(DESCRIPTIVE_SEEDS)}), and the branched primary at twice the epochs '
+            f'(seeds {list(DOUBLED_SEEDS)}). `nested_depth` and `independent_depth` run at the '
+            f'largest base width of {list(DEPTH_WIDTHS)} at which the independent networks grown in '
+            'depth differ by at least the first pilot\'s capacity bound (their own pilot, seed 0).']
+  return '\n'.join(lines) + '\n'
+
+
+_ENDPOINT_TEXT = {
+    'first_exit': 'test accuracy of exit 1',
+    'mean_over_exits': 'test accuracy, mean over the exits',
+    'deliverable_cost': f'test accuracy delivered at a budget (deepest exit whose cumulative '
+                        f'FLOPs fit), mean over {NUM_BUDGETS} log-spaced budgets spanning both '
+                        'networks\' range',
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Confirm:
+  """Where the runs go and how big they are (the full study, or the quick one for tests)."""
+  study: reproduce.Study  # the first study: its pilot fixes the regime, its sweeps are reused
+  seeds: tuple = SEEDS
+  descriptive: tuple = DESCRIPTIVE_ARMS
+  descriptive_seeds: tuple = DESCRIPTIVE_SEEDS
+  doubled_seeds: tuple = DOUBLED_SEEDS
+  depth_widths: tuple = DEPTH_WIDTHS
+  num_exits: int = 4
+
+
+def full_confirm() -> Confirm:
+  return Confirm(reproduce.full_study())
+
+
+def quick_confirm() -> Confirm:
+  """Digits, a few steps, two seeds: the pipeline in minutes."""
+  return Confirm(reproduce.quick_study(), seeds=(4, 5),
+                 descriptive=(Arm('branched', 'osgd_exits'),), descriptive_seeds=(4,),
+                 doubled_seeds=(4,), depth_widths=(2,), num_exits=3)
+
+
+# ----- the regime and the depth pilot -----
+
+def _depth_pilot_dir(out: pathlib.Path, width: int) -> pathlib.Path:
+  return out / 'pilot' / f'width{width}' / 'independent_depth' / 'confirm'
+
+
+def depth_pilot(spec: Confirm, out: pathlib.Path, data_dir: str, train_missing: bool
+                ) -> dict[int, Optional[dict]]:
+  """``independent_depth`` with SGD at each candidate width on seed 0, at the study's budget."""
+  reg = reproduce.regime(spec.study, out)
+  assert reg is not None
+  outcomes = {}
+  for width in spec.depth_widths:
+    config = dataclasses.replace(reg, fixed_widths=(('independent_depth', width),)).config(
+        'independent_depth', 'sgd', DEPTH_PILOT_RATE, spec.study.selection_seed, spec.num_exits)
+    workdir = _depth_pilot_dir(out, width)
+    outcomes[width] = (study_runs.ensure(workdir, config, data_dir) if train_missing
+                       else study_runs.outcome(workdir))
+  return outcomes
+
+
+def depth_width(spec: Confirm, outcomes: dict[int, Optional[dict]]) -> Optional[int]:
+  """The largest candidate width at which capacity matters; the smallest if none; None unfinished."""
+  if any(o is None for o in outcomes.values()):
+    return None
+  bound = spec.study.pilot.capacity_points
+  gains = {w: 100 * (o['exits'][-1]['validation_accuracy'] - o['exits'][0]['validation_accuracy'])
+           for w, o in outcomes.items() if 'diverged' not in o}
+  matters = [w for w, g in gains.items() if g >= bound]
+  return max(matters) if matters else min(spec.depth_widths)
+
+
+def regime(spec: Confirm, out: pathlib.Path, width_of_depth: int,
+           doubled: bool = False) -> study_runs.Regime:
+  """The first study's regime with the depth models at their width (and twice the epochs)."""
+  reg = reproduce.regime(spec.study, out)
+  assert reg is not None
+  reg = dataclasses.replace(reg, fixed_widths=(('nested_depth', width_of_depth),
+                                               ('independent_depth', width_of_depth)))
+  return dataclasses.replace(reg, epochs=2 * reg.epochs) if doubled else reg
+
+
+# ----- the runs -----
+
+def arms(spec: Confirm) -> list[Arm]:
+  """Every arm a primary needs, each once, in declaration order."""
+  found: list[Arm] = []
+  for p in PRIMARIES:
+    for arm in (p.a, p.b):
+      if arm not in found:
+        found.append(arm)
+  return found
+
+
+def _study_for(spec: Confirm) -> reproduce.Study:
+  """The first study's sweep rules, over every model of the confirmation."""
+  models = {m: spec.num_exits for m in ('nested_width', 'branched', 'nested_depth',
+                                        'independent_depth')}
+  return dataclasses.replace(spec.study, models=models)
+
+
+def _doubled_dir(out: pathlib.Path, arm: Arm, lr: float, seed: int) -> pathlib.Path:
+  return out / 'runs_doubled' / arm.model / arm.method / f'lr{lr:g}' / f'seed{seed}'
+
+
+def run(spec: Confirm, out: pathlib.Path, data_dir: str) -> None:
+  """Depth pilot, then the primary arms' sweeps, then the primary seeds (seed by seed, so that
+  a stopped run leaves complete pairs), then the descriptive rows."""
+  width = depth_width(spec, depth_pilot(spec, out, data_dir, train_missing=True))
+  assert width is not None
+  reg = regime(spec, out, width)
+  study = _study_for(spec)
+  primary = arms(spec)
+  rates = {arm: reproduce.sweep(study, reg, out, arm.model, arm.method, data_dir,
+                                train_missing=True)['rate'] for arm in primary}
+  for seed in spec.seeds:
+    for arm in primary:
+      reproduce.study_run(study, reg, out, arm.model, arm.method, rates[arm], seed, data_dir, True)
+  doubled = regime(spec, out, width, doubled=True)
+  for arm in (PRIMARIES[0].a, PRIMARIES[0].b):
+    for seed in spec.doubled_seeds:
+      config = doubled.config(arm.model, arm.method, rates[arm], seed, spec.num_exits)
+      study_runs.ensure(_doubled_dir(out, arm, rates[arm], seed), config, data_dir)
+  for arm in spec.descriptive:
+    rate = reproduce.sweep(study, reg, out, arm.model, arm.method, data_dir,
+                           train_missing=True)['rate']
+    for seed in spec.descriptive_seeds:
+      reproduce.study_run(study, reg, out, arm.model, arm.method, rate, seed, data_dir, True)
+
+
+# ----- the endpoints and the tests -----
+
+def deliverable(mflops: list[float], accuracy: list[float], budgets: np.ndarray) -> np.ndarray:
+  """Accuracy an anytime network delivers at each budget: its deepest exit that fits.
+
+  ``mflops`` are the exits' cumulative costs (increasing); a budget below the
+  first exit's cost delivers nothing (NaN).
+  """
+  fits = np.searchsorted(np.asarray(mflops), np.asarray(budgets), side='right') - 1
+  return np.where(fits >= 0, np.asarray(accuracy)[np.maximum(fits, 0)], np.nan)
+
+
+def budgets(a_mflops: list[float], b_mflops: list[float], num: int = NUM_BUDGETS) -> np.ndarray:
+  """``num`` log-spaced budgets from where both networks deliver to where neither adds more."""
+  lo = max(a_mflops[0], b_mflops[0])
+  hi = min(a_mflops[-1], b_mflops[-1])
+  if not lo < hi:
+    raise ValueError(f'the networks\' FLOPs ranges do not overlap: {a_mflops} and {b_mflops}')
+  return np.geomspace(lo, hi, num)
+
+
+def endpoint(primary: Primary, a: dict, b: dict, seed: int) -> float:
+  """``a`` minus ``b`` on the primary's endpoint for one seed (test accuracy, fraction)."""
+  if primary.endpoint == 'first_exit':
+    return a['test'][seed][0] - b['test'][seed][0]
+  if primary.endpoint == 'mean_over_exits':
+    return float(np.mean(a['test'][seed]) - np.mean(b['test'][seed]))
+  grid = budgets(a['mflops'], b['mflops'])
+  return float(np.mean(deliverable(a['mflops'], a['test'][seed], grid)
+                       - deliverable(b['mflops'], b['test'][seed], grid)))
+
+
+def _arm_runs(study: reproduce.Study, reg: study_runs.Regime, out: pathlib.Path, arm: Arm,
+              seeds: tuple, run_dir=None) -> Optional[dict]:
+  """The arm's rate and its runs on ``seeds``: test accuracies, FLOPs, diverged seeds."""
+  rate = reproduce.sweep(study, reg, out, arm.model, arm.method)['rate']
+  if rate is None:
+    return None
+  outcomes = {s: study_runs.outcome(run_dir(out, arm, rate, s) if run_dir else
+                                    reproduce.run_dir(out, arm.model, arm.method, rate, s))
+              for s in seeds}
+  done = {s: o for s, o in outcomes.items() if o is not None and 'diverged' not in o}
+  first = next(iter(done.values()), None)
+  return {'rate': rate,
+          'test': {s: [e['test_accuracy'] for e in o['exits']] for s, o in done.items()},
+          'mflops': [e['flops'] / 1e6 for e in first['exits']] if first else [],
+          'diverged': sorted(s for s, o in outcomes.items() if o is not None and 'diverged' in o),
+          'missing': sorted(s for s, o in outcomes.items() if o is None)}
+
+
+def test_row(primary: Primary, a: Optional[dict], b: Optional[dict], num_tests: int) -> dict:
+  """One primary test from the arms' runs: paired seeds, difference, interval, t, passed."""
+  row = {'question': primary.question, 'a': str(primary.a), 'b': str(primary.b),
+         'endpoint': primary.endpoint, 'pairs': 0, 'diverged': {}, 'missing': {}}
+  if a is None or b is None:
+    return row
+  row['diverged'] = {str(primary.a): a['diverged'], str(primary.b): b['diverged']}
+  row['missing'] = {str(primary.a): a['missing'], str(primary.b): b['missing']}
+  seeds = sorted(set(a['test']) & set(b['test']))
+  diffs = np.array([100 * endpoint(primary, a, b, s) for s in seeds])
+  row.update(pairs=len(seeds), seeds=seeds, differences=diffs.tolist())
+  if len(seeds) >= 2:
+    t = stats.paired_t(diffs)
+    crit = stats.critical_t(len(seeds), num_tests)
+    lo, hi = stats.interval(diffs, num_tests)
+    row.update(mean=float(diffs.mean()), t=t, critical_t=crit, interval=[lo, hi],
+               passed=bool(abs(t) >= crit))
+  return row
+
+
+def summarize(spec: Confirm, out: pathlib.Path) -> Optional[dict]:
+  """Every primary test on the fresh seeds, and the same endpoints, descriptive, elsewhere."""
+  width = depth_width(spec, depth_pilot(spec, out, '', train_missing=False))
+  if width is None:
+    return None
+  reg = regime(spec, out, width)
+  study = _study_for(spec)
+  doubled = regime(spec, out, width, doubled=True)
+  summary: dict = {'depth_width': width, 'primary': [], 'first_study': [], 'doubled': [],
+                   'descriptive': []}
+  for p in PRIMARIES:
+    runs = [_arm_runs(study, reg, out, arm, spec.seeds) for arm in (p.a, p.b)]
+    summary['primary'].append(test_row(p, *runs, num_tests=len(PRIMARIES)))
+    old = [_arm_runs(study, reg, out, arm, FIRST_STUDY_SEEDS) for arm in (p.a, p.b)]
+    summary['first_study'].append(test_row(p, *old, num_tests=len(PRIMARIES)))
+  p = PRIMARIES[0]
+  runs = [_arm_runs(study, doubled, out, arm, spec.doubled_seeds, _doubled_dir)
+          for arm in (p.a, p.b)]
+  summary['doubled'].append(test_row(p, *runs, num_tests=len(PRIMARIES)))
+  for arm in spec.descriptive:
+    versus = Primary(f'`{arm}` against `{arm.model}/sgd`, descriptive', arm,
+                     Arm(arm.model, 'sgd'), 'mean_over_exits')
+    runs = [_arm_runs(study, reg, out, x, spec.descriptive_seeds) for x in (arm, versus.b)]
+    summary['descriptive'].append(test_row(versus, *runs, num_tests=len(PRIMARIES)))
+  return summary
+
+
+def _cells(row: dict) -> str:
+  diverged = sum(len(v) for v in row['diverged'].values())
+  failures = f" (+{diverged} diverged: {row['diverged']})" if diverged else ''
+  if 'mean' not in row:
+    return f"| {row['pairs']}{failures} | | | | |"
+  lo, hi = row['interval']
+  t = 'n/a (no spread)' if math.isnan(row['t']) else f"{row['t']:+.2f}"
+  return (f"| {row['pairs']}{failures} | {row['mean']:+.2f} | {lo:+.2f} to {hi:+.2f} "
+          f"| {t} | {'yes' if row['passed'] else 'no'} |")
+
+
+def markdown(summary: Optional[dict]) -> str:
+  text = declaration()
+  if summary is None:
+    return text + '\nThe depth pilot has not finished: no results yet.\n'
+  header = ['| # | a − b | endpoint | pairs | mean difference (points) '
+            '| simultaneous 95 % interval | t | passes |', '|---|---|---|---|---|---|---|---|']
+  lines = ['', f"`nested_depth` runs at base width {summary['depth_width']} (its pilot).", '',
+           'Primary tests on the fresh seeds (ours; test accuracy, points; a diverged run is '
+           'counted, and its seed leaves the pair):', '', *header]
+  for i, row in enumerate(summary['primary'], 1):
+    lines.append(f"| {i} | `{row['a']}` − `{row['b']}` | {row['endpoint']} " + _cells(row))
+  lines += ['', f'The same endpoints on the first study\'s seeds {list(FIRST_STUDY_SEEDS)} '
+            '(descriptive: these seeds generated the hypotheses):', '', *header]
+  for i, row in enumerate(summary['first_study'], 1):
+    lines.append(f"| {i} | `{row['a']}` − `{row['b']}` | {row['endpoint']} " + _cells(row))
+  lines += ['', 'Descriptive: the branched primary at twice the epochs, and the other OSGD '
+            'variants against summed losses (interval and "passes" at the family\'s level, for '
+            'scale only):', '', *header]
+  for row in summary['doubled']:
+    lines.append(f"| 1, doubled | `{row['a']}` − `{row['b']}` | {row['endpoint']} "
+                 + _cells(row))
+  for row in summary['descriptive']:
+    lines.append(f"| – | `{row['a']}` − `{row['b']}` | {row['endpoint']} " + _cells(row))
+  return text + '\n'.join(lines) + '\n'
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--out', default=None, help='default: results/ (results/quick with --quick)')
+  parser.add_argument('--data_dir', default=train.data.DEFAULT_DATA_DIR)
+  parser.add_argument('--quick', action='store_true', help='the same pipeline on digits, minutes')
+  parser.add_argument('--report_only', action='store_true')
+  parser.add_argument('--declaration', action='store_true', help='print the declared tests')
+  args = parser.parse_args(argv)
+  if args.declaration:
+    print(declaration())
+    return
+  spec = quick_confirm() if args.quick else full_confirm()
+  out = pathlib.Path(args.out or ('results/quick' if args.quick else 'results'))
+  out.mkdir(parents=True, exist_ok=True)
+  if not jax.config.jax_compilation_cache_dir:
+    jax.config.update('jax_compilation_cache_dir', str(pathlib.Path(args.data_dir) / 'xla_cache'))
+  if not args.report_only:
+    if reproduce.regime(spec.study, out) is None:
+      print('running the first study\'s pilot, which fixes the regime', file=sys.stderr)
+      reproduce.pilot_lib.run(spec.study.pilot, out, args.data_dir)
+    run(spec, out, args.data_dir)
+  summary = summarize(spec, out)
+  text = markdown(summary)
+  atomic_write(out / 'confirm.md', text)
+  atomic_write(out / 'confirm.json', json.dumps(summary, indent=1))
+  print(text)
+
+
+if __name__ == '__main__':
+  main()
