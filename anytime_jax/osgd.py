@@ -224,8 +224,8 @@ def orthogonalize(
       float64 modified Gram-Schmidt (K up to 8, 100,000 parameters, exit
       gradients nearly collinear, squared residuals between ``eps`` and 1e-2
       of their norm): the summed direction within 7.8e-5 relative error, the
-      (implicit) kept vectors orthogonal to |cos| <= 1.3e-2. ``'vectors'``:
-      modified Gram-Schmidt with a second pass on the flattened gradients of
+      (implicit) kept vectors orthogonal to an absolute cosine of at most
+      1.3e-2. ``'vectors'``: modified Gram-Schmidt with a second pass on the flattened gradients of
       each group (:func:`gram_schmidt_vectors`): 7.9e-8 and 8.1e-9 in the same
       test, at a higher cost (``python -m experiments.bench --methods``);
       it needs a static granularity (not ``'exits'``).

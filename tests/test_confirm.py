@@ -95,8 +95,8 @@ def test_quick_confirmation_runs_and_reports_every_primary(tmp_path):
   assert (tmp_path / 'confirm.md').read_text().count('| 2 |') >= len(confirm.PRIMARIES)
 
 
-def test_readme_states_the_declared_family():
-  readme = (ROOT / 'README.md').read_text()
+def test_the_study_page_states_the_declared_family():
+  readme = (ROOT / 'docs' / 'study.md').read_text()
   assert all(f'`{p.a}` − `{p.b}`' in readme for p in confirm.PRIMARIES)
   assert f'|t| >= {confirm.stats.critical_t(len(confirm.SEEDS), len(confirm.PRIMARIES)):.2f}' in readme
 
