@@ -13,7 +13,9 @@ summed-loss gradient measured in the same run.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import pathlib
 import statistics
 import time
 
@@ -285,6 +287,52 @@ def bench_methods(name: str, batch_size: int, repeats: int, shape=(28, 28, 1), w
           'methods': {m: {'seconds': sec, 'over_gradients': sec / base} for m, sec in t.items()}}
 
 
+def bench_loop(name: str, batch_size: int, steps: int, data_dir: str) -> dict:
+  """Images per second of ``experiments.train``'s whole loop against the bare jitted step.
+
+  The loop runs two epochs of ``steps`` steps and its second epoch is timed (the first
+  compiles), reading the losses every step (``log_every=1``: what the loop did before it
+  dispatched ahead) and every 50; the bare step runs on batches already on the device.
+  """
+  import tempfile  # pylint: disable=g-import-not-at-top
+  from experiments import train  # pylint: disable=g-import-not-at-top
+  try:
+    loaded, dataset = data.load('fashion_mnist', data_dir), 'fashion_mnist'
+  except data.DatasetUnavailableError:
+    loaded, dataset = data.load('digits', data_dir), 'digits'
+  config = train.Config(model=name, dataset=dataset, batch_size=batch_size, epochs=2,
+                        max_steps_per_epoch=steps, eval_every=0)
+  rates = {}
+  for log_every in (1, 50):
+    with tempfile.TemporaryDirectory() as workdir:
+      train.train_and_evaluate(config, workdir, data_dir=data_dir, log_every=log_every,
+                               checkpoint_every=10 ** 9)
+      records = (pathlib.Path(workdir) / 'metrics.jsonl').read_text().splitlines()
+      rates[f'loop, losses read every {log_every}'] = json.loads(records[-1])['images_per_second']
+  network = models.create(name, num_classes=loaded.num_classes, num_exits=config.num_exits)
+  tx, per_exit = optimizers.make(config.optimizer, config, 2 * steps, steps)
+  state = create_train_state(network, tx, jax.random.key(0),
+                             jnp.zeros((1, *loaded.image_shape), jnp.float32))
+  step = jax.jit(make_train_step(network, tx, per_exit=per_exit), donate_argnums=0)
+  batches = [jax.device_put(b) for b in
+             itertools.islice(data.train_batches(loaded, batch_size, seed=0, epoch=0), steps)]
+  state, _ = _block(step(state, *batches[0]))
+  start = time.perf_counter()
+  for images, labels in batches:
+    state, metrics = step(state, images, labels)
+  _block(metrics)
+  rates['bare jitted step'] = steps * batch_size / (time.perf_counter() - start)
+  return {'model': name, 'dataset': dataset, 'batch_size': batch_size, 'steps': steps,
+          'images_per_second': rates}
+
+
+def format_loop(rows: list[dict]) -> str:
+  bare = lambda r: r['images_per_second']['bare jitted step']
+  return _markdown(['model', 'data', 'what runs', 'img/s', 'overhead against the bare step'],
+                   [[r['model'], r['dataset'], what, f'{rate:.0f}', f'{100 * (1 - rate / bare(r)):+.1f} %']
+                    for r in rows for what, rate in r['images_per_second'].items()])
+
+
 def _markdown(header: list[str], rows: list[list[str]]) -> str:
   lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
   return '\n'.join(lines + ['| ' + ' | '.join(row) + ' |' for row in rows])
@@ -345,6 +393,10 @@ def main(argv=None):
                       help='also a network written as plain JAX stages (the generic engine)')
   parser.add_argument('--methods', action='store_true',
                       help='the cost of every exit-gradient combination\'s update')
+  parser.add_argument('--loop', action='store_true',
+                      help='images per second of experiments.train\'s loop against the bare step')
+  parser.add_argument('--steps', type=int, default=60, help='--loop: steps per timed epoch')
+  parser.add_argument('--data_dir', default=data.DEFAULT_DATA_DIR, help='--loop: prepared data')
   args = parser.parse_args(argv)
   names = args.models.split(',')
   if args.quick:
@@ -353,9 +405,14 @@ def main(argv=None):
     if name not in models.ARCHITECTURES:
       parser.error(f'unknown model {name!r}; choose from {", ".join(models.ARCHITECTURES)}')
   print(f'{jax.devices()[0].platform} x{jax.device_count()}, jax {jax.__version__}; '
-        f'batch {args.batch_size}, median of {args.repeats}; ratios to the summed-loss '
-        'gradient in the same run', flush=True)
-  if args.methods:
+        f'batch {args.batch_size}; ' + (
+            f'{args.steps} timed steps per row, compared in the same run' if args.loop else
+            f'median of {args.repeats}; ratios to the summed-loss gradient in the same run'),
+        flush=True)
+  if args.loop:
+    measure = lambda name: bench_loop(name, args.batch_size, args.steps, args.data_dir)
+    fmt, rows_per_model = format_loop, 3
+  elif args.methods:
     measure = lambda name: bench_methods(name, args.batch_size, args.repeats, width=args.width)
     fmt, rows_per_model = format_methods, 1 + len(optimizers.PER_EXIT)
   elif args.breakdown:

@@ -37,6 +37,9 @@ class Diverged(RuntimeError):
     self.step = step
 
 
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
   """Everything that determines a run's results (stored in workdir/config.json)."""
@@ -52,6 +55,7 @@ class Config:
   num_exits: int = 4
   width: Optional[int] = None
   growth: Optional[str] = None  # independent networks: 'width' (default), 'depth' or 'both'
+  dtype: str = 'float32'  # computation: 'float32' or 'bfloat16' (parameters stay float32)
   validation_size: int = 5000
   train_size: Optional[int] = None  # use only this many training examples (after validation)
   eval_every: int = 1  # epochs between validation evaluations (0: at the end only)
@@ -82,6 +86,9 @@ def parse_args(argv=None):
   p.add_argument('--weight_decay', type=float, default=defaults.weight_decay)
   p.add_argument('--num_exits', type=int, default=defaults.num_exits)
   p.add_argument('--width', type=int, default=None, help='base width (default: per model)')
+  p.add_argument('--dtype', default=defaults.dtype, choices=DTYPES,
+                 help='computation dtype; parameters, optimizer state and Gram matrices stay '
+                 'float32')
   p.add_argument('--growth', default=None, choices=('width', 'depth', 'both'),
                  help="how the independent networks grow (--model independent; default 'width')")
   p.add_argument('--validation_size', type=int, default=defaults.validation_size,
@@ -104,6 +111,11 @@ def parse_args(argv=None):
   p.add_argument('--source_dir', default=None,
                  help='directory with the raw dataset files (IDX files, CIFAR archives)')
   p.add_argument('--checkpoint_every', type=int, default=200, help='steps between checkpoints')
+  p.add_argument('--log_every', type=int, default=50,
+                 help='steps between reads of the losses (the loop never waits for the device '
+                 'in between)')
+  p.add_argument('--profile_steps', default=None, metavar='FIRST:LAST',
+                 help='write a jax.profiler trace of steps FIRST to LAST-1 to WORKDIR/profile')
   p.add_argument('--distributed', action='store_true',
                  help='call jax.distributed.initialize() (the cluster from the environment, or '
                  'from the next three flags)')
@@ -114,11 +126,19 @@ def parse_args(argv=None):
   _choices('model', args.model, models.ARCHITECTURES)
   _choices('optimizer', args.optimizer, optimizers.OPTIMIZERS)
   _choices('dataset', args.dataset, data.DATASETS)
-  for name in ('epochs', 'batch_size', 'num_exits', 'checkpoint_every'):
+  for name in ('epochs', 'batch_size', 'num_exits', 'checkpoint_every', 'log_every'):
     if getattr(args, name) < 1:
       raise SystemExit(f'error: --{name} must be a positive integer, got {getattr(args, name)}')
   if args.train_size is not None and args.train_size < 1:
     raise SystemExit(f'error: --train_size must be a positive integer, got {args.train_size}')
+  if args.profile_steps is not None:
+    try:
+      first, last = (int(v) for v in args.profile_steps.split(':'))
+    except ValueError:
+      raise SystemExit(f'error: --profile_steps takes FIRST:LAST, got {args.profile_steps!r}') from None
+    if not 0 <= first < last:
+      raise SystemExit(f'error: --profile_steps needs 0 <= FIRST < LAST, got {args.profile_steps}')
+    args.profile_steps = (first, last)
   if args.eval_every < 0:
     raise SystemExit(f'error: --eval_every must be 0 or positive, got {args.eval_every}')
   if not args.learning_rate > 0:
@@ -164,6 +184,28 @@ class Progress:
       print(file=sys.stderr)
 
 
+class Profiler:
+  """A ``jax.profiler`` trace of the steps ``[first, last)``, or nothing without steps."""
+
+  def __init__(self, directory: pathlib.Path, steps: Optional[tuple[int, int]]):
+    self.directory, self.steps, self.running = directory, steps, False
+
+  def at(self, step: int) -> None:
+    """Called before each step: starts or stops the trace at its bounds."""
+    if self.steps is None:
+      return
+    if step == self.steps[0] and not self.running:
+      jax.profiler.start_trace(str(self.directory))
+      self.running = True
+    elif step == self.steps[1]:
+      self.stop()
+
+  def stop(self) -> None:
+    if self.running:
+      jax.profiler.stop_trace()
+      self.running = False
+
+
 def evaluate(eval_step, state, split, dataset, batch_size, shard):
   """Logits ``[K, N, C]`` of a whole split on every process (no example dropped; N may be 0).
 
@@ -200,7 +242,8 @@ def _initialized_from(state: aj.TrainState, source: pathlib.Path) -> aj.TrainSta
 
 def train_and_evaluate(config: Config, workdir: str | os.PathLike, *,
                        data_dir: str = data.DEFAULT_DATA_DIR, source_dir: Optional[str] = None,
-                       checkpoint_every: int = 200) -> dict:
+                       checkpoint_every: int = 200, log_every: int = 50,
+                       profile_steps: Optional[tuple[int, int]] = None) -> dict:
   """Trains (or resumes) one run in ``workdir`` and returns its results.
 
   Args:
@@ -210,6 +253,11 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *,
     data_dir: where the prepared TFDS files live.
     source_dir: a directory with the dataset's raw files.
     checkpoint_every: steps between checkpoints (also saved at every epoch end).
+    log_every: steps between reads of the losses from the device (also at checkpoints and
+      epoch ends): the only points where the loop waits for the device, checks for a
+      diverged loss and updates the progress line.
+    profile_steps: ``(first, last)``: a ``jax.profiler`` trace of steps ``first`` to
+      ``last - 1``, written to ``workdir/profile`` (TensorBoard or Perfetto read it).
 
   Returns:
     The dict written to ``results.json``.
@@ -251,7 +299,8 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *,
 
   options = {} if config.growth is None else {'growth': config.growth}
   network = models.create(config.model, num_classes=dataset.num_classes,
-                          num_exits=config.num_exits, width=config.width, **options)
+                          num_exits=config.num_exits, width=config.width,
+                          dtype=DTYPES[config.dtype], **options)
   tx, per_exit = optimizers.make(config.optimizer, config, total_steps, steps_per_epoch)
   example = jnp.zeros((1, *dataset.image_shape), jnp.float32)
   state = jax.device_put(aj.create_train_state(network, tx, jax.random.key(config.seed), example),
@@ -267,6 +316,7 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *,
     return evaluate(eval_step, state, split, dataset, config.batch_size, shard)
 
   manager = checkpoint.Manager(workdir / 'checkpoints')
+  profiler = Profiler(workdir / 'profile', profile_steps)
   state, step = manager.restore_latest(state)
   if step:
     print(f'resuming from step {step} of {total_steps} ({workdir / "checkpoints"})', file=sys.stderr)
@@ -284,26 +334,38 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *,
     batches = data.train_batches(dataset, config.batch_size, seed=config.seed, epoch=epoch,
                                  augmentation=augmentation, process_index=process[0],
                                  process_count=process[1], start=skip)
+    pending: list[tuple[int, dict]] = []  # (step, metrics still on the device)
     for i, (images, labels) in enumerate(batches, start=skip):
       if i >= steps_per_epoch:
         break
-      state, metrics = train_step(state, shard(images), shard(labels))
+      # No step waits for the device: metrics stay there until a log point reads them, so
+      # the host dispatches the next steps ahead. The guard turns a stray read into an error.
+      with jax.transfer_guard_device_to_host('disallow'):
+        profiler.at(step)
+        state, metrics = train_step(state, shard(images), shard(labels))
       step += 1
       images_seen += config.batch_size
-      loss = float(metrics['loss'])
-      if not math.isfinite(loss):
-        # This loss is the one of the state after step - 1: that state and any later one
-        # are bad; every earlier state had a finite loss of its own.
-        progress.close()
-        kept = manager.drop_from(step - 1)
-        where = (f'the last good checkpoint is step {kept} in {workdir / "checkpoints"}: start '
-                 f'from it with --init_from {workdir}' if kept else 'no checkpoint was good')
-        raise Diverged(
-            f'error: the loss became {loss} at step {step} (epoch {epoch + 1}); stopping; {where}. '
-            'Lower --learning_rate and run again with a fresh --workdir.', step)
-      losses.append(np.asarray(metrics['exit_losses']))
-      if 'negative_weight' in metrics:
-        negative.append(float(metrics['negative_weight']))
+      pending.append((step, metrics))
+      if step % log_every and step % checkpoint_every and i + 1 < steps_per_epoch:
+        continue
+      for logged, values in jax.device_get(pending):
+        loss = float(values['loss'])
+        if not math.isfinite(loss):
+          # This loss is the one of the state after logged - 1: that state and every later
+          # one are bad; every earlier state had a finite loss of its own.
+          progress.close()
+          profiler.stop()
+          kept = manager.drop_from(logged - 1)
+          where = (f'the last good checkpoint is step {kept} in {workdir / "checkpoints"}: '
+                   f'start from it with --init_from {workdir}' if kept else
+                   'no checkpoint was good')
+          raise Diverged(
+              f'error: the loss became {loss} at step {logged} (epoch {epoch + 1}); stopping; '
+              f'{where}. Lower --learning_rate and run again with a fresh --workdir.', logged)
+        losses.append(values['exit_losses'])
+        if 'negative_weight' in values:
+          negative.append(float(values['negative_weight']))
+      pending = []
       progress.update(i + 1, loss, images_seen)
       if step % checkpoint_every == 0:
         manager.save(step, state)
@@ -329,6 +391,7 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *,
     report.append_metrics(workdir, record)
     manager.save(step, state)
 
+  profiler.stop()
   flops = aj.exit_flops(network, {'params': state.params, 'batch_stats': state.batch_stats},
                         example)
   if val_logits is None:  # resumed after the last epoch had finished
@@ -349,7 +412,8 @@ def main(argv=None):
   try:
     results = train_and_evaluate(config, args.workdir, data_dir=args.data_dir,
                                  source_dir=args.source_dir,
-                                 checkpoint_every=args.checkpoint_every)
+                                 checkpoint_every=args.checkpoint_every,
+                                 log_every=args.log_every, profile_steps=args.profile_steps)
   except Diverged as e:
     raise SystemExit(str(e)) from None
   print(report.table(results))

@@ -84,6 +84,7 @@ def test_the_declaration_names_every_primary_and_the_family_bound():
 
 
 @pytest.mark.slow
+@pytest.mark.pipeline
 def test_quick_confirmation_runs_and_reports_every_primary(tmp_path):
   out = subprocess.run([sys.executable, '-m', 'experiments.confirm', '--quick', '--out',
                         str(tmp_path), '--data_dir', str(tmp_path / 'data')],

@@ -220,6 +220,7 @@ def test_plateau_check_reports_twice_the_chosen_length_without_deciding(tmp_path
 
 
 @pytest.mark.slow
+@pytest.mark.pipeline
 def test_quick_study_runs_reports_and_skips_finished_runs(tmp_path):
   data.prepare('digits', str(tmp_path / 'tfds'))
   cmd = [sys.executable, '-m', 'experiments.reproduce', '--quick', '--out', str(tmp_path / 'out'),
@@ -241,7 +242,12 @@ def test_quick_study_runs_reports_and_skips_finished_runs(tmp_path):
   assert first.stdout.endswith(again.stdout)  # the same report, now without training
 
 
-@pytest.mark.parametrize('name', optimizers.OPTIMIZERS)
+# Every optimizer of the trainer; the quick suite keeps one of each kind (CI runs them all).
+FAST_OPTIMIZERS = ('osgd_exits', 'pcgrad', 'adaloss', 'sgd')
+
+
+@pytest.mark.parametrize('name', [n if n in FAST_OPTIMIZERS else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in optimizers.OPTIMIZERS])
 def test_trainer_optimizers_descend_on_a_batch(name):
   network = models.create('branched', num_classes=5, num_exits=3, width=4)
   x = jax.random.normal(jax.random.key(0), (8, 8, 8, 1))

@@ -121,7 +121,7 @@ def test_divergence_keeps_only_good_states_and_a_new_run_starts_from_them(tmp_pa
   config, _ = train.parse_args([*args, '--learning_rate', '3e38'])
   dataset = data.load('digits', data_dir)
   network = models.create('nested_width', num_classes=10, num_exits=3)
-  tx, _ = optimizers.make('osgd', config, 40, 20)
+  tx, _ = optimizers.make(config.optimizer, config, 40, 20)
   template = aj.create_train_state(network, tx, jax.random.key(0), jnp.zeros((1, 8, 8, 1)))
   state = checkpoint.Manager(workdir / 'checkpoints').restore(kept, template)
   images, labels = next(data.train_batches(dataset, 32, seed=0, epoch=0))
@@ -285,3 +285,30 @@ def test_two_processes_train_and_evaluate_like_one(tmp_path, data_dir):
   metrics = (tmp_path / 'two' / 'metrics.jsonl').read_text().splitlines()
   assert len(metrics) == 2  # written once, by process 0
   assert all('| exit |' in out for out, _ in outs)  # every process prints the table
+
+
+def test_steps_between_log_points_never_read_the_device(tmp_path, data_dir, monkeypatch):
+  # On an accelerator the loop's transfer guard makes a stray read an error; on the CPU JAX's
+  # arrays live in host memory and the guard is inert, so count the loop's reads instead.
+  reads = []
+  real = jax.device_get
+  monkeypatch.setattr(jax, 'device_get', lambda tree: reads.append(len(tree)) or real(tree))
+  config = train.Config(dataset='digits', batch_size=32, epochs=2, num_exits=2, train_size=200,
+                        eval_every=0, learning_rate=0.1, width=2)
+  train.train_and_evaluate(config, tmp_path / 'run', data_dir=data_dir, log_every=4,
+                           checkpoint_every=100)
+  assert reads == [4, 2, 2, 4]  # 6 steps an epoch: at steps 4 and 6, then 8 and 12
+  metrics = [json.loads(l) for l in (tmp_path / 'run' / 'metrics.jsonl').read_text().splitlines()]
+  assert [m['step'] for m in metrics] == [6, 12] and all(m['train_exit_losses'] for m in metrics)
+
+
+@pytest.mark.slow
+def test_bfloat16_trains_like_float32_and_a_profile_is_written(tmp_path, data_dir):
+  config = train.Config(dataset='digits', batch_size=32, epochs=3, num_exits=2, eval_every=0,
+                        learning_rate=0.1, width=4)
+  full = train.train_and_evaluate(config, tmp_path / 'f32', data_dir=data_dir)
+  half = train.train_and_evaluate(dataclasses.replace(config, dtype='bfloat16'),
+                                  tmp_path / 'bf16', data_dir=data_dir, profile_steps=(2, 4))
+  for f, h in zip(full['exits'], half['exits']):
+    assert abs(f['test_accuracy'] - h['test_accuracy']) <= 0.05, (f, h)  # the stated margin
+  assert list((tmp_path / 'bf16' / 'profile').rglob('*.xplane.pb'))
