@@ -12,7 +12,8 @@ import sys
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-PAGES = [ROOT / 'README.md', *sorted((ROOT / 'docs').rglob('*.md'))]
+PAGES = [ROOT / 'README.md', *sorted(p for p in (ROOT / 'docs').rglob('*.md')
+                                    if '_build' not in p.relative_to(ROOT).parts)]
 EXAMPLES = [(page, i, block) for page in PAGES
             for i, block in enumerate(re.findall(r'```python\n(.*?)```', page.read_text(), re.S))]
 
