@@ -127,10 +127,10 @@ def combination(
     return gram_lib.num_groups(params, granularity, num_exits)
 
   def init_fn(params):
-    inner = optax.EmptyState() if init_state is None else init_state(count_groups(params))
+    groups = count_groups(params)
+    inner = optax.EmptyState() if init_state is None else init_state(groups)
     if not diagnostics:
       return inner
-    groups = count_groups(params)
     if groups is None:
       raise ValueError('diagnostics=True keeps weights per group: pass the parameters to init '
                        '(tx.init(params)).')
