@@ -62,8 +62,15 @@ class AnytimeNNX(nnx.Module):
 
 def create_nnx(name: str, *, num_classes: int, example: jax.Array, rngs: nnx.Rngs,
                **options: Any) -> AnytimeNNX:
-  """``anytime_jax.models.create(name, ...)`` as an NNX module, initialized on ``example``."""
-  return AnytimeNNX(models.create(name, num_classes=num_classes, **options), example, rngs=rngs)
+  """``anytime_jax.models.create(name, ...)`` as an NNX module, initialized on ``example``.
+
+  Initialized as one compiled program with the non-partitionable threefry (as
+  :func:`anytime_jax.models.init_variables`): eagerly, every parameter shape
+  compiles its own random program, tens of seconds on CPU for these networks.
+  """
+  network = models.create(name, num_classes=num_classes, **options)
+  with jax.threefry_partitionable(False):
+    return nnx.jit(lambda e, r: AnytimeNNX(network, e, rngs=r))(example, rngs)
 
 
 def nnx_stages(modules: Sequence[nnx.Module],

@@ -4,6 +4,7 @@ An example states what it prints in a comment, ``# prints: TEXT``; the test chec
 appears in its output, so an example that runs but computes the wrong thing fails.
 """
 
+import os
 import pathlib
 import re
 import subprocess
@@ -29,8 +30,9 @@ def test_every_example_states_what_it_prints():
 def test_example_prints_what_it_claims(page, index, block, tmp_path):
   script = tmp_path / 'example.py'
   script.write_text(block)
+  user_default = {k: v for k, v in os.environ.items() if k != 'JAX_THREEFRY_PARTITIONABLE'}
   out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                       timeout=300, cwd=tmp_path)
+                       timeout=300, cwd=tmp_path, env=user_default)
   assert out.returncode == 0, out.stderr[-3000:]
   for claim in re.findall(r'# prints: (.*)$', block, re.M):
     assert claim.strip() in out.stdout, (claim, out.stdout[-2000:])

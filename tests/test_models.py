@@ -15,14 +15,23 @@ ANYTIME = ('branched', 'nested_width', 'nested_depth', 'nested_both')
 SHAPE = (8, 8, 1)  # small images keep the suite fast; 28x28x1 and 32x32x3 are checked below
 
 
+def _normal(shape, seed):
+  return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
 @functools.lru_cache(maxsize=None)
 def _setup(name, num_exits=3):
+  """A small network with random variables, non-trivial BatchNorm statistics and scales included.
+
+  The invariants hold for any variables, so NumPy draws them on the host: initializing
+  through jax.random would compile a program for every parameter shape, most of the
+  test's time.
+  """
   network = models.create(name, num_classes=5, num_exits=num_exits, width=4)
-  x = jax.random.normal(jax.random.key(1), (6, *SHAPE))
-  variables = models.init_variables(network, jax.random.key(0), x)
-  # Non-trivial BatchNorm statistics and scales, so that eval mode is tested for real.
-  variables = jax.tree.map(lambda v: v + 0.1 * jax.random.normal(jax.random.key(2), v.shape), variables)
-  variables['batch_stats'] = jax.tree.map(jnp.abs, variables['batch_stats'])
+  x = _normal((6, *SHAPE), 1)
+  shapes = jax.eval_shape(functools.partial(models.init_variables, network), jax.random.key(0), x)
+  variables = jax.tree.map(lambda s: 0.3 * _normal(s.shape, 2), shapes)
+  variables['batch_stats'] = jax.tree.map(lambda v: 1.0 + np.abs(v), variables['batch_stats'])
   return network, variables, x
 
 
@@ -37,7 +46,7 @@ def _perturb_stage(variables, j, seed=3):
   name = f'stages_{j}'
   out = {c: dict(tree) for c, tree in variables.items()}
   out['params'][name] = jax.tree.map(
-      lambda v: v + jax.random.normal(jax.random.key(seed), v.shape), variables['params'][name])
+      lambda v: v + _normal(v.shape, seed), variables['params'][name])
   return out
 
 
@@ -247,7 +256,7 @@ def _toy_images(n, seed=0):
     name if name in ('branched', 'nested_width') else pytest.param(name, marks=pytest.mark.slow)
     for name in models.ARCHITECTURES])
 def test_every_model_trains_with_osgd(name):
-  network = models.create(name, num_classes=5, num_exits=3, width=4)
+  network = models.create(name, num_classes=5, num_exits=3, width=4, num_levels=2)
   x, y = _toy_images(64)
   variables = models.init_variables(network, jax.random.key(0), x)
   params, stats = variables['params'], variables['batch_stats']

@@ -18,8 +18,8 @@ Y = jnp.arange(6) % 5
 @functools.lru_cache(maxsize=None)
 def _model(name):
   num_exits = 2 if name == 'nested_both' else 3
-  return aj.create_nnx(name, num_classes=5, num_exits=num_exits, width=4, example=X,
-                       rngs=nnx.Rngs(0))
+  return aj.create_nnx(name, num_classes=5, num_exits=num_exits, width=4, num_levels=2,
+                       example=X, rngs=nnx.Rngs(0))
 
 
 @pytest.mark.parametrize('name', models.ARCHITECTURES)
@@ -51,14 +51,14 @@ def test_exit_k_ignores_the_parameters_of_later_stages(name):
 def test_staged_nnx_gradients_equal_the_plain_per_exit_jacobian(name):
   model = nnx.clone(_model(name))
   reference = nnx.clone(model)
-  grads, losses, _ = aj.nnx_staged_exit_jacobian(model, X, Y)
+  grads, losses, _ = nnx.jit(aj.nnx_staged_exit_jacobian)(model, X, Y)
   graphdef, params, rest = nnx.split(reference, nnx.Param, ...)
 
   def all_losses(params):
     merged = nnx.merge(graphdef, params, rest)
     return aj.exit_cross_entropy(merged(X, train=True), Y)
 
-  want, want_losses, _ = aj.exit_jacobian(all_losses, params)
+  want, want_losses, _ = jax.jit(aj.exit_jacobian, static_argnums=0)(all_losses, params)
   np.testing.assert_allclose(losses, want_losses, rtol=1e-6)
   assert jax.tree.structure(grads) == jax.tree.structure(want)
   for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(want)):

@@ -21,9 +21,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 @functools.lru_cache(maxsize=None)
 def _setup(name):
-  # nested_both grows 8x per stage: two stages keep its compile time small.
+  # Two resolution levels and, for nested_both (8x per stage), two stages keep compiles short.
   network = models.create(name, num_classes=5, num_exits=2 if name == 'nested_both' else 3,
-                          width=4)
+                          width=4, num_levels=2)
   x = jax.random.normal(jax.random.key(1), (6, 8, 8, 1))
   y = jnp.arange(6) % 5
   return network, models.init_variables(network, jax.random.key(0), x), x, y
@@ -81,7 +81,8 @@ def test_custom_loss_fn():
   network, variables, x, y = _setup('branched')
   targets = jax.nn.one_hot(y, 5)
   loss_fn = lambda logits, t: jnp.mean((jax.nn.softmax(logits) - t) ** 2)
-  jac, losses, _ = aj.staged_exit_jacobian(network, variables, x, targets, loss_fn=loss_fn)
+  jac, losses, _ = jax.jit(lambda v: aj.staged_exit_jacobian(network, v, x, targets,
+                                                             loss_fn=loss_fn))(variables)
 
   def ref(params):
     logits, new = network.apply({'params': params, 'batch_stats': variables['batch_stats']}, x,
@@ -113,8 +114,8 @@ def test_summed_train_step_is_sgd_on_summed_loss():
   tx = optax.sgd(0.1)
   state = aj.create_train_state(network, tx, jax.random.key(0), x)
   new, metrics = jax.jit(aj.make_train_step(network, tx, per_exit=False))(state, x, y)
-  jac, _, _ = aj.staged_exit_jacobian(network, {'params': state.params,
-                                                'batch_stats': state.batch_stats}, x, y)
+  jac, _, _ = jax.jit(lambda v: aj.staged_exit_jacobian(network, v, x, y))(
+      {'params': state.params, 'batch_stats': state.batch_stats})
   want = jax.tree.map(lambda p, g: p - 0.1 * g.sum(0), state.params, jac)
   _assert_trees_close(new.params, want, rtol=1e-4, atol=1e-6)
   with pytest.raises(ValueError, match='engine'):

@@ -25,7 +25,7 @@ from experiments import checkpoint, optimizers, train
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SMALL = ['--dataset', 'digits', '--batch_size', '32', '--max_steps_per_epoch', '20',
          '--learning_rate', '0.2', '--num_exits', '3',
-         '--epochs', '2']
+         '--epochs', '2', '--width', '4']
 
 
 @pytest.fixture(scope='module')
