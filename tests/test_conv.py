@@ -99,10 +99,10 @@ def test_networks_train_the_same_with_either_weight_gradient(name):
   y = jnp.arange(6) % 3
   per_mode = {}
   for mode in conv.WEIGHT_GRADIENTS:
-    network = models.create(name, num_classes=3, num_exits=2, width=4,
+    network = models.create(name, num_classes=3, num_exits=2, width=4, num_levels=2,
                             conv_weight_gradient=mode)
     variables = models.init_variables(network, jax.random.key(1), x)
-    per_mode[mode] = (network.apply(variables, x),
+    per_mode[mode] = (jax.jit(network.apply)(variables, x),
                       jax.jit(lambda v, n=network: aj.staged_exit_jacobian(n, v, x, y))(variables))
   (logits, (jac, losses, _)), (logits_c, (jac_c, losses_c, _)) = per_mode.values()
   np.testing.assert_array_equal(logits, logits_c)

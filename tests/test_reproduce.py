@@ -249,7 +249,7 @@ FAST_OPTIMIZERS = ('osgd_exits', 'pcgrad', 'adaloss', 'sgd')
 @pytest.mark.parametrize('name', [n if n in FAST_OPTIMIZERS else pytest.param(n, marks=pytest.mark.slow)
                                   for n in optimizers.OPTIMIZERS])
 def test_trainer_optimizers_descend_on_a_batch(name):
-  network = models.create('branched', num_classes=5, num_exits=3, width=4)
+  network = models.create('branched', num_classes=5, num_exits=3, width=4, num_levels=2)
   x = jax.random.normal(jax.random.key(0), (8, 8, 8, 1))
   y = jax.numpy.arange(8) % 5
   config = train.Config(num_exits=3, learning_rate=0.1, warmup_epochs=0.0)
