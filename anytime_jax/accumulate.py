@@ -26,6 +26,15 @@ class AccumulateExitsState(NamedTuple):
     total: their per-exit gradients summed, leaves ``[K, *param.shape]``.
     losses: their ``[K]`` per-exit losses summed (zeros if none were given).
     inner: the inner transformation's state.
+
+  Example:
+
+  >>> import jax.numpy as jnp, anytime_jax as aj
+  >>> jac = {'w': jnp.array([[1.0, 0.0], [-1.0, 1.0]])}  # [K=2, *w.shape]
+  >>> tx = aj.accumulate_exits(aj.sum_exits(), every=2, num_exits=2)
+  >>> _, state = tx.update(jac, tx.init({'w': jnp.zeros(2)}))
+  >>> int(state.mini_step), state.total['w'].shape
+  (1, (2, 2))
   """
   mini_step: jax.Array
   total: Any
@@ -54,6 +63,20 @@ def accumulate_exits(inner: optax.GradientTransformation, *, every: int, num_exi
   Example: OSGD on batches four times larger than memory allows::
 
     tx = aj.accumulate_exits(aj.osgd(0.1), every=4, num_exits=K)
+
+  Example:
+
+  >>> import jax.numpy as jnp, anytime_jax as aj
+  >>> jac = {'w': jnp.array([[1.0, 0.0], [-1.0, 1.0]])}  # [K=2, *w.shape]: conflicting exits
+  >>> tx = aj.accumulate_exits(aj.osgd(0.1, momentum=None), every=2, num_exits=2)
+  >>> params = {'w': jnp.zeros(2)}
+  >>> state = tx.init(params)
+  >>> updates, state = tx.update(jac, state, params)
+  >>> updates['w']  # first micro-batch: no step yet
+  Array([0., 0.], dtype=float32)
+  >>> updates, state = tx.update(jac, state, params)
+  >>> updates['w']  # OSGD on the average of the two
+  Array([-0.1, -0.1], dtype=float32)
   """
   if not isinstance(every, int) or every < 1:
     raise ValueError(f'every must be a positive integer, got {every!r}.')

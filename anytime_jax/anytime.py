@@ -22,6 +22,15 @@ def iterate_exits(network: AnytimeNetwork, variables: Any, x: jax.Array) -> Iter
 
   Each stage runs once, when its exit is asked for: stop iterating and the
   later stages never run; no earlier result is ever recomputed.
+
+  Example:
+
+  >>> import jax, anytime_jax as aj
+  >>> network = aj.models.create('branched', num_classes=3, num_exits=2, width=2, num_levels=1)
+  >>> x = jax.random.normal(jax.random.key(1), (4, 4, 4, 1))  # [B, H, W, C]
+  >>> variables = aj.models.init_variables(network, jax.random.key(0), x)
+  >>> [logits.shape for logits in aj.iterate_exits(network, variables, x)]  # [B, C] each
+  [(4, 3), (4, 3)]
   """
   carry = initial_carry(x)
   for k in range(network.num_exits):
@@ -64,6 +73,17 @@ def exit_flops(network: AnytimeNetwork, variables: Any, x: jax.Array) -> list[fl
 
   Returns:
     K floats: exit k's FLOPs include every stage up to k.
+
+  Example:
+
+  >>> import jax, jax.numpy as jnp, anytime_jax as aj
+  >>> network = aj.models.create('branched', num_classes=3, num_exits=2, width=2, num_levels=1)
+  >>> x = jax.random.normal(jax.random.key(1), (4, 4, 4, 1))  # [B, H, W, C]
+  >>> y = jnp.array([0, 1, 2, 0])  # [B]
+  >>> variables = aj.models.init_variables(network, jax.random.key(0), x)
+  >>> flops = aj.exit_flops(network, variables, x)  # cumulative, per example
+  >>> len(flops), flops[0] < flops[1]
+  (2, True)
   """
   leaves, treedef = jax.tree.flatten(_spec(variables))
   spec = (treedef, tuple(leaves))
@@ -86,6 +106,14 @@ def exit_scores(logits: jax.Array, score: str = 'softmax') -> jax.Array:
 
   Returns:
     ``[K, N]`` float32 scores; larger means more confident.
+
+  Example:
+
+  >>> import jax.numpy as jnp, anytime_jax as aj
+  >>> logits = jnp.array([[[2.0, 0.0], [0.0, 0.5]], [[3.0, 0.0], [0.0, 4.0]]])  # [K=2, N=2, C=2]
+  >>> aj.exit_scores(logits, 'margin')  # top-1 minus top-2 logit, [K, N]
+  Array([[2. , 0.5],
+         [3. , 4. ]], dtype=float32)
   """
   if score not in SCORES:
     raise ValueError(f'score must be one of {SCORES}, got {score!r}.')
@@ -107,6 +135,13 @@ def first_confident_exit(logits: jax.Array, thresholds: ArrayLike,
 
   Returns:
     ``[N]`` int32 exit indices.
+
+  Example:
+
+  >>> import jax.numpy as jnp, anytime_jax as aj
+  >>> logits = jnp.array([[[2.0, 0.0], [0.0, 0.5]], [[3.0, 0.0], [0.0, 4.0]]])  # [K=2, N=2, C=2]
+  >>> aj.first_confident_exit(logits, jnp.array([1.0, 1.0]), score='margin')  # [N]
+  Array([0, 1], dtype=int32)
   """
   confidence = exit_scores(logits, score)
   thresholds = jnp.broadcast_to(jnp.asarray(thresholds, jnp.float32), logits.shape[:1])
@@ -115,7 +150,18 @@ def first_confident_exit(logits: jax.Array, thresholds: ArrayLike,
 
 
 class EarlyExit(NamedTuple):
-  """Per-sample result of :func:`early_exit`: all ``[B]``."""
+  """Per-sample result of :func:`early_exit`: all ``[B]``.
+
+  Example:
+
+  >>> import jax, jax.numpy as jnp, anytime_jax as aj
+  >>> network = aj.models.create('branched', num_classes=3, num_exits=2, width=2, num_levels=1)
+  >>> x = jax.random.normal(jax.random.key(1), (4, 4, 4, 1))  # [B, H, W, C]
+  >>> y = jnp.array([0, 1, 2, 0])  # [B]
+  >>> variables = aj.models.init_variables(network, jax.random.key(0), x)
+  >>> aj.early_exit(network, variables, x, threshold=2.0)._fields  # softmax never reaches 2
+  ('predictions', 'exits', 'flops')
+  """
   predictions: jax.Array
   exits: jax.Array
   flops: jax.Array
@@ -135,6 +181,19 @@ def early_exit(network: AnytimeNetwork, variables: Any, x: jax.Array,
   Returns:
     :class:`EarlyExit` with predicted classes, the 0-based exit each sample
     used, and its cumulative FLOPs.
+
+  Example:
+
+  >>> import jax, jax.numpy as jnp, anytime_jax as aj
+  >>> network = aj.models.create('branched', num_classes=3, num_exits=2, width=2, num_levels=1)
+  >>> x = jax.random.normal(jax.random.key(1), (4, 4, 4, 1))  # [B, H, W, C]
+  >>> y = jnp.array([0, 1, 2, 0])  # [B]
+  >>> variables = aj.models.init_variables(network, jax.random.key(0), x)
+  >>> result = aj.early_exit(network, variables, x, threshold=0.0)  # every sample leaves at once
+  >>> result.exits
+  Array([0, 0, 0, 0], dtype=int32)
+  >>> bool(jnp.all(result.flops == aj.exit_flops(network, variables, x)[0]))
+  True
   """
   logits = cast(jax.Array, network.apply(variables, x))
   exits = first_confident_exit(logits, threshold, score)
@@ -144,7 +203,15 @@ def early_exit(network: AnytimeNetwork, variables: Any, x: jax.Array,
 
 
 def exit_accuracy(logits: jax.Array, labels: jax.Array) -> np.ndarray:
-  """Top-1 accuracy of each exit: logits ``[K, N, C]``, labels ``[N]`` -> ``[K]``."""
+  """Top-1 accuracy of each exit: logits ``[K, N, C]``, labels ``[N]`` -> ``[K]``.
+
+  Example:
+
+  >>> import jax.numpy as jnp, anytime_jax as aj
+  >>> logits = jnp.array([[[2.0, 0.0], [0.0, 0.5]], [[3.0, 0.0], [0.0, 4.0]]])  # [K=2, N=2, C=2]
+  >>> aj.exit_accuracy(logits, jnp.array([0, 0]))  # [K]
+  array([0.5, 0.5], dtype=float32)
+  """
   return np.asarray(jnp.mean(jnp.argmax(logits, -1) == labels[None], axis=-1))
 
 
@@ -163,6 +230,13 @@ def calibrate_thresholds(scores: np.ndarray, fractions: np.ndarray) -> np.ndarra
 
   Returns:
     ``[K]`` thresholds for :func:`first_confident_exit` (the last one ``-inf``).
+
+  Example:
+
+  >>> import numpy as np, anytime_jax as aj
+  >>> scores = np.array([[0.9, 0.2, 0.8, 0.1], [1.0, 1.0, 1.0, 1.0]])  # [K=2, N=4]
+  >>> aj.calibrate_thresholds(scores, np.array([0.5, 0.5]))  # half leave at exit 1
+  array([ 0.5, -inf])
   """
   num_exits, n = scores.shape
   remaining = np.ones(n, bool)
@@ -203,6 +277,19 @@ def budgeted_batch_curve(val_logits, val_labels, test_logits, test_labels,
     Points sorted by FLOPs: dicts with ``flops`` (average per test sample),
     ``accuracy``, ``q``, ``target_fractions`` and ``validation_fractions``
     (the exit fractions realised on validation), and ``thresholds``.
+
+  Example:
+
+  >>> import numpy as np, anytime_jax as aj
+  >>> rng = np.random.default_rng(0)
+  >>> logits = rng.normal(size=(2, 100, 3)) * np.array([1.0, 3.0])[:, None, None]  # [K, N, C]
+  >>> labels = logits[1].argmax(-1)  # exit 2 always right
+  >>> curve = aj.budgeted_batch_curve(logits, labels, logits, labels, flops=[1.0, 3.0],
+  ...                               num_points=3)  # validation = test, for brevity
+  >>> [round(p['flops'], 2) for p in curve]  # average FLOPs per sample, rising
+  [1.1, 2.0, 2.9]
+  >>> [round(p['accuracy'], 2) for p in curve]
+  [0.34, 0.61, 0.95]
   """
   num_exits = len(flops)
   scores_val = np.asarray(exit_scores(val_logits, score))

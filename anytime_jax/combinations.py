@@ -54,6 +54,16 @@ class CombinationDiagnostics(NamedTuple):
     grad_norms: ``[K]`` norm of each exit's gradient over all parameters.
     cosine: ``[K, K]`` cosine similarity between the exits' gradients;
       negative entries are conflicts.
+
+  Example:
+
+  >>> import jax.numpy as jnp, numpy as np, anytime_jax as aj
+  >>> jac = {'w': jnp.array([[1.0, 0.0], [-1.0, 1.0]])}  # [K=2, *w.shape]
+  >>> tx = aj.mgda(diagnostics=True, num_exits=2)
+  >>> _, state = tx.update(jac, tx.init({'w': jnp.zeros(2)}))
+  >>> d = aj.find_diagnostics(state)
+  >>> np.asarray(d.weights).round(4), bool(d.negative_weight)  # [G, K]
+  (array([[0.6, 0.4]], dtype=float32), False)
   """
   weights: jax.Array
   reached: jax.Array
@@ -72,13 +82,35 @@ class DiagnosedState(NamedTuple):
   Attributes:
     inner: the method's own state (``optax.EmptyState()`` if it has none).
     diagnostics: the last update's :class:`CombinationDiagnostics`.
+
+  Example:
+
+  >>> import jax.numpy as jnp, anytime_jax as aj
+  >>> tx = aj.pcgrad(diagnostics=True, num_exits=2)
+  >>> state = tx.init({'w': jnp.zeros(2)})
+  >>> type(state.inner).__name__, state.diagnostics.weights.shape
+  ('PCGradState', (1, 2))
   """
   inner: Any
   diagnostics: CombinationDiagnostics
 
 
 def find_diagnostics(opt_state: Any) -> Optional[CombinationDiagnostics]:
-  """The :class:`CombinationDiagnostics` inside an optimizer state (e.g. a chain's), or ``None``."""
+  """The :class:`CombinationDiagnostics` inside an optimizer state (e.g. a chain's), or ``None``.
+
+  Example:
+
+  >>> import jax.numpy as jnp, numpy as np, optax, anytime_jax as aj
+  >>> jac = {'w': jnp.array([[1.0, 0.0], [-1.0, 1.0]])}  # [K=2, *w.shape]: conflicting exits
+  >>> tx = optax.chain(aj.sum_exits(diagnostics=True, num_exits=2), optax.sgd(0.1))
+  >>> updates, state = tx.update(jac, tx.init({'w': jnp.zeros(2)}))
+  >>> d = aj.find_diagnostics(state)
+  >>> d.weights  # [G, K]
+  Array([[1., 1.]], dtype=float32)
+  >>> np.asarray(d.cosine).round(4)  # [K, K]: the exits conflict
+  array([[ 1.    , -0.7071],
+         [-0.7071,  1.    ]], dtype=float32)
+  """
   is_diagnostics = lambda x: isinstance(x, CombinationDiagnostics)
   found = [x for x in jax.tree.leaves(opt_state, is_leaf=is_diagnostics) if is_diagnostics(x)]
   return found[0] if found else None
@@ -354,6 +386,13 @@ class PCGradState(NamedTuple):
 
   Attributes:
     key: the PRNG key from which the next step's order of exits is drawn.
+
+  Example:
+
+  >>> import jax.numpy as jnp, anytime_jax as aj
+  >>> state = aj.pcgrad(seed=1).init({'w': jnp.zeros(2)})
+  >>> state._fields  # a PRNG key: each step's order of the exits
+  ('key',)
   """
   key: jax.Array
 
@@ -390,6 +429,15 @@ def pcgrad(*, seed: int = 0, granularity: Granularity = 'exits',
   Args:
     seed: seed of the per-step random orders (:class:`PCGradState`).
     granularity, axis_name, diagnostics, num_exits: as in :func:`gram_weighting`.
+
+  Example:
+
+  >>> import jax.numpy as jnp, numpy as np, anytime_jax as aj
+  >>> jac = {'w': jnp.array([[1.0, 0.0], [-1.0, 1.0]])}  # [K=2, *w.shape]: conflicting exits
+  >>> tx = aj.pcgrad()
+  >>> updates, state = tx.update(jac, tx.init({'w': jnp.zeros(2)}))
+  >>> np.asarray(updates['w']).round(4)  # conflicts projected away: [0.5, 0.5] + [0, 1]
+  array([0.5, 1.5], dtype=float32)
   """
   if not isinstance(seed, int):
     raise ValueError(f'pcgrad(seed=...) must be an integer, got {seed!r}.')
@@ -415,6 +463,15 @@ def mgda(*, iterations: int = 200, granularity: Granularity = 'exits',
   projected gradient on the Gram matrix (:func:`min_norm_weights`, any K).
   Its norm is at most that of the smallest gradient, so MGDA wants a larger
   learning rate than the summed loss.
+
+  Example:
+
+  >>> import jax.numpy as jnp, numpy as np, anytime_jax as aj
+  >>> jac = {'w': jnp.array([[1.0, 0.0], [-1.0, 1.0]])}  # [K=2, *w.shape]: conflicting exits
+  >>> tx = aj.mgda()
+  >>> updates, state = tx.update(jac, tx.init({'w': jnp.zeros(2)}))
+  >>> np.asarray(updates['w']).round(4)  # the min-norm point of the hull: 0.6 g1 + 0.4 g2
+  array([0.2, 0.4], dtype=float32)
   """
   return gram_weighting(lambda g: min_norm_weights(g, iterations), granularity=granularity,
                         axis_name=axis_name, diagnostics=diagnostics, num_exits=num_exits)
@@ -426,6 +483,15 @@ class AdaLossState(NamedTuple):
   Attributes:
     average: ``[K]`` running average of each exit's loss.
     steps: steps seen.
+
+  Example:
+
+  >>> import jax.numpy as jnp, anytime_jax as aj
+  >>> jac = {'w': jnp.array([[1.0, 0.0], [-1.0, 1.0]])}  # [K=2, *w.shape]
+  >>> tx = aj.adaloss(num_exits=2)
+  >>> _, state = tx.update(jac, tx.init(None), losses=jnp.array([2.0, 0.5]))
+  >>> state
+  AdaLossState(average=Array([2. , 0.5], dtype=float32), steps=Array(1, dtype=int32))
   """
   average: jax.Array
   steps: jax.Array
@@ -449,6 +515,19 @@ def adaloss(*, num_exits: int, decay: float = 0.9, eps: float = 1e-8,
     decay: the running average's decay.
     eps: added to the averages before inverting them.
     granularity, axis_name, diagnostics: as in :func:`gram_weighting`.
+
+  Example:
+
+  >>> import jax.numpy as jnp, numpy as np, anytime_jax as aj
+  >>> jac = {'w': jnp.array([[1.0, 0.0], [-1.0, 1.0]])}  # [K=2, *w.shape]: conflicting exits
+  >>> tx = aj.adaloss(num_exits=2)
+  >>> state = tx.init(None)
+  >>> updates, state = tx.update(jac, state, losses=jnp.array([2.0, 0.5]))
+  >>> updates['w']  # the first step sums the exits
+  Array([0., 1.], dtype=float32)
+  >>> updates, state = tx.update(jac, state, losses=jnp.array([2.0, 0.5]))
+  >>> np.asarray(updates['w']).round(4)  # then 1 / average loss, to sum K: 0.4, 1.6
+  array([-1.2,  1.6], dtype=float32)
   """
   def weighting(grams, state, losses=None, **_):
     if losses is None or jnp.shape(losses) != (num_exits,):
@@ -477,6 +556,15 @@ def upgrad(*, iterations: int = 500, granularity: Granularity = 'exits',
   averaged: weights ``(1/K) sum_i argmin_{v >= e_i} v^T G v``
   (:func:`box_qp`: exact up to 8 exits, else ``iterations`` steps of
   accelerated projected gradient).
+
+  Example:
+
+  >>> import jax.numpy as jnp, numpy as np, anytime_jax as aj
+  >>> jac = {'w': jnp.array([[1.0, 0.0], [-1.0, 1.0]])}  # [K=2, *w.shape]: conflicting exits
+  >>> tx = aj.upgrad()
+  >>> updates, state = tx.update(jac, tx.init({'w': jnp.zeros(2)}))
+  >>> np.asarray(updates['w']).round(4)  # the mean of each gradient's projection onto the dual cone
+  array([0.25, 0.75], dtype=float32)
   """
   def weights(gram):
     eye = jnp.eye(gram.shape[-1], dtype=gram.dtype)
@@ -493,6 +581,15 @@ def dualproj(*, iterations: int = 500, granularity: Granularity = 'exits',
   Weights ``argmin_{v >= 1/K} v^T G v`` (:func:`box_qp`: exact up to 8
   exits, else ``iterations`` steps of accelerated projected gradient): the
   closest direction to the mean gradient that increases no exit's loss.
+
+  Example:
+
+  >>> import jax.numpy as jnp, numpy as np, anytime_jax as aj
+  >>> jac = {'w': jnp.array([[1.0, 0.0], [-1.0, 1.0]])}  # [K=2, *w.shape]: conflicting exits
+  >>> tx = aj.dualproj()
+  >>> updates, state = tx.update(jac, tx.init({'w': jnp.zeros(2)}))
+  >>> np.asarray(updates['w']).round(4)  # the mean gradient: it already conflicts with neither exit
+  array([0. , 0.5], dtype=float32)
   """
   def weights(gram):
     k = gram.shape[-1]
@@ -537,6 +634,15 @@ def cagrad(*, c: float = 0.5, iterations: int = 2000, granularity: Granularity =
   The direction maximizes the worst exit's improvement within a ball of
   radius ``c |g0|`` around the mean gradient ``g0``; rescaled by ``1/(1+c^2)``
   as in the authors' code (``rescale=1``). See :func:`cagrad_weights`.
+
+  Example:
+
+  >>> import jax.numpy as jnp, numpy as np, anytime_jax as aj
+  >>> jac = {'w': jnp.array([[1.0, 0.0], [-1.0, 1.0]])}  # [K=2, *w.shape]: conflicting exits
+  >>> tx = aj.cagrad(c=0.5)
+  >>> updates, state = tx.update(jac, tx.init({'w': jnp.zeros(2)}))
+  >>> np.asarray(updates['w']).round(4)  # the mean pulled toward the exit that gains least
+  array([0.2, 0.4], dtype=float32)
   """
   return gram_weighting(lambda g: cagrad_weights(g, c, iterations), granularity=granularity,
                         axis_name=axis_name, diagnostics=diagnostics, num_exits=num_exits)
@@ -571,7 +677,17 @@ def imtl_g(*, granularity: Granularity = 'exits', axis_name: Optional[Hashable] 
            ) -> optax.GradientTransformationExtraArgs:
   """IMTL-G (Liu, Li, Kuang, Xue, Chen, Yang, Liao, Zhang, *Towards Impartial Multi-task
   Learning*, ICLR 2021): the combination whose projection on every exit's unit
-  gradient is the same (closed form, :func:`imtl_g_weights`, sign-guarded)."""
+  gradient is the same (closed form, :func:`imtl_g_weights`, sign-guarded).
+
+  Example:
+
+  >>> import jax.numpy as jnp, numpy as np, anytime_jax as aj
+  >>> jac = {'w': jnp.array([[1.0, 0.0], [-1.0, 1.0]])}  # [K=2, *w.shape]: conflicting exits
+  >>> tx = aj.imtl_g()
+  >>> updates, state = tx.update(jac, tx.init({'w': jnp.zeros(2)}))
+  >>> np.asarray(updates['w']).round(4)  # equal projections onto both exits' unit gradients
+  array([0.1716, 0.4142], dtype=float32)
+  """
   return gram_weighting(imtl_g_weights, granularity=granularity, axis_name=axis_name,
                         diagnostics=diagnostics, num_exits=num_exits)
 
@@ -601,7 +717,17 @@ def aligned_mtl(*, scale: Literal['sum', 'mean'] = 'sum', granularity: Granulari
   """Aligned-MTL (Senushkin, Patakin, Kuznetsov, Konushin, *Independent Component Alignment
   for Multi-Task Learning*, CVPR 2023): the exit gradients are replaced by the
   closest orthogonal, equal-norm system (condition number 1) and summed
-  (:func:`aligned_mtl_weights`; ``scale='mean'`` averages instead)."""
+  (:func:`aligned_mtl_weights`; ``scale='mean'`` averages instead).
+
+  Example:
+
+  >>> import jax.numpy as jnp, numpy as np, anytime_jax as aj
+  >>> jac = {'w': jnp.array([[1.0, 0.0], [-1.0, 1.0]])}  # [K=2, *w.shape]: conflicting exits
+  >>> tx = aj.aligned_mtl()
+  >>> updates, state = tx.update(jac, tx.init({'w': jnp.zeros(2)}))
+  >>> np.asarray(updates['w']).round(4)  # aligned: orthogonal, equal norms
+  array([0.2764, 0.8292], dtype=float32)
+  """
   if scale not in ('sum', 'mean'):
     raise ValueError(f"aligned_mtl(scale=...) must be 'sum' or 'mean', got {scale!r}.")
   return gram_weighting(lambda g: aligned_mtl_weights(g, scale=scale), granularity=granularity,
@@ -645,7 +771,17 @@ def nash_mtl(*, iterations: int = 50, max_weight: Optional[float] = None,
   ``G a = 1 / a`` (:func:`nash_mtl_weights`), solved exactly each step, each
   weight capped at ``max_weight`` if given (the authors' sequential convex
   approximation, update interval and gradient-norm clipping are not
-  reproduced; clip with ``optax.clip_by_global_norm`` after it)."""
+  reproduced; clip with ``optax.clip_by_global_norm`` after it).
+
+  Example:
+
+  >>> import jax.numpy as jnp, numpy as np, anytime_jax as aj
+  >>> jac = {'w': jnp.array([[1.0, 0.0], [-1.0, 1.0]])}  # [K=2, *w.shape]: conflicting exits
+  >>> tx = aj.nash_mtl()
+  >>> updates, state = tx.update(jac, tx.init({'w': jnp.zeros(2)}))
+  >>> np.asarray(updates['w']).round(4)  # the Nash bargaining weights
+  array([0.8803, 2.1252], dtype=float32)
+  """
   if max_weight is not None and not max_weight > 0:
     raise ValueError(f'nash_mtl(max_weight=...) must be positive, got {max_weight!r}.')
   return gram_weighting(lambda g: nash_mtl_weights(g, iterations, max_weight=max_weight),
@@ -659,6 +795,13 @@ class GradVacState(NamedTuple):
   Attributes:
     key: the PRNG key from which the next step's order of exits is drawn.
     target: ``[G, K, K]`` running targets of the pairwise cosines, per group.
+
+  Example:
+
+  >>> import jax.numpy as jnp, anytime_jax as aj
+  >>> state = aj.gradvac(num_exits=2).init({'w': jnp.zeros(2)})
+  >>> state.target.shape  # [G, K, K]: one group for the one leaf
+  (1, 2, 2)
   """
   key: jax.Array
   target: jax.Array
@@ -715,6 +858,15 @@ def gradvac(*, num_exits: int, beta: float = 0.01, seed: int = 0,
     beta: the targets' averaging rate.
     seed: seed of the per-step orders.
     granularity, axis_name, diagnostics: as in :func:`gram_weighting`.
+
+  Example:
+
+  >>> import jax.numpy as jnp, numpy as np, anytime_jax as aj
+  >>> jac = {'w': jnp.array([[1.0, 0.0], [-1.0, 1.0]])}  # [K=2, *w.shape]: conflicting exits
+  >>> tx = aj.gradvac(num_exits=2)
+  >>> updates, state = tx.update(jac, tx.init({'w': jnp.zeros(2)}))
+  >>> np.asarray(updates['w']).round(4)  # the first step's cosine target is 0: PCGrad's direction
+  array([0.5, 1.5], dtype=float32)
   """
   def init_state(groups):
     if groups is None:

@@ -21,6 +21,17 @@ class Gradients(NamedTuple):
       (:func:`exit_jacobian` with ``has_aux``), the stages' updated states
       (the staged engine: BatchNorm statistics and other collections), or
       ``None``.
+
+  Example:
+
+  >>> import jax.numpy as jnp, anytime_jax as aj
+  >>> loss_fn = lambda w: jnp.stack([jnp.sum(w ** 2), jnp.sum(w)])  # [K=2] exit losses
+  >>> grads, losses, aux = aj.exit_jacobian(loss_fn, jnp.array([1.0, 2.0]))
+  >>> grads  # [K, *w.shape]
+  Array([[2., 4.],
+         [1., 1.]], dtype=float32)
+  >>> losses
+  Array([5., 3.], dtype=float32)
   """
   grads: Any
   losses: jax.Array

@@ -20,6 +20,13 @@ def exit_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
   Returns:
     ``[K]`` float32 losses, exit order.
+
+  Example:
+
+  >>> import jax.numpy as jnp, numpy as np, anytime_jax as aj
+  >>> logits = jnp.array([[[2.0, 0.0], [0.0, 0.5]], [[3.0, 0.0], [0.0, 4.0]]])  # [K=2, N=2, C=2]
+  >>> np.asarray(aj.exit_cross_entropy(logits, jnp.array([0, 1]))).round(4)  # [K]
+  array([0.3005, 0.0334], dtype=float32)
   """
   if logits.ndim != 3 or labels.shape != logits.shape[1:2]:
     raise ValueError(f'exit_cross_entropy expects logits [K, B, C] and labels [B]; '

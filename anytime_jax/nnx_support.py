@@ -31,6 +31,18 @@ class AnytimeNNX(nnx.Module):
   Stage k is ``model.stages[k]``, the linen stage of the same network wrapped
   by ``flax.nnx.bridge.ToNNX``: the same computation, parameters and
   invariants (exit k does not depend on later stages; tested bit for bit).
+
+  Example:
+
+  >>> import jax, jax.numpy as jnp, anytime_jax as aj
+  >>> from flax import nnx
+  >>> x = jax.random.normal(jax.random.key(1), (4, 4, 4, 1))  # [B, H, W, C]
+  >>> y = jnp.array([0, 1, 2, 0])  # [B]
+  >>> model = aj.create_nnx('branched', num_classes=3, num_exits=2, width=2, num_levels=1,
+  ...                      example=x, rngs=nnx.Rngs(0))
+  >>> carry, logits = model.stage(0, aj.models.initial_carry(x))  # stage 1 alone
+  >>> logits.shape
+  (4, 3)
   """
 
   def __init__(self, network: models.AnytimeNetwork, example: jax.Array, *, rngs: nnx.Rngs):
@@ -67,6 +79,17 @@ def create_nnx(name: str, *, num_classes: int, example: jax.Array, rngs: nnx.Rng
   Initialized as one compiled program with the non-partitionable threefry (as
   :func:`anytime_jax.models.init_variables`): eagerly, every parameter shape
   compiles its own random program, tens of seconds on CPU for these networks.
+
+  Example:
+
+  >>> import jax, jax.numpy as jnp, anytime_jax as aj
+  >>> from flax import nnx
+  >>> x = jax.random.normal(jax.random.key(1), (4, 4, 4, 1))  # [B, H, W, C]
+  >>> y = jnp.array([0, 1, 2, 0])  # [B]
+  >>> model = aj.create_nnx('branched', num_classes=3, num_exits=2, width=2, num_levels=1,
+  ...                      example=x, rngs=nnx.Rngs(0))
+  >>> model(x).shape  # [K, B, C]
+  (2, 4, 3)
   """
   network = models.create(name, num_classes=num_classes, **options)
   with jax.threefry_partitionable(False):
@@ -87,6 +110,18 @@ def nnx_stages(modules: Sequence[nnx.Module],
     rest of its state (returned updated by the engine: write it back with
     ``nnx.update(module, state)``). Randomness (``nnx.Dropout``) comes from
     the ``nnx.Rngs`` inside that state, so the engine's ``rng=`` is ignored.
+
+  Example:
+
+  >>> import jax.numpy as jnp, anytime_jax as aj
+  >>> from flax import nnx
+  >>> blocks = [nnx.Linear(3, 3, rngs=nnx.Rngs(0)), nnx.Linear(3, 3, rngs=nnx.Rngs(1))]
+  >>> call = lambda m, h: (jnp.tanh(m(h)), m(h))  # (carry, logits)
+  >>> stages, params, states = aj.nnx_stages(blocks, call)
+  >>> loss = lambda k, logits: aj.exit_cross_entropy(logits[None], jnp.array([0, 2]))[0]
+  >>> grads, losses, _ = aj.staged_jacobian(stages, params, jnp.ones((2, 3)), loss, states)
+  >>> grads[1]['kernel'].shape  # [K, 3, 3]
+  (2, 3, 3)
   """
   stages, params, states = [], [], []
   for module in modules:
@@ -120,6 +155,20 @@ def nnx_staged_exit_jacobian(
   with every leaf ``[K, *leaf.shape]``, ready for ``nnx.Optimizer.update``;
   ``aux`` is the list of the stages' updated non-parameter states (already
   written back into the model).
+
+  Example:
+
+  >>> import jax, jax.numpy as jnp, anytime_jax as aj
+  >>> from flax import nnx
+  >>> x = jax.random.normal(jax.random.key(1), (4, 4, 4, 1))  # [B, H, W, C]
+  >>> y = jnp.array([0, 1, 2, 0])  # [B]
+  >>> model = aj.create_nnx('branched', num_classes=3, num_exits=2, width=2, num_levels=1,
+  ...                      example=x, rngs=nnx.Rngs(0))
+  >>> optimizer = nnx.Optimizer(model, aj.osgd(0.1), wrt=nnx.Param)
+  >>> grads, losses, _ = aj.nnx_staged_exit_jacobian(model, x, y)  # leaves [K, *param.shape]
+  >>> _ = optimizer.update(model, grads)  # OSGD, then SGD with momentum
+  >>> losses.shape
+  (2,)
   """
   loss_fn = cross_entropy if loss_fn is None else loss_fn
   stages, params, states = nnx_stages(

@@ -316,6 +316,16 @@ def osgd(
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` taking per-exit gradients.
+
+  Example:
+
+  >>> import jax.numpy as jnp, anytime_jax as aj
+  >>> jac = {'w': jnp.array([[1.0, 0.0], [-1.0, 1.0]])}  # [K=2, *w.shape]: conflicting exits
+  >>> tx = aj.osgd(0.1, momentum=None)
+  >>> params = {'w': jnp.zeros(2)}
+  >>> updates, _ = tx.update(jac, tx.init(params), params)
+  >>> updates['w']  # -0.1 * ([1, 0] + [0, 1])
+  Array([-0.1, -0.1], dtype=float32)
   """
   return optax.chain(
       orthogonalize(granularity=granularity, rescale=rescale, eps=eps,
@@ -331,6 +341,16 @@ def sgd_tail(learning_rate: optax.ScalarOrSchedule, *, momentum: Optional[float]
 
   ``optax.chain(aj.pcgrad(), aj.sgd_tail(0.1, weight_decay=5e-4))`` is PCGrad
   with the update rule of :func:`osgd`.
+
+  Example:
+
+  >>> import jax.numpy as jnp, optax, anytime_jax as aj
+  >>> jac = {'w': jnp.array([[1.0, 0.0], [-1.0, 1.0]])}  # [K=2, *w.shape]: conflicting exits
+  >>> tx = optax.chain(aj.pcgrad(), aj.sgd_tail(0.1, momentum=None))
+  >>> params = {'w': jnp.zeros(2)}
+  >>> updates, _ = tx.update(jac, tx.init(params), params)
+  >>> updates['w']  # -0.1 * PCGrad's direction [0.5, 1.5]
+  Array([-0.05, -0.15], dtype=float32)
   """
   return optax.chain(
       (optax.trace(decay=momentum, nesterov=nesterov)

@@ -67,6 +67,19 @@ def staged_jacobian(
     the structure of ``params[k]`` with every leaf ``[K, *leaf.shape]`` (row
     j: the gradient of exit j's loss; exactly zero for j < k); ``losses`` is
     ``[K]``; ``aux`` the list of updated states.
+
+  Example:
+
+  >>> import jax.numpy as jnp, anytime_jax as aj
+  >>> stage = lambda p, state, h: (jnp.tanh(h @ p), h @ p, state)  # (carry, logits, state)
+  >>> w0, w1 = jnp.eye(3), 2 * jnp.eye(3)
+  >>> x, y = jnp.ones((2, 3)), jnp.array([0, 2])
+  >>> loss = lambda k, logits: aj.exit_cross_entropy(logits[None], y)[0]
+  >>> grads, losses, _ = aj.staged_jacobian([stage, stage], [w0, w1], x, loss)
+  >>> [g.shape for g in grads]  # stage j's parameters, [K, *shape]
+  [(2, 3, 3), (2, 3, 3)]
+  >>> bool(jnp.all(grads[1][0] == 0))  # exit 1 does not reach stage 2
+  True
   """
   num_exits = len(stages)
   if len(params) != num_exits:
@@ -123,6 +136,22 @@ def linen_stages(network: AnytimeNetwork, variables: Any, *, train: bool = True
   every other collection of it (BatchNorm statistics and any other), updated
   in train mode. A stage called with ``rng=key`` hands ``{'dropout': key}`` to
   ``Module.apply``.
+
+  Example:
+
+  >>> import jax, jax.numpy as jnp, anytime_jax as aj
+  >>> network = aj.models.create('branched', num_classes=3, num_exits=2, width=2, num_levels=1)
+  >>> x = jax.random.normal(jax.random.key(1), (4, 4, 4, 1))  # [B, H, W, C]
+  >>> y = jnp.array([0, 1, 2, 0])  # [B]
+  >>> variables = aj.models.init_variables(network, jax.random.key(0), x)
+  >>> stages, params, states = aj.linen_stages(network, variables)
+  >>> len(stages)
+  2
+  >>> loss = lambda k, logits: aj.exit_cross_entropy(logits[None], y)[0]  # exit k's
+  >>> carry = aj.models.initial_carry(x)
+  >>> grads, losses, aux = aj.staged_jacobian(stages, params, carry, loss, states)
+  >>> losses.shape
+  (2,)
   """
   stages, params, states = [], [], []
   for k in range(network.num_exits):
@@ -172,6 +201,21 @@ def staged_exit_jacobian(
     (row k: the gradient of exit k's loss; exactly zero for stages after k);
     ``losses`` is ``[K]``; ``aux`` the variables' other collections
     (``{'batch_stats': ...}`` for BatchNorm), updated in train mode.
+
+  Example:
+
+  >>> import jax, jax.numpy as jnp, anytime_jax as aj
+  >>> network = aj.models.create('branched', num_classes=3, num_exits=2, width=2, num_levels=1)
+  >>> x = jax.random.normal(jax.random.key(1), (4, 4, 4, 1))  # [B, H, W, C]
+  >>> y = jnp.array([0, 1, 2, 0])  # [B]
+  >>> variables = aj.models.init_variables(network, jax.random.key(0), x)
+  >>> grads, losses, aux = aj.staged_exit_jacobian(network, variables, x, y)
+  >>> losses.shape  # [K]
+  (2,)
+  >>> jax.tree.leaves(grads['stages_0'])[0].shape[0]  # every leaf [K, *param.shape]
+  2
+  >>> sorted(aux)  # BatchNorm statistics updated by the train-mode pass
+  ['batch_stats']
   """
   loss_fn = cross_entropy if loss_fn is None else loss_fn
   stages, params, states = linen_stages(network, variables, train=train)

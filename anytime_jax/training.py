@@ -21,7 +21,18 @@ REDUCTIONS = ('sum', 'mean')
 
 
 class TrainState(NamedTuple):
-  """Everything a training step reads and writes."""
+  """Everything a training step reads and writes.
+
+  Example:
+
+  >>> import jax, jax.numpy as jnp, optax, anytime_jax as aj
+  >>> network = aj.models.create('branched', num_classes=3, num_exits=2, width=2, num_levels=1)
+  >>> x = jax.random.normal(jax.random.key(1), (4, 4, 4, 1))  # [B, H, W, C]
+  >>> y = jnp.array([0, 1, 2, 0])  # [B]
+  >>> state = aj.create_train_state(network, optax.sgd(0.1), jax.random.key(0), x)
+  >>> state._fields
+  ('step', 'params', 'batch_stats', 'opt_state')
+  """
   step: jax.Array
   params: Any
   batch_stats: Any
@@ -30,7 +41,18 @@ class TrainState(NamedTuple):
 
 def create_train_state(network: AnytimeNetwork, tx: optax.GradientTransformation,
                        rng: jax.Array, x: jax.Array) -> TrainState:
-  """Initializes variables from an example batch ``x`` ``[B, H, W, C]`` and the optimizer."""
+  """Initializes variables from an example batch ``x`` ``[B, H, W, C]`` and the optimizer.
+
+  Example:
+
+  >>> import jax, jax.numpy as jnp, anytime_jax as aj
+  >>> network = aj.models.create('branched', num_classes=3, num_exits=2, width=2, num_levels=1)
+  >>> x = jax.random.normal(jax.random.key(1), (4, 4, 4, 1))  # [B, H, W, C]
+  >>> y = jnp.array([0, 1, 2, 0])  # [B]
+  >>> state = aj.create_train_state(network, aj.osgd(0.1), jax.random.key(0), x)
+  >>> int(state.step), sorted(state.batch_stats)
+  (0, ['stages_0', 'stages_1'])
+  """
   variables = init_variables(network, rng, x)
   params = variables['params']
   return TrainState(jnp.zeros((), jnp.int32), params, variables.get('batch_stats', {}),
@@ -45,6 +67,21 @@ def summed_loss_gradient(network: AnytimeNetwork, variables: Any, x: jax.Array, 
   plain ``[*leaf.shape]`` gradients and ``aux`` the updated non-parameter
   collections: the summed-loss counterpart of
   :func:`anytime_jax.staged_exit_jacobian`.
+
+  Example:
+
+  >>> import jax, jax.numpy as jnp, anytime_jax as aj
+  >>> network = aj.models.create('branched', num_classes=3, num_exits=2, width=2, num_levels=1)
+  >>> x = jax.random.normal(jax.random.key(1), (4, 4, 4, 1))  # [B, H, W, C]
+  >>> y = jnp.array([0, 1, 2, 0])  # [B]
+  >>> variables = aj.models.init_variables(network, jax.random.key(0), x)
+  >>> grads, loss, aux = aj.summed_loss_gradient(network, variables, x, y)
+  >>> staged, losses, _ = aj.staged_exit_jacobian(network, variables, x, y)
+  >>> bool(jnp.allclose(loss, losses))  # the same [K] exit losses
+  True
+  >>> close = lambda g, s: jnp.allclose(g, s.sum(0), rtol=1e-4, atol=1e-6)  # g = the sum of rows
+  >>> all(jax.tree.leaves(jax.tree.map(close, grads, staged)))
+  True
   """
   if reduction not in REDUCTIONS:
     raise ValueError(f'reduction must be one of {REDUCTIONS}, got {reduction!r}.')
@@ -112,6 +149,18 @@ def make_train_step(network: AnytimeNetwork, tx: optax.GradientTransformation, *
     ``exit_losses`` ``[K]`` and, when ``tx`` keeps diagnostics
     (``diagnostics=True``), ``negative_weight``: 1.0 if the combination gave
     some exit a negative weight in a group it reaches, else 0.0.
+
+  Example:
+
+  >>> import jax, jax.numpy as jnp, anytime_jax as aj
+  >>> network = aj.models.create('branched', num_classes=3, num_exits=2, width=2, num_levels=1)
+  >>> x = jax.random.normal(jax.random.key(1), (4, 4, 4, 1))  # [B, H, W, C]
+  >>> y = jnp.array([0, 1, 2, 0])  # [B]
+  >>> state = aj.create_train_state(network, aj.osgd(0.1), jax.random.key(0), x)
+  >>> step = jax.jit(aj.make_train_step(network, aj.osgd(0.1)))
+  >>> state, metrics = step(state, x, y)
+  >>> int(state.step), metrics['exit_losses'].shape  # [K]
+  (1, (2,))
   """
   if engine not in ENGINES:
     raise ValueError(f'engine must be one of {ENGINES}, got {engine!r}.')

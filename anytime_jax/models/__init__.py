@@ -3,6 +3,13 @@
 ``create(name, num_classes=..., num_exits=4)`` returns an
 :class:`AnytimeNetwork` whose ``apply(variables, x, train=False)`` gives the
 stacked exit logits ``[K, B, C]``.
+
+>>> import jax, jax.numpy as jnp, anytime_jax as aj
+>>> network = aj.models.create('nested_width', num_classes=10, num_exits=3, width=2)
+>>> x = jnp.zeros((2, 28, 28, 1))  # [B, H, W, C]
+>>> variables = aj.models.init_variables(network, jax.random.key(0), x)
+>>> network.apply(variables, x).shape  # [K, B, C]
+(3, 2, 10)
 """
 
 from __future__ import annotations
