@@ -321,6 +321,32 @@ def _difference_rows(title, comparisons, num_comparisons,
   return lines
 
 
+def _family_rows(tables):
+  """Every comparison of the tables above, corrected together (Bonferroni over all of them).
+
+  ``tables``: ``(name, comparisons)`` with comparisons as in :func:`_difference_rows`.
+  The per-table bounds above correct only within a table; this is the family the
+  report's tests form as a whole.
+  """
+  rows = [(name, first, second, diff) for name, comparisons in tables
+          for first, second, diff in comparisons]
+  if not rows:
+    return []
+  n = len(rows)
+  crits = {len(diff): stats.critical_t(len(diff), n) for *_, diff in rows}
+  bound = ', '.join(f'|t| >= {c:.2f} with {k} pairs' for k, c in sorted(crits.items()))
+  passed = sum(abs(stats.paired_t(diff.mean(1))) >= crits[len(diff)] for *_, diff in rows)
+  lines = ['', f'The whole family: all {n} comparisons above corrected together (two-sided 5 % '
+           f'Bonferroni over {n}: {bound}); {passed} pass.', '', '| table | row | comparison | t | clear | simultaneous 95 % interval |',
+           '|---|---|---|---|---|---|']
+  for name, first, second, diff in rows:
+    t = stats.paired_t(diff.mean(1))
+    lo, hi = stats.interval(100 * diff.mean(1), n)
+    clear = 'yes' if abs(t) >= crits[len(diff)] else 'no'
+    lines.append(f'| {name} | {first} | {second} | {t:+.2f} | {clear} | {lo:+.2f} to {hi:+.2f} |')
+  return lines
+
+
 def _first_exit_rows(comparisons):
   """Each comparison's first-exit difference per seed: where the paper expects OSGD's gain.
 
@@ -406,6 +432,10 @@ def markdown(study: Study, rows: dict, out: pathlib.Path) -> str:
         'interpolated in log FLOPs between its exits), paired per seed; t, "clear" and the '
         f'interval as above, for the {len(at_cost)} comparisons in this table:', at_cost,
         len(at_cost), columns=('method', 'at MFLOPs', 'point'))
+
+  lines += _family_rows([('per model', comparisons),
+                         ('nested − independent', nested if nested and reference else []),
+                         ('nested − branched at cost', at_cost)])
 
   best = early_exit_choice(rows)
   if best:
@@ -561,15 +591,25 @@ def plot(study: Study, rows: dict, out: pathlib.Path) -> None:
     plt.close(fig)
 
 
-def compute_markdown(out: pathlib.Path) -> str:
-  """The study's compute: the summed ``train_seconds`` of the finished runs, per part."""
+def compute_markdown(study: Study, out: pathlib.Path) -> str:
+  """The study's compute: the summed ``train_seconds`` of its finished runs, per part.
+
+  Only this study's runs count: the confirmatory study (:mod:`experiments.confirm`) shares
+  ``out`` and adds seeds, arms and a pilot of its own.
+  """
+  seeds = {f'seed{s}' for s in (study.selection_seed, *study.seeds)}
   parts = {}
   for path in sorted(out.glob('*/**/results.json')):
     part = path.relative_to(out).parts
-    name = 'pilot' if part[0] == 'pilot' else f'`{part[1]}`' if part[0] == 'runs' else None
-    if name:
-      runs, seconds = parts.get(name, (0, 0.0))
-      parts[name] = runs + 1, seconds + json.loads(path.read_text())['train_seconds']
+    if part[0] == 'pilot' and 'confirm' not in part:
+      name = 'pilot'
+    elif (part[0] == 'runs' and part[1] in study.all_models
+          and part[2] in study.methods_of(part[1]) and part[4] in seeds):
+      name = f'`{part[1]}`'
+    else:
+      continue
+    runs, seconds = parts.get(name, (0, 0.0))
+    parts[name] = runs + 1, seconds + json.loads(path.read_text())['train_seconds']
   if not parts:
     return ''
   total = sum(seconds for _, seconds in parts.values())
@@ -585,7 +625,7 @@ def report(study: Study, out: pathlib.Path) -> str:
   atomic_write(out / 'pilot.md', pilot_text)
   pilot_lib.plot(study.pilot, out, out / 'learning_curves.png')
   rows = summarize(study, out)
-  text = sweeps_markdown(study, out) + markdown(study, rows, out) + compute_markdown(out)
+  text = sweeps_markdown(study, out) + markdown(study, rows, out) + compute_markdown(study, out)
   atomic_write(out / 'study.md', text)
   atomic_write(out / 'summary.json', json.dumps(rows, indent=1))
   if rows:

@@ -1,5 +1,6 @@
 """The study: pilot, rate sweeps, statistics, matched comparisons, and every trainer optimizer."""
 
+import dataclasses
 import json
 import math
 import pathlib
@@ -147,6 +148,39 @@ def test_first_exit_rows_list_each_seed_and_count_the_positive_ones():
   diff = np.array([[0.02, -0.5], [-0.01, 0.5], [0.035, 0.0]])  # [S=3, K=2]
   lines = reproduce._first_exit_rows([('m', 'osgd − sgd', diff)])
   assert lines[-1] == '| m | osgd − sgd | +2.00 / -1.00 / +3.50 | 2 of 3 |'
+
+
+def test_the_whole_family_is_corrected_over_every_row_of_every_table():
+  strong = np.array([[0.010, 0.010], [0.011, 0.011], [0.012, 0.012]])  # t = 19.05 on 3 pairs
+  tables = [('per model', [('m', 'a − b', strong), ('m', 'c − b', -strong)]),
+            ('at cost', [('sgd', '1 / 2', strong)])]
+  lines = reproduce._family_rows(tables)
+  critical = stats.critical_t(3, 3)  # 3 comparisons in all: 14.09, below 19.05
+  assert 'all 3 comparisons above corrected together' in lines[1] and '3 pass' in lines[1]
+  assert f'|t| >= {critical:.2f} with 3 pairs' in lines[1]
+  assert lines[5].startswith('| per model | m | a − b | +19.05 | yes |')
+  assert lines[7].startswith('| at cost | sgd | 1 / 2 | +19.05 | yes |')
+  # With 22 comparisons the bound (20.94) is beyond t = 19.05: none pass.
+  many = reproduce._family_rows([('per model', [('m', str(i), strong) for i in range(22)])])
+  assert '0 pass' in many[1] and all('| no |' in l for l in many[5:])
+
+
+def test_compute_counts_only_the_studys_own_runs(tmp_path):
+  study = dataclasses.replace(reproduce.full_study(), models={'branched': 4},
+                              methods=('sgd', 'osgd'))
+  def finished(*parts, seconds):
+    path = tmp_path.joinpath(*parts, 'results.json')
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({'train_seconds': seconds}))
+  finished('pilot', 'width2', 'branched', seconds=60)
+  finished('runs', 'branched', 'sgd', 'lr0.1', 'seed0', seconds=120)  # its sweep
+  finished('runs', 'branched', 'osgd', 'lr0.1', 'seed3', seconds=180)
+  finished('runs', 'branched', 'sgd', 'lr0.1', 'seed4', seconds=600)  # the confirmatory study's
+  finished('runs', 'nested_depth', 'sgd', 'lr0.1', 'seed0', seconds=600)
+  finished('runs', 'branched', 'osgd_exits', 'lr0.1', 'seed0', seconds=600)
+  finished('pilot', 'width2', 'independent_depth', 'confirm', seconds=600)
+  text = reproduce.compute_markdown(study, tmp_path)
+  assert 'pilot 1 runs 1 min, `branched` 2 runs 5 min; in all 0.1 h' in text
 
 
 def test_cost_to_match_the_last_exit_reads_the_seed_averaged_curve():
