@@ -55,6 +55,14 @@ def check_exit_axis(updates: PyTree, params: Optional[PyTree] = None) -> int:
   if not flat:
     raise ValueError('Per-exit gradients are empty: expected a pytree of '
                      'arrays shaped [K, *param.shape].')
+  if params is not None and jax.tree.structure(params) == jax.tree.structure(updates) and all(
+      jnp.shape(u) == jnp.shape(p) for u, p in zip(jax.tree.leaves(updates),
+                                                  jax.tree.leaves(params))):
+    raise ValueError(
+        'Per-exit gradients have exactly the parameters\' shapes: no exit axis. Compute '
+        '[K, *param.shape] gradients with anytime_jax.exit_jacobian (not jax.grad of a summed '
+        'loss). optax.MultiSteps around a combination also passes such updates: accumulate '
+        'with anytime_jax.accumulate_exits(inner, every=..., num_exits=K) instead.')
   num_exits: Optional[int] = None
   first = ''
   for path, leaf in flat:

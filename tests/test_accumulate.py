@@ -61,3 +61,11 @@ def test_bad_arguments_are_refused():
   tx = aj.accumulate_exits(aj.osgd(0.1), every=2, num_exits=3)
   with pytest.raises(ValueError, match=r'losses= of shape \(2,\)'):
     tx.update(jac, tx.init(params), params, losses=losses[:2])
+
+
+def test_multisteps_around_a_combination_is_refused_with_the_fix():
+  params, x, y = _problem()
+  jac, _, _ = aj.exit_jacobian(_losses, params, x, y)
+  tx = optax.MultiSteps(aj.osgd(0.1), every_k_schedule=4)
+  with pytest.raises(ValueError, match='no exit axis.*accumulate_exits'):
+    tx.update(jac, tx.init(params), params)

@@ -371,8 +371,10 @@ def test_rejects_disagreeing_k():
 def test_rejects_summed_gradients_against_params():
   tx = aj.orthogonalize()
   params = {'a': jnp.ones((4, 3))}
-  with pytest.raises(ValueError, match=r'expected \[K, \*param.shape\]'):
+  with pytest.raises(ValueError, match=r'no exit axis.*exit_jacobian'):
     tx.update({'a': jnp.ones((4, 3))}, tx.init(params), params)
+  with pytest.raises(ValueError, match=r'expected \[K, \*param.shape\]'):
+    tx.update({'a': jnp.ones((2, 3, 4))}, tx.init(params), params)
 
 
 def test_rejects_bad_options():
