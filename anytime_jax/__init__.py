@@ -18,7 +18,9 @@ from anytime_jax.osgd import sgd_tail
 from anytime_jax.combinations import adaloss
 from anytime_jax.combinations import aligned_mtl
 from anytime_jax.combinations import cagrad
+from anytime_jax.combinations import config
 from anytime_jax.combinations import dualproj
+from anytime_jax.combinations import fairgrad
 from anytime_jax.combinations import gradvac
 from anytime_jax.combinations import gram_weighting
 from anytime_jax.combinations import imtl_g
@@ -28,12 +30,18 @@ from anytime_jax.combinations import nash_mtl
 from anytime_jax.combinations import pcgrad
 from anytime_jax.combinations import sum_exits
 from anytime_jax.combinations import upgrad
+from anytime_jax.loss_weightings import dwa
+from anytime_jax.loss_weightings import famo
+from anytime_jax.loss_weightings import uncertainty_weighting
 from anytime_jax.accumulate import accumulate_exits
 # Their states and diagnostics.
 from anytime_jax.accumulate import AccumulateExitsState
 from anytime_jax.combinations import AdaLossState
 from anytime_jax.combinations import CombinationDiagnostics
 from anytime_jax.combinations import DiagnosedState
+from anytime_jax.loss_weightings import DWAState
+from anytime_jax.loss_weightings import FAMOState
+from anytime_jax.loss_weightings import UncertaintyState
 from anytime_jax.combinations import GradVacState
 from anytime_jax.combinations import PCGradState
 from anytime_jax.combinations import find_diagnostics
@@ -80,7 +88,11 @@ __all__ = [
     'adaloss',
     'aligned_mtl',
     'cagrad',
+    'config',
     'dualproj',
+    'dwa',
+    'fairgrad',
+    'famo',
     'gradvac',
     'gram_weighting',
     'imtl_g',
@@ -89,12 +101,16 @@ __all__ = [
     'nash_mtl',
     'pcgrad',
     'sum_exits',
+    'uncertainty_weighting',
     'upgrad',
     'accumulate_exits',
     'AccumulateExitsState',
     'AdaLossState',
     'CombinationDiagnostics',
     'DiagnosedState',
+    'DWAState',
+    'FAMOState',
+    'UncertaintyState',
     'GradVacState',
     'PCGradState',
     'find_diagnostics',

@@ -789,6 +789,104 @@ def nash_mtl(*, iterations: int = 50, max_weight: Optional[float] = None,
                         num_exits=num_exits)
 
 
+def config_weights(gram: jax.Array) -> jax.Array:
+  """ConFIG's weights: ``d = (sum_k g_k . u) u`` with ``u`` the unit vector of ``g_v``.
+
+  ``g_v = U^T (U U^T)^+ 1`` is the least-norm vector whose projection on every
+  exit's unit gradient ``u_k = g_k / |g_k|`` (the rows of ``U``) is 1; it is then
+  rescaled to the summed gradients' total projection on it. In Gram terms
+  ``g_v = sum_k c_k g_k`` with ``c = D^-1 (D^-1 G D^-1)^+ 1``, ``D = diag |g_k|``.
+  Exits that do not reach the group get weight 0.
+  """
+  norms = jnp.sqrt(jnp.maximum(jnp.diagonal(gram), 0.0))
+  reached = norms > 0
+  inverse = jnp.where(reached, 1.0 / jnp.where(reached, norms, 1.0), 0.0)
+  unit_gram = gram * inverse[:, None] * inverse[None, :]
+  c = inverse * (_pinv_psd(unit_gram) @ reached.astype(gram.dtype))
+  squared = c @ gram @ c  # |g_v|^2
+  length = jnp.sum(gram @ c)  # sum_k g_k . g_v
+  ok = squared > jnp.finfo(gram.dtype).tiny
+  return jnp.where(ok, c * length / jnp.where(ok, squared, 1.0), 0.0)
+
+
+def config(*, granularity: Granularity = 'exits', axis_name: Optional[Hashable] = None,
+           diagnostics: bool = False, num_exits: Optional[int] = None
+           ) -> optax.GradientTransformationExtraArgs:
+  """ConFIG (Liu, Chu, Thuerey, *ConFIG: Towards Conflict-free Training of Physics Informed
+  Neural Networks*, ICLR 2025): the direction with the same positive projection on
+  every exit's unit gradient, as long as the exits' gradients project on it in
+  total (:func:`config_weights`; the paper's main method, without its momentum
+  variant M-ConFIG).
+
+  Example:
+
+  >>> import jax.numpy as jnp, numpy as np, anytime_jax as aj
+  >>> jac = {'w': jnp.array([[1.0, 0.0], [-1.0, 1.0]])}  # [K=2, *w.shape]: conflicting exits
+  >>> tx = aj.config()
+  >>> updates, state = tx.update(jac, tx.init({'w': jnp.zeros(2)}))
+  >>> np.asarray(updates['w']).round(4)  # equal angles with both exits' gradients
+  array([0.3536, 0.8536], dtype=float32)
+  """
+  return gram_weighting(config_weights, granularity=granularity, axis_name=axis_name,
+                        diagnostics=diagnostics, num_exits=num_exits)
+
+
+def fairgrad_weights(gram: jax.Array, alpha: Union[float, jax.Array] = 1.0,
+                     iterations: int = 100) -> jax.Array:
+  """FairGrad's weights: ``w > 0`` with ``(G w)_k = w_k^(-1/alpha)`` for every k.
+
+  As the authors' code, on the raw Gram matrix (the solution scales with the
+  gradients). The equations are the stationarity conditions of the convex
+  ``w^T G w / 2 - sum_k h(w_k)`` with ``h' (w) = w^(-1/alpha)``: ``iterations``
+  Newton steps damped by ``1 / (1 + decrement)`` and kept positive. Exits that
+  do not reach the group get weight 0. ``alpha = 1`` is Nash-MTL's equation
+  (on the unnormalized Gram matrix).
+  """
+  reached = _reached(gram)
+  k = gram.shape[-1]
+  # An unreached exit gets the equation w = w^(-1/alpha), solved by 1, then weight 0.
+  g = gram + jnp.diag(jnp.where(reached, 0.0, 1.0)).astype(gram.dtype)
+  power = -1.0 / alpha
+
+  def newton(_, w):
+    grad = g @ w - w ** power
+    hessian = g + jnp.diag(-power * w ** (power - 1.0))
+    direction = jnp.linalg.solve(hessian, grad)
+    decrement = jnp.sqrt(jnp.maximum(grad @ direction, 0.0))
+    step = 1.0 / (1.0 + decrement)
+    # Never leave the positive orthant: at most 90 % of the way to the boundary.
+    limit = jnp.min(jnp.where(direction > 0, w / jnp.where(direction > 0, direction, 1.0),
+                              jnp.inf))
+    return w - jnp.minimum(step, 0.9 * limit) * direction
+
+  w = jax.lax.fori_loop(0, iterations, newton, jnp.ones(k, gram.dtype))
+  return jnp.where(reached, w, 0.0)
+
+
+def fairgrad(*, alpha: float = 1.0, iterations: int = 100, granularity: Granularity = 'exits',
+             axis_name: Optional[Hashable] = None, diagnostics: bool = False,
+             num_exits: Optional[int] = None) -> optax.GradientTransformationExtraArgs:
+  """FairGrad (Ban & Ji, *Fair Resource Allocation in Multi-Task Learning*, ICML 2024):
+  alpha-fair weights, ``G w = w^(-1/alpha)`` (:func:`fairgrad_weights`; the
+  authors solve it with ``scipy.optimize.least_squares``, we by damped Newton
+  on device). Larger ``alpha`` favours the exits that gain least.
+
+  Example:
+
+  >>> import jax.numpy as jnp, numpy as np, anytime_jax as aj
+  >>> jac = {'w': jnp.array([[1.0, 0.0], [-1.0, 1.0]])}  # [K=2, *w.shape]: conflicting exits
+  >>> tx = aj.fairgrad(alpha=2.0)
+  >>> updates, state = tx.update(jac, tx.init({'w': jnp.zeros(2)}))
+  >>> np.asarray(updates['w']).round(4)  # weights 2.174, 1.496: (G w)_k = w_k^(-1/2)
+  array([0.6782, 1.4958], dtype=float32)
+  """
+  if not alpha > 0:
+    raise ValueError(f'fairgrad(alpha=...) must be positive, got {alpha!r}.')
+  return gram_weighting(lambda g: fairgrad_weights(g, alpha, iterations),
+                        granularity=granularity, axis_name=axis_name, diagnostics=diagnostics,
+                        num_exits=num_exits)
+
+
 class GradVacState(NamedTuple):
   """State of :func:`gradvac`.
 

@@ -55,7 +55,8 @@ def check_exit_axis(updates: PyTree, params: Optional[PyTree] = None) -> int:
   if not flat:
     raise ValueError('Per-exit gradients are empty: expected a pytree of '
                      'arrays shaped [K, *param.shape].')
-  if params is not None and jax.tree.structure(params) == jax.tree.structure(updates) and all(
+  same_structure = jax.tree.structure(params) == jax.tree.structure(updates)  # type: ignore[operator]
+  if params is not None and same_structure and all(
       jnp.shape(u) == jnp.shape(p) for u, p in zip(jax.tree.leaves(updates),
                                                   jax.tree.leaves(params))):
     raise ValueError(

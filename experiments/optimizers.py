@@ -9,7 +9,8 @@ import anytime_jax as aj
 # Per-exit combinations (each followed by the same SGD), by name: the factory and its options.
 # The names the first study used keep their meaning: 'osgd' is per-tensor Gram-Schmidt and
 # every other method combines the whole parameter vector ('global'); 'osgd_exits' is the
-# library's default, exit-aware granularity.
+# library's default, exit-aware granularity. Methods added after the first study (ConFIG,
+# FairGrad and the loss weightings) run at the library's defaults ('exits').
 PER_EXIT = {
     'osgd': (aj.orthogonalize, dict(granularity='leaf')),
     'osgd_global': (aj.orthogonalize, dict(granularity='global')),
@@ -27,6 +28,11 @@ PER_EXIT = {
     'aligned_mtl': (aj.aligned_mtl, dict(granularity='global', scale='mean')),
     'gradvac': (aj.gradvac, dict(granularity='global')),
     'nash_mtl': (aj.nash_mtl, dict(granularity='global')),
+    'config': (aj.config, {}),
+    'fairgrad': (aj.fairgrad, {}),
+    'uncertainty': (aj.uncertainty_weighting, {}),
+    'dwa': (aj.dwa, {}),
+    'famo': (aj.famo, {}),
 }
 
 

@@ -16,8 +16,10 @@ FACTORIES = {
     'adaloss': aj.adaloss, 'osgd': aj.orthogonalize, 'upgrad': aj.upgrad,
     'dualproj': aj.dualproj, 'cagrad': aj.cagrad, 'imtl_g': aj.imtl_g,
     'aligned_mtl': aj.aligned_mtl, 'nash_mtl': aj.nash_mtl, 'gradvac': aj.gradvac,
+    'config': aj.config, 'fairgrad': aj.fairgrad,
+    'uncertainty_weighting': aj.uncertainty_weighting, 'dwa': aj.dwa, 'famo': aj.famo,
 }
-NEEDS_NUM_EXITS = ('adaloss', 'gradvac')
+NEEDS_NUM_EXITS = ('adaloss', 'gradvac', 'uncertainty_weighting', 'dwa', 'famo')
 
 
 def _make(name, num_exits=4, **options):
@@ -31,7 +33,7 @@ METHODS = {name: (lambda name=name: _make(name)) for name in FACTORIES}
 # What each method promises about the exits' losses: a direction d with <d, g_k> >= 0 for
 # every exit k ('all'), for the first exit ('first': Gram-Schmidt keeps g_1), or nothing.
 DESCENT = {'upgrad': 'all', 'dualproj': 'all', 'mgda': 'all', 'imtl_g': 'all', 'nash_mtl': 'all',
-           'osgd': 'first'}
+           'fairgrad': 'all', 'config': 'all', 'osgd': 'first'}
 
 
 def _jacobian(rows, dtype=jnp.float32):
@@ -170,7 +172,7 @@ def test_hyperparameters_are_keyword_only(name):
     FACTORIES[name](0.1)
 
 
-@pytest.mark.parametrize('name', ['adaloss', 'gradvac'])
+@pytest.mark.parametrize('name', NEEDS_NUM_EXITS)
 def test_stateful_methods_reject_another_number_of_exits(name):
   tx = _make(name, num_exits=3)
   with pytest.raises(ValueError, match='num_exits=3.*K=4'):
@@ -491,3 +493,84 @@ def test_adaloss_weights_by_inverse_running_loss():
   np.testing.assert_allclose(state.average, average)
   with pytest.raises(ValueError, match='per-exit losses'):
     tx.update(grads, state, None)
+
+
+def test_config_against_the_papers_formula(seed=7):
+  rows = _rows_k(4, seed=seed)
+  units = rows / np.linalg.norm(rows, axis=1, keepdims=True)
+  g_v = np.linalg.pinv(units) @ np.ones(4)  # least-norm vector with units @ g_v = 1
+  g_u = g_v / np.linalg.norm(g_v)
+  reference = np.sum(rows @ g_u) * g_u
+  got, _ = _apply(aj.config(granularity='global'), rows)
+  np.testing.assert_allclose(got, reference, rtol=1e-4, atol=1e-5)
+  cosines = units @ got / np.linalg.norm(got)  # the same angle with every exit's gradient
+  np.testing.assert_allclose(cosines, cosines[0], rtol=1e-4)
+
+
+@pytest.mark.parametrize('alpha', [0.5, 1.0, 2.0])
+def test_fairgrad_against_the_authors_least_squares(alpha):
+  rows = _rows_k(4, seed=11) * 0.5
+  gram = rows @ rows.T
+  # The authors' solver: least squares on G w - w^(-1/alpha), w >= 0, from 1/K.
+  reference = optimize.least_squares(lambda w: gram @ w - np.power(1 / w, 1 / alpha),
+                                     np.ones(4) / 4, bounds=(0, np.inf), xtol=1e-15,
+                                     ftol=1e-15, gtol=1e-15).x
+  w = np.asarray(combinations.fairgrad_weights(jnp.asarray(gram, jnp.float32), alpha))
+  np.testing.assert_allclose(w, reference, rtol=2e-3)
+  got, _ = _apply(aj.fairgrad(alpha=alpha, granularity='global'), rows)
+  np.testing.assert_allclose(got, reference @ rows, rtol=2e-3, atol=1e-4)
+  with pytest.raises(ValueError, match='alpha'):
+    aj.fairgrad(alpha=0.0)
+
+
+def test_uncertainty_weighting_by_hand():
+  rows = _rows_k(2)
+  tx = aj.uncertainty_weighting(num_exits=2, learning_rate=0.1)
+  state = tx.init(None)
+  grads = {'w': jnp.asarray(rows, jnp.float32)}
+  first, state = tx.update(grads, state, None, losses=jnp.array([2.0, 0.5]))
+  np.testing.assert_allclose(first['w'], rows.sum(0), rtol=1e-5)  # s = 0: weights 1
+  s = -0.1 * (0.5 - np.array([2.0, 0.5]))  # one SGD step on exp(-s) L + s / 2
+  np.testing.assert_allclose(state.log_variance, s, rtol=1e-6)
+  second, state = tx.update(grads, state, None, losses=jnp.array([1.0, 1.0]))
+  np.testing.assert_allclose(second['w'], np.exp(-s) @ rows, rtol=1e-5)
+
+
+def test_dwa_by_hand():
+  rows = _rows_k(3)
+  tx = aj.dwa(num_exits=3, temperature=2.0)
+  state = tx.init(None)
+  grads = {'w': jnp.asarray(rows, jnp.float32)}
+  history = ([1.0, 2.0, 4.0], [0.5, 2.0, 2.0], [0.4, 1.0, 2.0], [0.3, 0.9, 1.0])
+  outs = []
+  for losses in history:
+    out, state = tx.update(grads, state, None, losses=jnp.array(losses))
+    outs.append(np.asarray(out['w']))
+  for out in outs[:2]:
+    np.testing.assert_allclose(out, rows.sum(0), rtol=1e-5)  # the first two steps: weights 1
+  for t in (2, 3):
+    r = np.array(history[t - 1]) / np.array(history[t - 2])
+    w = 3 * np.exp(r / 2) / np.exp(r / 2).sum()
+    np.testing.assert_allclose(outs[t], w @ rows, rtol=1e-5)
+  with pytest.raises(ValueError, match='temperature'):
+    aj.dwa(num_exits=3, temperature=0.0)
+
+
+def test_famo_by_hand():
+  rows = _rows_k(3)
+  tx = aj.famo(num_exits=3, learning_rate=0.5, weight_decay=0.1)
+  state = tx.init(None)
+  grads = {'w': jnp.asarray(rows, jnp.float32)}
+  first_losses, second_losses = np.array([2.0, 1.0, 0.5]), np.array([1.0, 0.9, 0.45])
+  first, state = tx.update(grads, state, None, losses=jnp.asarray(first_losses))
+  w = (1 / first_losses) / np.sum(1 / first_losses)  # z uniform: c z_k / L_k
+  np.testing.assert_allclose(first['w'], w @ rows, rtol=1e-5)
+  second, state = tx.update(grads, state, None, losses=jnp.asarray(second_losses))
+  z = np.full(3, 1 / 3)
+  delta = np.log(first_losses) - np.log(second_losses)
+  xi = -0.5 * ((np.diag(z) - np.outer(z, z)) @ delta + 0.1 * 0.0)  # xi was 0
+  z = np.exp(xi) / np.exp(xi).sum()
+  assert z[0] < z[2]  # exit 1's loss fell most: its share shrinks
+  w = (z / second_losses) / np.sum(z / second_losses)
+  np.testing.assert_allclose(state.logits, xi, rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(second['w'], w @ rows, rtol=1e-5)

@@ -1,0 +1,207 @@
+"""Loss weightings: exit weights from the exits' losses alone, on the combination core.
+
+Uncertainty weighting, DWA and FAMO weight exit k's gradient by a number that
+depends on the losses (and a state), never on the gradients' geometry. They
+run as the other combinations do (per-exit gradients in, ``losses=`` from
+``tx.update(jac, state, params, losses=losses)``, any granularity, the same
+weights in every group, ``axis_name`` averaging the losses too), so they chain
+with the same optimizers and trainer. Since the weights do not depend on the
+gradients, the same step is the ordinary gradient of ``sum_k w_k L_k`` with the
+weights held constant; this form takes per-exit gradients so that it composes
+with everything else here (granularity, accumulation, diagnostics).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from typing import Any, Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from anytime_jax import gram as gram_lib
+from anytime_jax.combinations import gram_weighting
+from anytime_jax.gram import Granularity
+
+LossWeighting = Callable[[jax.Array, Any], tuple[jax.Array, Any]]
+"""``weighting(losses [K], state) -> (weights [K], state)``."""
+
+
+def _checked_losses(name: str, num_exits: int, losses: Optional[jax.Array],
+                    axis_name: Optional[Hashable]) -> jax.Array:
+  if losses is None or jnp.shape(losses) != (num_exits,):
+    raise ValueError(f'{name}(num_exits={num_exits}) needs the [{num_exits}] per-exit losses: '
+                     'call tx.update(jac, state, params, losses=losses); got '
+                     f'{None if losses is None else jnp.shape(losses)}.')
+  return gram_lib.average_over(jnp.asarray(losses, jnp.float32), axis_name)
+
+
+def loss_weighting(name: str, weighting: LossWeighting, init: Callable[[], Any], *,
+                   num_exits: int, granularity: Granularity, axis_name: Optional[Hashable],
+                   diagnostics: bool) -> optax.GradientTransformationExtraArgs:
+  """A combination whose weights come from the ``[K]`` losses: ``weighting(losses, state)``."""
+  if not isinstance(num_exits, int) or num_exits < 1:
+    raise ValueError(f'{name}(num_exits=...) must be a positive integer, got {num_exits!r}.')
+
+  def by_losses(grams, state, losses=None, **_):
+    weights, state = weighting(_checked_losses(name, num_exits, losses, axis_name), state)
+    return jnp.broadcast_to(weights, grams.shape[:2]), state
+
+  return gram_weighting(by_losses, granularity=granularity, axis_name=axis_name,
+                        init_state=lambda groups: init(), diagnostics=diagnostics,
+                        num_exits=num_exits)
+
+
+class UncertaintyState(NamedTuple):
+  """State of :func:`uncertainty_weighting`.
+
+  Attributes:
+    log_variance: ``[K]`` ``s_k = log sigma_k^2``, learned; exit k's weight is ``exp(-s_k)``.
+  """
+  log_variance: jax.Array
+
+
+def uncertainty_weighting(*, num_exits: int, learning_rate: float = 0.01,
+                          granularity: Granularity = 'exits',
+                          axis_name: Optional[Hashable] = None,
+                          diagnostics: bool = False) -> optax.GradientTransformationExtraArgs:
+  """Uncertainty weighting (Kendall, Gal, Cipolla, *Multi-Task Learning Using Uncertainty to
+  Weigh Losses for Scene Geometry and Semantics*, CVPR 2018).
+
+  The loss ``sum_k exp(-s_k) L_k + s_k / 2`` (the paper's classification form, with
+  ``s_k = log sigma_k^2``): exit k's gradient is weighted by ``exp(-s_k)``, and each
+  step moves ``s`` by SGD at ``learning_rate`` on that loss, ``s_k -= lr (1/2 -
+  exp(-s_k) L_k)``, towards ``exp(-s_k) = 1 / (2 L_k)``. (The paper trains ``s``
+  with the network's optimizer; here it has its own plain SGD inside the
+  transform.) ``s`` starts at 0: the first step is the summed losses' gradient.
+
+  Example:
+
+  >>> import jax.numpy as jnp, numpy as np, anytime_jax as aj
+  >>> jac = {'w': jnp.array([[1.0, 0.0], [-1.0, 1.0]])}  # [K=2, *w.shape]
+  >>> tx = aj.uncertainty_weighting(num_exits=2, learning_rate=0.5)
+  >>> state = tx.init(None)
+  >>> updates, state = tx.update(jac, state, losses=jnp.array([2.0, 0.25]))
+  >>> updates['w']  # weights exp(0) = 1: the summed gradient
+  Array([0., 1.], dtype=float32)
+  >>> np.asarray(state.log_variance).round(4)  # s -= 0.5 * (1/2 - L): up for the larger loss
+  array([ 0.75 , -0.125], dtype=float32)
+  """
+  def weighting(losses, state):
+    weights = jnp.exp(-state.log_variance)
+    gradient = 0.5 - weights * losses
+    return weights, UncertaintyState(state.log_variance - learning_rate * gradient)
+
+  return loss_weighting('uncertainty_weighting', weighting,
+                        lambda: UncertaintyState(jnp.zeros(num_exits, jnp.float32)),
+                        num_exits=num_exits, granularity=granularity, axis_name=axis_name,
+                        diagnostics=diagnostics)
+
+
+class DWAState(NamedTuple):
+  """State of :func:`dwa`.
+
+  Attributes:
+    previous: ``[K]`` the (averaged) losses of the last step.
+    before: ``[K]`` those of the step before it.
+    steps: steps seen.
+  """
+  previous: jax.Array
+  before: jax.Array
+  steps: jax.Array
+
+
+def dwa(*, num_exits: int, temperature: float = 2.0, decay: float = 0.0,
+        granularity: Granularity = 'exits', axis_name: Optional[Hashable] = None,
+        diagnostics: bool = False) -> optax.GradientTransformationExtraArgs:
+  """Dynamic Weight Average (Liu, Johns, Davison, *End-to-End Multi-Task Learning with
+  Attention*, CVPR 2019).
+
+  ``w_k = K softmax_k(r / T)`` with ``r_k = L_k(t-1) / L_k(t-2)``: an exit whose
+  loss fell slowly gets more weight. The weights are 1 for the first two steps.
+  The paper's ``L(t)`` is the average loss of epoch t; here it is step t's loss,
+  or, with ``decay > 0``, its running average (``decay`` close to 1 averages over
+  about ``1 / (1 - decay)`` steps, nearer the paper's epochs).
+
+  Example:
+
+  >>> import jax.numpy as jnp, numpy as np, anytime_jax as aj
+  >>> jac = {'w': jnp.array([[1.0, 0.0], [-1.0, 1.0]])}  # [K=2, *w.shape]
+  >>> tx = aj.dwa(num_exits=2, temperature=1.0)
+  >>> state = tx.init(None)
+  >>> for losses in ([1.0, 1.0], [0.5, 1.0], [0.4, 0.9]):
+  ...   updates, state = tx.update(jac, state, losses=jnp.array(losses))
+  >>> np.asarray(updates['w']).round(4)  # 2 softmax([0.5, 1]): 0.7551 g1 + 1.2449 g2
+  array([-0.4898,  1.2449], dtype=float32)
+  """
+  if not temperature > 0:
+    raise ValueError(f'dwa(temperature=...) must be positive, got {temperature!r}.')
+  if not 0.0 <= decay < 1.0:
+    raise ValueError(f'dwa(decay=...) must be in [0, 1), got {decay!r}.')
+
+  def weighting(losses, state):
+    ratio = state.previous / jnp.maximum(state.before, jnp.finfo(jnp.float32).tiny)
+    weights = jnp.where(state.steps >= 2, num_exits * jax.nn.softmax(ratio / temperature), 1.0)
+    average = jnp.where(state.steps > 0, decay * state.previous + (1 - decay) * losses, losses)
+    return weights, DWAState(average, state.previous, state.steps + 1)
+
+  zeros = jnp.zeros(num_exits, jnp.float32)
+  return loss_weighting('dwa', weighting, lambda: DWAState(zeros, zeros, jnp.zeros((), jnp.int32)),
+                        num_exits=num_exits, granularity=granularity, axis_name=axis_name,
+                        diagnostics=diagnostics)
+
+
+class FAMOState(NamedTuple):
+  """State of :func:`famo`.
+
+  Attributes:
+    logits: ``[K]`` ``xi``; the exits' shares are ``z = softmax(xi)``.
+    previous: ``[K]`` the previous step's losses.
+    steps: steps seen.
+  """
+  logits: jax.Array
+  previous: jax.Array
+  steps: jax.Array
+
+
+def famo(*, num_exits: int, learning_rate: float = 0.025, weight_decay: float = 0.001,
+         eps: float = 1e-8, granularity: Granularity = 'exits',
+         axis_name: Optional[Hashable] = None,
+         diagnostics: bool = False) -> optax.GradientTransformationExtraArgs:
+  """FAMO (Liu, Liu, Stone, Liu, *FAMO: Fast Adaptive Multitask Optimization*, NeurIPS 2023).
+
+  The step descends ``sum_k z_k log L_k``: exit k's gradient is weighted by
+  ``c z_k / L_k`` with ``c = 1 / sum_k (z_k / L_k)``, ``z = softmax(xi)``. Before it,
+  ``xi`` takes one step of the paper's rule, ``xi -= lr (J_z^T delta + wd xi)`` with
+  ``delta = log L(t-1) - log L(t)``, so that exits whose log loss fell least gain
+  share. The paper measures ``L(t)`` after the update on the same batch (a
+  second forward pass); here ``delta`` compares consecutive steps' losses, on
+  consecutive batches. Defaults are the authors' (``learning_rate`` 0.025,
+  ``weight_decay`` 0.001).
+
+  Example:
+
+  >>> import jax.numpy as jnp, numpy as np, anytime_jax as aj
+  >>> jac = {'w': jnp.array([[1.0, 0.0], [-1.0, 1.0]])}  # [K=2, *w.shape]
+  >>> tx = aj.famo(num_exits=2)
+  >>> updates, state = tx.update(jac, tx.init(None), losses=jnp.array([2.0, 0.5]))
+  >>> np.asarray(updates['w']).round(4)  # z = [1/2, 1/2]: weights 0.2 and 0.8, by 1 / L
+  array([-0.6,  0.8], dtype=float32)
+  """
+  def weighting(losses, state):
+    log_losses = jnp.log(jnp.maximum(losses, 0.0) + eps)
+    z = jax.nn.softmax(state.logits)
+    delta = state.previous - log_losses
+    jacobian_times_delta = z * delta - z * jnp.dot(z, delta)  # (diag z - z z^T) delta
+    logits = jnp.where(state.steps > 0, state.logits - learning_rate * (
+        jacobian_times_delta + weight_decay * state.logits), state.logits)
+    z = jax.nn.softmax(logits)
+    share = z / jnp.exp(log_losses)
+    weights = share / jnp.sum(share)
+    return weights, FAMOState(logits, log_losses, state.steps + 1)
+
+  zeros = jnp.zeros(num_exits, jnp.float32)
+  return loss_weighting('famo', weighting, lambda: FAMOState(zeros, zeros, jnp.zeros((), jnp.int32)),
+                        num_exits=num_exits, granularity=granularity, axis_name=axis_name,
+                        diagnostics=diagnostics)
