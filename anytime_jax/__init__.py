@@ -34,6 +34,7 @@ from anytime_jax.loss_weightings import dwa
 from anytime_jax.loss_weightings import famo
 from anytime_jax.loss_weightings import uncertainty_weighting
 from anytime_jax.accumulate import accumulate_exits
+from anytime_jax.equilibrium import gradient_equilibrium
 # Their states and diagnostics.
 from anytime_jax.accumulate import AccumulateExitsState
 from anytime_jax.combinations import AdaLossState
@@ -57,6 +58,8 @@ from anytime_jax.staged import staged_jacobian
 
 # Networks and training.
 from anytime_jax import models
+from anytime_jax.losses import Distillation
+from anytime_jax.losses import distillation_loss
 from anytime_jax.losses import exit_cross_entropy
 from anytime_jax.nnx_support import AnytimeNNX
 from anytime_jax.nnx_support import create_nnx
@@ -104,6 +107,7 @@ __all__ = [
     'uncertainty_weighting',
     'upgrad',
     'accumulate_exits',
+    'gradient_equilibrium',
     'AccumulateExitsState',
     'AdaLossState',
     'CombinationDiagnostics',
@@ -125,6 +129,8 @@ __all__ = [
     # Networks and training.
     'models',
     'exit_cross_entropy',
+    'Distillation',
+    'distillation_loss',
     'AnytimeNNX',
     'create_nnx',
     'nnx_staged_exit_jacobian',

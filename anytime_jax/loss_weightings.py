@@ -58,6 +58,15 @@ class UncertaintyState(NamedTuple):
 
   Attributes:
     log_variance: ``[K]`` ``s_k = log sigma_k^2``, learned; exit k's weight is ``exp(-s_k)``.
+
+  Example:
+
+  >>> import jax.numpy as jnp, anytime_jax as aj
+  >>> jac = {'w': jnp.array([[1.0, 0.0], [-1.0, 1.0]])}  # [K=2, *w.shape]
+  >>> tx = aj.uncertainty_weighting(num_exits=2)
+  >>> _, state = tx.update(jac, tx.init(None), losses=jnp.array([2.0, 0.5]))
+  >>> state.log_variance  # s moved by one SGD step
+  Array([0.015, 0.   ], dtype=float32)
   """
   log_variance: jax.Array
 
@@ -106,6 +115,15 @@ class DWAState(NamedTuple):
     previous: ``[K]`` the (averaged) losses of the last step.
     before: ``[K]`` those of the step before it.
     steps: steps seen.
+
+  Example:
+
+  >>> import jax.numpy as jnp, anytime_jax as aj
+  >>> jac = {'w': jnp.array([[1.0, 0.0], [-1.0, 1.0]])}  # [K=2, *w.shape]
+  >>> tx = aj.dwa(num_exits=2)
+  >>> _, state = tx.update(jac, tx.init(None), losses=jnp.array([2.0, 0.5]))
+  >>> state.previous, int(state.steps)
+  (Array([2. , 0.5], dtype=float32), 1)
   """
   previous: jax.Array
   before: jax.Array
@@ -159,6 +177,15 @@ class FAMOState(NamedTuple):
     logits: ``[K]`` ``xi``; the exits' shares are ``z = softmax(xi)``.
     previous: ``[K]`` the previous step's losses.
     steps: steps seen.
+
+  Example:
+
+  >>> import jax, jax.numpy as jnp, anytime_jax as aj
+  >>> jac = {'w': jnp.array([[1.0, 0.0], [-1.0, 1.0]])}  # [K=2, *w.shape]
+  >>> tx = aj.famo(num_exits=2)
+  >>> _, state = tx.update(jac, tx.init(None), losses=jnp.array([2.0, 0.5]))
+  >>> jax.nn.softmax(state.logits)  # the exits' shares z, uniform at first
+  Array([0.5, 0.5], dtype=float32)
   """
   logits: jax.Array
   previous: jax.Array
@@ -202,6 +229,7 @@ def famo(*, num_exits: int, learning_rate: float = 0.025, weight_decay: float = 
     return weights, FAMOState(logits, log_losses, state.steps + 1)
 
   zeros = jnp.zeros(num_exits, jnp.float32)
-  return loss_weighting('famo', weighting, lambda: FAMOState(zeros, zeros, jnp.zeros((), jnp.int32)),
+  start = lambda: FAMOState(zeros, zeros, jnp.zeros((), jnp.int32))
+  return loss_weighting('famo', weighting, start,
                         num_exits=num_exits, granularity=granularity, axis_name=axis_name,
                         diagnostics=diagnostics)

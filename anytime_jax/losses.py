@@ -1,4 +1,6 @@
-"""Per-exit losses on stacked exit logits."""
+"""Per-exit losses on stacked exit logits, and distillation between exits."""
+
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -32,3 +34,62 @@ def exit_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     raise ValueError(f'exit_cross_entropy expects logits [K, B, C] and labels [B]; '
                      f'got {logits.shape} and {labels.shape}.')
   return jax.vmap(cross_entropy, in_axes=(0, None))(logits, labels)
+
+
+class Distillation(NamedTuple):
+  """Distillation from the last exit into the earlier ones (``make_train_step(distillation=)``).
+
+  Attributes:
+    weight: beta, the weight of the distillation term.
+    temperature: tau, the softening temperature of teacher and student.
+
+  Example:
+
+  >>> import optax, anytime_jax as aj
+  >>> kd = aj.Distillation(weight=0.5, temperature=4.0)
+  >>> network = aj.models.create('branched', num_classes=3, num_exits=2, width=2, num_levels=1)
+  >>> tx = optax.chain(aj.sum_exits(), optax.sgd(0.1))
+  >>> step = aj.make_train_step(network, tx, distillation=kd)  # then jax.jit(step)
+  >>> kd
+  Distillation(weight=0.5, temperature=4.0)
+  """
+  weight: float = 0.5
+  temperature: float = 4.0
+
+
+def distillation_loss(logits: jax.Array, target: tuple[jax.Array, jax.Array],
+                      weight: float, temperature: float) -> jax.Array:
+  """One exit's loss with distillation from a teacher: ``CE + beta tau^2 KL(t^tau || s^tau)``.
+
+  Phuong & Lampert (*Distillation-Based Training for Multi-Exit Architectures*,
+  ICCV 2019) distil the last exit into the earlier ones; the form is Hinton's
+  (``t^tau = softmax(teacher / tau)``, the ``tau^2`` keeping the term's gradient
+  scale as ``tau`` varies). The teacher gets no gradient. For the last exit
+  itself the term and its gradient are zero. (Li et al., ICCV 2019, distil an
+  ensemble of the later exits instead; not implemented.)
+
+  Args:
+    logits: ``[B, C]`` the exit's logits (the student).
+    target: ``(labels [B], teacher_logits [B, C])``.
+    weight: beta.
+    temperature: tau.
+
+  Returns:
+    The scalar loss, float32.
+
+  Example:
+
+  >>> import jax.numpy as jnp, anytime_jax as aj
+  >>> student, teacher = jnp.array([[1.0, 0.0]]), jnp.array([[0.0, 1.0]])
+  >>> loss = aj.distillation_loss(student, (jnp.array([0]), teacher), weight=0.5,
+  ...                             temperature=1.0)
+  >>> round(float(loss), 4)  # CE 0.3133 + 0.5 * KL 0.4621
+  0.5443
+  """
+  labels, teacher = target
+  teacher = jax.lax.stop_gradient(teacher.astype(jnp.float32))
+  student = logits.astype(jnp.float32)
+  t = jax.nn.log_softmax(teacher / temperature)
+  s = jax.nn.log_softmax(student / temperature)
+  kl = jnp.sum(jnp.exp(t) * (t - s), axis=-1).mean()
+  return cross_entropy(student, labels) + weight * temperature ** 2 * kl

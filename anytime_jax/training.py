@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -11,7 +12,7 @@ import optax
 
 from anytime_jax.combinations import find_diagnostics
 from anytime_jax.jacobian import Gradients, exit_jacobian
-from anytime_jax.losses import exit_cross_entropy
+from anytime_jax.losses import Distillation, distillation_loss, exit_cross_entropy
 from anytime_jax.models.network import AnytimeNetwork, init_variables
 from anytime_jax.staged import staged_exit_jacobian
 
@@ -130,7 +131,8 @@ def _check_updates_fit(updates: Any, params: Any, per_exit: bool) -> None:
 
 def make_train_step(network: AnytimeNetwork, tx: optax.GradientTransformation, *,
                     per_exit: bool = True, engine: Literal['staged', 'vmap'] = 'staged',
-                    reduction: Literal['sum', 'mean'] = 'sum'
+                    reduction: Literal['sum', 'mean'] = 'sum',
+                    distillation: Optional[Distillation] = None,
                     ) -> Callable[[TrainState, jax.Array, jax.Array], tuple[TrainState, Metrics]]:
   """Builds ``step(state, x, y) -> (state, metrics)``, to be jitted by the caller.
 
@@ -143,9 +145,17 @@ def make_train_step(network: AnytimeNetwork, tx: optax.GradientTransformation, *
     engine: per-exit gradients from ``'staged'`` (default, the cost floor) or
       ``'vmap'`` (:func:`anytime_jax.exit_jacobian`).
     reduction: ``'sum'`` or ``'mean'`` of the exit losses when not per-exit.
+    distillation: distil the last exit into the earlier ones
+      (:class:`anytime_jax.Distillation`, :func:`anytime_jax.distillation_loss`):
+      each exit's loss gains ``beta tau^2 KL`` to the last exit's softened
+      prediction, from one more forward pass in train mode (its BatchNorm
+      statistics discarded); per-exit gradients from the staged engine only,
+      so it composes with every combination (``aj.sum_exits()`` for the summed
+      losses).
 
   Returns:
-    The step function; metrics hold ``loss`` (sum of exit losses),
+    The step function; metrics hold ``loss`` (sum of exit losses, distillation
+    terms included),
     ``exit_losses`` ``[K]`` and, when ``tx`` keeps diagnostics
     (``diagnostics=True``), ``negative_weight``: 1.0 if the combination gave
     some exit a negative weight in a group it reaches, else 0.0.
@@ -166,11 +176,21 @@ def make_train_step(network: AnytimeNetwork, tx: optax.GradientTransformation, *
     raise ValueError(f'engine must be one of {ENGINES}, got {engine!r}.')
   if reduction not in REDUCTIONS:
     raise ValueError(f'reduction must be one of {REDUCTIONS}, got {reduction!r}.')
+  if distillation is not None and (not per_exit or engine != 'staged'):
+    raise ValueError('distillation needs per-exit gradients from the staged engine '
+                     '(per_exit=True, engine="staged"); for the summed losses use '
+                     'tx = optax.chain(aj.sum_exits(), ...).')
 
   def gradients(params, batch_stats, x, y):
     variables = {'params': params, 'batch_stats': batch_stats}
     if not per_exit:
       return summed_loss_gradient(network, variables, x, y, reduction=reduction)
+    if distillation is not None:
+      logits, _ = network.apply(variables, x, train=True, mutable=['batch_stats'])
+      loss_fn = functools.partial(distillation_loss, weight=distillation.weight,
+                                  temperature=distillation.temperature)
+      return staged_exit_jacobian(network, variables, x, (y, logits[-1]), train=True,
+                                  loss_fn=loss_fn)
     if engine == 'staged':
       return staged_exit_jacobian(network, variables, x, y, train=True)
     return vmapped_exit_jacobian(network, variables, x, y)

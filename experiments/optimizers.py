@@ -57,15 +57,26 @@ def make(name: str, config, total_steps: int, steps_per_epoch: int):
   """Returns ``(tx, per_exit)``: the transformation and whether it takes per-exit gradients.
 
   Every optimizer is SGD with momentum and decoupled weight decay on the same
-  schedule; they differ only in how the exits' gradients are combined.
+  schedule; they differ only in how the exits' gradients are combined. With
+  ``config.gradient_equilibrium`` the per-exit gradients are rescaled first
+  (:func:`anytime_jax.gradient_equilibrium`); it and ``config.distillation``
+  need per-exit gradients, so the summed-loss baselines then run as
+  ``aj.sum_exits()`` / ``aj.mean_exits()`` (the same step).
   """
   lr = schedule(config, total_steps, steps_per_epoch)
   tail = aj.sgd_tail(lr, momentum=config.momentum, weight_decay=config.weight_decay)
+  per_exit_needed = config.gradient_equilibrium or config.distillation > 0
   if name in PER_EXIT:
-    return optax.chain(combination(name, config.num_exits), tail), True
-  if name in _SUMMED:
+    head = combination(name, config.num_exits)
+  elif name in _SUMMED and per_exit_needed:
+    head = aj.sum_exits() if _SUMMED[name] == 'sum' else aj.mean_exits()
+  elif name in _SUMMED:
     return tail, False
-  raise ValueError(f'Unknown optimizer {name!r}; choose one of {", ".join(OPTIMIZERS)}.')
+  else:
+    raise ValueError(f'Unknown optimizer {name!r}; choose one of {", ".join(OPTIMIZERS)}.')
+  if config.gradient_equilibrium:
+    return optax.chain(aj.gradient_equilibrium(), head, tail), True
+  return optax.chain(head, tail), True
 
 
 def reduction(name: str) -> str:

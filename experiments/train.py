@@ -56,6 +56,9 @@ class Config:
   width: Optional[int] = None
   growth: Optional[str] = None  # independent networks: 'width' (default), 'depth' or 'both'
   dtype: str = 'float32'  # computation: 'float32' or 'bfloat16' (parameters stay float32)
+  gradient_equilibrium: bool = False  # Li et al. 2019, before the combination
+  distillation: float = 0.0  # weight of distillation from the last exit (0: off)
+  distillation_temperature: float = 4.0
   validation_size: int = 5000
   train_size: Optional[int] = None  # use only this many training examples (after validation)
   eval_every: int = 1  # epochs between validation evaluations (0: at the end only)
@@ -89,6 +92,13 @@ def parse_args(argv=None):
   p.add_argument('--dtype', default=defaults.dtype, choices=DTYPES,
                  help='computation dtype; parameters, optimizer state and Gram matrices stay '
                  'float32')
+  p.add_argument('--gradient_equilibrium', action='store_true',
+                 help='rescale each exit\'s gradient per parameter by 1 / the exits reaching it '
+                 '(Li et al. 2019), before the combination')
+  p.add_argument('--distillation', type=float, default=defaults.distillation, metavar='WEIGHT',
+                 help='distil the last exit into the earlier ones with this weight (0: off)')
+  p.add_argument('--distillation_temperature', type=float,
+                 default=defaults.distillation_temperature)
   p.add_argument('--growth', default=None, choices=('width', 'depth', 'both'),
                  help="how the independent networks grow (--model independent; default 'width')")
   p.add_argument('--validation_size', type=int, default=defaults.validation_size,
@@ -305,8 +315,11 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *,
   example = jnp.zeros((1, *dataset.image_shape), jnp.float32)
   state = jax.device_put(aj.create_train_state(network, tx, jax.random.key(config.seed), example),
                          replicated)
+  distillation = (aj.Distillation(config.distillation, config.distillation_temperature)
+                  if config.distillation > 0 else None)
   train_step = jax.jit(aj.make_train_step(network, tx, per_exit=per_exit,
-                                          reduction=optimizers.reduction(config.optimizer)),
+                                          reduction=optimizers.reduction(config.optimizer),
+                                          distillation=distillation),
                        donate_argnums=0)
   eval_step = jax.jit(
       lambda s, x: network.apply({'params': s.params, 'batch_stats': s.batch_stats}, x),

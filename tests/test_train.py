@@ -312,3 +312,30 @@ def test_bfloat16_trains_like_float32_and_a_profile_is_written(tmp_path, data_di
   for f, h in zip(full['exits'], half['exits']):
     assert abs(f['test_accuracy'] - h['test_accuracy']) <= 0.05, (f, h)  # the stated margin
   assert list((tmp_path / 'bf16' / 'profile').rglob('*.xplane.pb'))
+
+
+def test_gradient_equilibrium_and_distillation_turn_the_baseline_per_exit():
+  config = train.Config(num_exits=2, learning_rate=1.0, warmup_epochs=0.0, weight_decay=0.0,
+                        momentum=0.0, gradient_equilibrium=True)
+  tx, per_exit = optimizers.make('sgd', config, total_steps=10, steps_per_epoch=5)
+  assert per_exit
+  params = {'trunk': jnp.zeros(1), 'head': jnp.zeros(1)}
+  jac = {'trunk': jnp.array([[2.0], [4.0]]), 'head': jnp.array([[0.0], [6.0]])}
+  updates, _ = tx.update(jac, tx.init(params), params, losses=jnp.ones(2))
+  np.testing.assert_allclose(updates['trunk'], [-3.0])  # the mean of the two exits reaching it
+  np.testing.assert_allclose(updates['head'], [-6.0])
+  _, per_exit = optimizers.make('sgd', dataclasses.replace(config, gradient_equilibrium=False,
+                                                           distillation=0.5), 10, 5)
+  assert per_exit
+  assert not optimizers.make('sgd', train.Config(), 10, 5)[1]
+
+
+@pytest.mark.slow
+def test_a_run_with_gradient_equilibrium_and_distillation(tmp_path, data_dir):
+  config = train.Config(dataset='digits', model='branched', batch_size=32, epochs=3, num_exits=3,
+                        train_size=600, eval_every=0, learning_rate=0.2, width=4,
+                        optimizer='osgd', gradient_equilibrium=True, distillation=0.5)
+  results = train.train_and_evaluate(config, tmp_path / 'run', data_dir=data_dir)
+  saved = json.loads((tmp_path / 'run' / 'config.json').read_text())
+  assert saved['gradient_equilibrium'] and saved['distillation'] == 0.5
+  assert results['exits'][-1]['test_accuracy'] > 0.3  # chance is 0.1
