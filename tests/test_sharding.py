@@ -40,6 +40,8 @@ SCRIPT = textwrap.dedent('''
 
       # check_vma=False, as with pmap: each device differentiates its own shard's losses
       # (with the default check_vma=True, JAX itself sums the gradients of replicated params).
+      # Jitted: an eager shard_map dispatches every operation on every device.
+      @jax.jit
       @functools.partial(jax.shard_map, mesh=mesh, in_specs=(P(), P('data'), P('data')),
                          out_specs=(P(), P('data')), check_vma=False)
       def step(params, x, y):
@@ -57,6 +59,7 @@ SCRIPT = textwrap.dedent('''
         np.testing.assert_allclose(averages, np.tile(whole_state.average, (8, 1)), rtol=2e-5)
       # Without the axis, each device combines its own gradients: a different direction.
       unsynced = make()
+      @jax.jit
       @functools.partial(jax.shard_map, mesh=mesh, in_specs=(P(), P('data'), P('data')),
                          out_specs=P(), check_vma=False)
       def naive(params, x, y):
