@@ -165,7 +165,7 @@ def nnx_staged_exit_jacobian(
   >>> model = aj.create_nnx('branched', num_classes=3, num_exits=2, width=2, num_levels=1,
   ...                      example=x, rngs=nnx.Rngs(0))
   >>> optimizer = nnx.Optimizer(model, aj.osgd(0.1), wrt=nnx.Param)
-  >>> grads, losses, _ = aj.nnx_staged_exit_jacobian(model, x, y)  # leaves [K, *param.shape]
+  >>> grads, losses, _ = nnx.jit(aj.nnx_staged_exit_jacobian)(model, x, y)  # [K, *shape]
   >>> _ = optimizer.update(model, grads)  # OSGD, then SGD with momentum
   >>> losses.shape
   (2,)

@@ -39,10 +39,10 @@ def test_per_parameter_scaling_is_the_papers_junction_rescaling():
   x = jnp.asarray(rng.normal(size=(16, 5)), jnp.float32)
   y = jnp.asarray(rng.integers(0, 4, 16))
   loss = lambda p, junctions: jnp.sum(aj.exit_cross_entropy(_branched_logits(p, x, junctions), y))
-  want = jax.grad(loss)(params, True)
-  plain = jax.grad(loss)(params, False)
-  jac, _, _ = aj.exit_jacobian(lambda p: aj.exit_cross_entropy(_branched_logits(p, x, False), y),
-                               params)
+  want = jax.jit(jax.grad(loss), static_argnums=1)(params, True)
+  plain = jax.jit(jax.grad(loss), static_argnums=1)(params, False)
+  jac, _, _ = jax.jit(lambda p: aj.exit_jacobian(
+      lambda q: aj.exit_cross_entropy(_branched_logits(q, x, False), y), p))(params)
   tx = optax.chain(aj.gradient_equilibrium(), aj.sum_exits())
   got, _ = tx.update(jac, tx.init(params), params)
   for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):

@@ -6,9 +6,9 @@ stacked exit logits ``[K, B, C]``.
 
 >>> import jax, jax.numpy as jnp, anytime_jax as aj
 >>> network = aj.models.create('nested_width', num_classes=10, num_exits=3, width=2)
->>> x = jnp.zeros((2, 28, 28, 1))  # [B, H, W, C]
+>>> x = jnp.zeros((2, 8, 8, 1))  # [B, H, W, C]
 >>> variables = aj.models.init_variables(network, jax.random.key(0), x)
->>> network.apply(variables, x).shape  # [K, B, C]
+>>> jax.jit(network.apply)(variables, x).shape  # [K, B, C]
 (3, 2, 10)
 """
 
