@@ -15,7 +15,6 @@ The public names, by what they are for:
 from anytime_jax.osgd import orthogonalize
 from anytime_jax.osgd import osgd
 from anytime_jax.osgd import sgd_tail
-from anytime_jax.combinations import adaloss
 from anytime_jax.combinations import aligned_mtl
 from anytime_jax.combinations import cagrad
 from anytime_jax.combinations import config
@@ -30,6 +29,7 @@ from anytime_jax.combinations import nash_mtl
 from anytime_jax.combinations import pcgrad
 from anytime_jax.combinations import sum_exits
 from anytime_jax.combinations import upgrad
+from anytime_jax.loss_weightings import adaloss
 from anytime_jax.loss_weightings import dwa
 from anytime_jax.loss_weightings import famo
 from anytime_jax.loss_weightings import uncertainty_weighting
@@ -37,9 +37,9 @@ from anytime_jax.accumulate import accumulate_exits
 from anytime_jax.equilibrium import gradient_equilibrium
 # Their states and diagnostics.
 from anytime_jax.accumulate import AccumulateExitsState
-from anytime_jax.combinations import AdaLossState
 from anytime_jax.combinations import CombinationDiagnostics
 from anytime_jax.combinations import DiagnosedState
+from anytime_jax.loss_weightings import AdaLossState
 from anytime_jax.loss_weightings import DWAState
 from anytime_jax.loss_weightings import FAMOState
 from anytime_jax.loss_weightings import UncertaintyState

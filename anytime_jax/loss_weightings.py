@@ -1,6 +1,6 @@
 """Loss weightings: exit weights from the exits' losses alone, on the combination core.
 
-Uncertainty weighting, DWA and FAMO weight exit k's gradient by a number that
+AdaLoss, uncertainty weighting, DWA and FAMO weight exit k's gradient by a number that
 depends on the losses (and a state), never on the gradients' geometry. They
 run as the other combinations do (per-exit gradients in, ``losses=`` from
 ``tx.update(jac, state, params, losses=losses)``, any granularity, the same
@@ -51,6 +51,71 @@ def loss_weighting(name: str, weighting: LossWeighting, init: Callable[[], Any],
   return gram_weighting(by_losses, granularity=granularity, axis_name=axis_name,
                         init_state=lambda groups: init(), diagnostics=diagnostics,
                         num_exits=num_exits)
+
+
+class AdaLossState(NamedTuple):
+  """State of :func:`adaloss`.
+
+  Attributes:
+    average: ``[K]`` running average of each exit's loss.
+    steps: steps seen.
+
+  Example:
+
+  >>> import jax.numpy as jnp, anytime_jax as aj
+  >>> jac = {'w': jnp.array([[1.0, 0.0], [-1.0, 1.0]])}  # [K=2, *w.shape]
+  >>> tx = aj.adaloss(num_exits=2)
+  >>> _, state = tx.update(jac, tx.init(None), losses=jnp.array([2.0, 0.5]))
+  >>> state
+  AdaLossState(average=Array([2. , 0.5], dtype=float32), steps=Array(1, dtype=int32))
+  """
+  average: jax.Array
+  steps: jax.Array
+
+
+def adaloss(*, num_exits: int, decay: float = 0.9, eps: float = 1e-8,
+            granularity: Granularity = 'exits', axis_name: Optional[Hashable] = None,
+            diagnostics: bool = False) -> optax.GradientTransformationExtraArgs:
+  """AdaLoss (Hu, Dey, Hebert, Bagnell, *Learning Anytime Predictions in Neural Networks
+  via Adaptive Loss Balancing*, AAAI 2019).
+
+  Exit k's gradient is weighted in inverse proportion to its running-average
+  loss, so that every exit's relative improvement counts alike; the weights are
+  normalized to sum to K (the summed loss's scale). Needs the per-exit losses:
+  ``tx.update(jac, state, params, losses=losses)`` (``[K]``); the average uses
+  the losses up to the previous step. With ``axis_name`` the losses are
+  averaged over it like the gradients, so every replica keeps the same state.
+
+  Args:
+    num_exits: K, to size :class:`AdaLossState`.
+    decay: the running average's decay.
+    eps: added to the averages before inverting them.
+    granularity, axis_name, diagnostics: as in :func:`anytime_jax.gram_weighting`.
+
+  Example:
+
+  >>> import jax.numpy as jnp, numpy as np, anytime_jax as aj
+  >>> jac = {'w': jnp.array([[1.0, 0.0], [-1.0, 1.0]])}  # [K=2, *w.shape]: conflicting exits
+  >>> tx = aj.adaloss(num_exits=2)
+  >>> state = tx.init(None)
+  >>> updates, state = tx.update(jac, state, losses=jnp.array([2.0, 0.5]))
+  >>> updates['w']  # the first step sums the exits
+  Array([0., 1.], dtype=float32)
+  >>> updates, state = tx.update(jac, state, losses=jnp.array([2.0, 0.5]))
+  >>> np.asarray(updates['w']).round(4)  # then 1 / average loss, to sum K: 0.4, 1.6
+  array([-1.2,  1.6], dtype=float32)
+  """
+  def weighting(losses, state):
+    inverse = 1.0 / (state.average + eps)
+    w = jnp.where(state.steps > 0, inverse / jnp.sum(inverse) * num_exits, 1.0)
+    average = jnp.where(state.steps > 0, decay * state.average + (1 - decay) * losses, losses)
+    return w, AdaLossState(average, state.steps + 1)
+
+  return loss_weighting('adaloss', weighting,
+                        lambda: AdaLossState(jnp.zeros(num_exits, jnp.float32),
+                                             jnp.zeros((), jnp.int32)),
+                        num_exits=num_exits, granularity=granularity, axis_name=axis_name,
+                        diagnostics=diagnostics)
 
 
 class UncertaintyState(NamedTuple):
