@@ -23,7 +23,7 @@ def describe(input_shape, num_classes, num_exits):
     params = 0
     for k in range(num_exits):
       params += sum(p.size for p in jax.tree.leaves(models.stage_variables(variables, k)['params']))
-      rows.append((name, network.stages[0].plan.ops[0].channels, k + 1, params, flops[k] / 1e6))
+      rows.append((name, models.DEFAULT_WIDTH[name], k + 1, params, flops[k] / 1e6))
   return rows
 
 

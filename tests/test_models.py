@@ -11,7 +11,9 @@ import pytest
 import anytime_jax as aj
 from anytime_jax import models
 
-ANYTIME = ('branched', 'nested_width', 'nested_depth', 'nested_both')
+from tests.networks import small
+
+ANYTIME = ('branched', 'nested_width', 'nested_depth', 'nested_both', 'msdnet')
 SHAPE = (8, 8, 1)  # small images keep the suite fast; 28x28x1 and 32x32x3 are checked below
 
 
@@ -27,7 +29,7 @@ def _setup(name, num_exits=3):
   through jax.random would compile a program for every parameter shape, most of the
   test's time.
   """
-  network = models.create(name, num_classes=5, num_exits=num_exits, width=4)
+  network = models.create(name, num_classes=5, num_exits=num_exits, width=4, **small(name))
   x = _normal((6, *SHAPE), 1)
   shapes = jax.eval_shape(functools.partial(models.init_variables, network), jax.random.key(0), x)
   variables = jax.tree.map(lambda s: 0.3 * _normal(s.shape, 2), shapes)
@@ -258,7 +260,7 @@ def _toy_images(n, seed=0):
     name if name == 'branched' else pytest.param(name, marks=pytest.mark.slow)
     for name in models.ARCHITECTURES])
 def test_every_model_trains_with_osgd(name):
-  network = models.create(name, num_classes=5, num_exits=3, width=4, num_levels=2)
+  network = models.create(name, num_classes=5, num_exits=3, width=4, num_levels=2, **small(name))
   x, y = _toy_images(64)
   variables = models.init_variables(network, jax.random.key(0), x)
   params, stats = variables['params'], variables['batch_stats']

@@ -11,6 +11,8 @@ from flax import nnx
 import anytime_jax as aj
 from anytime_jax import models
 
+from tests.networks import small
+
 X = jax.random.normal(jax.random.key(1), (6, 8, 8, 1))
 Y = jnp.arange(6) % 5
 
@@ -18,7 +20,7 @@ Y = jnp.arange(6) % 5
 @functools.lru_cache(maxsize=None)
 def _model(name):
   num_exits = 2 if name == 'nested_both' else 3
-  return aj.create_nnx(name, num_classes=5, num_exits=num_exits, width=4, num_levels=2,
+  return aj.create_nnx(name, num_classes=5, num_exits=num_exits, width=4, num_levels=2, **small(name),
                        example=X, rngs=nnx.Rngs(0))
 
 

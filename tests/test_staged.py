@@ -16,6 +16,8 @@ import pytest
 import anytime_jax as aj
 from anytime_jax import models
 
+from tests.networks import small
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -23,7 +25,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 def _setup(name):
   # Two resolution levels and, for nested_both (8x per stage), two stages keep compiles short.
   network = models.create(name, num_classes=5, num_exits=2 if name == 'nested_both' else 3,
-                          width=4, num_levels=2)
+                          width=4, num_levels=2, **small(name))
   x = jax.random.normal(jax.random.key(1), (6, 8, 8, 1))
   y = jnp.arange(6) % 5
   return network, models.init_variables(network, jax.random.key(0), x), x, y

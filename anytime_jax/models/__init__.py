@@ -20,6 +20,7 @@ from typing import Any, Optional
 import jax.numpy as jnp
 
 from anytime_jax import conv as conv_lib
+from anytime_jax.models import msdnet
 from anytime_jax.models import plans
 from anytime_jax.models.network import AnytimeNetwork
 from anytime_jax.models.network import Stage
@@ -27,12 +28,15 @@ from anytime_jax.models.network import apply_stage
 from anytime_jax.models.network import init_variables
 from anytime_jax.models.network import initial_carry
 from anytime_jax.models.network import stage_variables
-from anytime_jax.models.plans import ARCHITECTURES
+
+ARCHITECTURES = ('branched', 'nested_width', 'nested_depth', 'nested_both', 'independent',
+                 'msdnet')
 
 # Base widths chosen so that every default network's last exit costs tens of
-# MFLOPs on a 28x28 image (see `python -m experiments.describe`).
+# MFLOPs on a 28x28 image (see `python -m experiments.describe`); MSDNet's is its
+# authors' CIFAR configuration.
 DEFAULT_WIDTH = {'branched': 16, 'nested_width': 4, 'nested_depth': 8,
-                 'nested_both': 2, 'independent': 4}
+                 'nested_both': 2, 'independent': 4, 'msdnet': 16}
 
 
 def create(name: str, *, num_classes: int, num_exits: int = 4, width: Optional[int] = None,
@@ -42,11 +46,14 @@ def create(name: str, *, num_classes: int, num_exits: int = 4, width: Optional[i
 
   Args:
     name: one of ``ARCHITECTURES``: ``'branched'``, ``'nested_width'``,
-      ``'nested_depth'``, ``'nested_both'``, ``'independent'``.
+      ``'nested_depth'``, ``'nested_both'``, ``'independent'`` (see
+      :mod:`anytime_jax.models.plans`) or ``'msdnet'`` (see
+      :mod:`anytime_jax.models.msdnet`).
     num_classes: classes of every exit.
     num_exits: K, the number of stages and exits.
     width: channels of the first (full-resolution) blocks; each resolution
-      level doubles them. Default: ``DEFAULT_WIDTH[name]``.
+      level doubles them (MSDNet: its stem's ``nChannels``). Default:
+      ``DEFAULT_WIDTH[name]``.
     dtype: computation dtype (parameters stay float32); e.g. ``jnp.bfloat16``.
     conv_weight_gradient: how convolutions compute their weight gradient:
       ``'xla'`` (default) or ``'contraction'`` (see
@@ -54,7 +61,8 @@ def create(name: str, *, num_classes: int, num_exits: int = 4, width: Optional[i
       float32 rounding; only the speed differs (``python -m experiments.bench``).
     **options: ``blocks_per_stage`` (branched), ``blocks_per_level`` (nested,
       independent), ``num_levels`` (resolution levels, default 3), ``growth``
-      (independent: ``'width'``, ``'depth'`` or ``'both'``).
+      (independent: ``'width'``, ``'depth'`` or ``'both'``); MSDNet takes
+      ``num_levels`` and the options of :func:`anytime_jax.models.msdnet.plan`.
 
   Returns:
     An :class:`AnytimeNetwork` (a ``flax.linen.Module``).
@@ -68,21 +76,23 @@ def create(name: str, *, num_classes: int, num_exits: int = 4, width: Optional[i
   width = DEFAULT_WIDTH[name] if width is None else width
   if not isinstance(width, int) or width < 1:
     raise ValueError(f'width must be a positive integer, got {width!r}.')
+  if conv_weight_gradient not in conv_lib.WEIGHT_GRADIENTS:
+    raise ValueError(f'conv_weight_gradient must be one of {conv_lib.WEIGHT_GRADIENTS}, '
+                     f'got {conv_weight_gradient!r}.')
   builders: dict[str, Callable[..., Any]] = {
       'branched': plans.branched,
       'nested_width': lambda k, w, **o: plans.nested(k, w, grow_width=True, grow_depth=False, **o),
       'nested_depth': lambda k, w, **o: plans.nested(k, w, grow_width=False, grow_depth=True, **o),
       'nested_both': lambda k, w, **o: plans.nested(k, w, grow_width=True, grow_depth=True, **o),
       'independent': plans.independent,
+      'msdnet': msdnet.plan,
   }
   try:
     stage_plans = builders[name](num_exits, width, **options)
   except TypeError as e:
     raise ValueError(f'Bad option for model {name!r}: {e}. See anytime_jax.models.create.') from e
-  if conv_weight_gradient not in conv_lib.WEIGHT_GRADIENTS:
-    raise ValueError(f'conv_weight_gradient must be one of {conv_lib.WEIGHT_GRADIENTS}, '
-                     f'got {conv_weight_gradient!r}.')
-  return AnytimeNetwork(stages=tuple(Stage(plan, num_classes, dtype, conv_weight_gradient)
+  stage_class = msdnet.MSDStage if name == 'msdnet' else Stage
+  return AnytimeNetwork(stages=tuple(stage_class(plan, num_classes, dtype, conv_weight_gradient)
                                      for plan in stage_plans))
 
 

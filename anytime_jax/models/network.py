@@ -108,9 +108,12 @@ class Stage(nn.Module):
 class AnytimeNetwork(nn.Module):
   """K stages in order; ``__call__`` returns the stacked exit logits ``[K, B, C]``.
 
-  Stage k's variables live under ``'stages_k'`` in every collection.
+  A stage is any module called as ``stage(carry, train=...)`` that returns
+  ``(carry, logits [B, C])``: :class:`Stage`, or
+  :class:`anytime_jax.models.msdnet.MSDStage`. Stage k's variables live under
+  ``'stages_k'`` in every collection.
   """
-  stages: tuple[Stage, ...]
+  stages: tuple[nn.Module, ...]
 
   @property
   def num_exits(self) -> int:

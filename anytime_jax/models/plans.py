@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 
 IMAGE = 'image'
-ARCHITECTURES = ('branched', 'nested_width', 'nested_depth', 'nested_both', 'independent')
 
 
 @dataclasses.dataclass(frozen=True)
