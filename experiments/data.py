@@ -12,8 +12,11 @@ download is needed where the files are at hand:
   name, or downloaded where a network exists.
 * ``digits``: scikit-learn's bundled 8x8 digits with a fixed 80/20 split.
 
-:func:`load` returns the splits as in-memory uint8 arrays (these datasets fit in
-memory several times over); :func:`batches` iterates over them.
+:func:`load` returns these four as in-memory uint8 arrays (they fit in memory
+several times over). Any other TFDS data set prepared in array_record under
+``data_dir`` (ImageNet, ...) is streamed instead: read by index, decoded and
+transformed in worker threads, never whole (:mod:`experiments.streaming`).
+:func:`train_batches` and :func:`eval_batches` iterate over either kind.
 """
 
 from __future__ import annotations
@@ -27,9 +30,11 @@ import tarfile
 import urllib.request
 import zlib
 from collections.abc import Iterator
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
+
+from experiments import streaming
 
 DATASETS = ('fashion_mnist', 'cifar10', 'cifar100', 'digits')
 DEBIAN_FASHION_MNIST = '/usr/share/datasets/fashion-mnist'
@@ -63,27 +68,44 @@ class DatasetUnavailableError(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class Split:
-  """One split in memory: images ``[N, H, W, C]`` uint8, labels ``[N]`` int32."""
+  """One split in memory: images ``[N, H, W, C]`` uint8, labels ``[N]`` int32.
+
+  Streamed splits (:class:`experiments.streaming.StreamedSplit`) have the same
+  ``len``, ``image_shape``, ``take`` and ``read``.
+  """
   images: np.ndarray
   labels: np.ndarray
 
   def __len__(self) -> int:
     return len(self.labels)
 
+  @property
+  def image_shape(self) -> tuple[int, int, int]:
+    return tuple(self.images.shape[1:])  # type: ignore[return-value]
+
+  def take(self, idx: np.ndarray) -> Split:
+    return Split(self.images[idx], self.labels[idx])
+
+  def read(self, idx: np.ndarray, rng: Optional[np.random.Generator] = None
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """Examples ``idx``; with ``rng``, augmented (random crop with zero padding 4, flip)."""
+    images = self.images[idx]
+    return (augment(images, rng) if rng is not None else images), self.labels[idx]
+
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
   """Train and test splits and what the model needs to know about them."""
   name: str
-  train: Split
-  test: Split
+  train: Any  # Split or streaming.StreamedSplit
+  test: Any
   num_classes: int
   mean: np.ndarray  # per-channel, in [0, 1] units
   std: np.ndarray
 
   @property
   def image_shape(self) -> tuple[int, int, int]:
-    return tuple(self.train.images.shape[1:])
+    return self.train.image_shape
 
 
 # ----- reading the standard formats -----
@@ -266,23 +288,47 @@ def _read_split(builder, split: str) -> Split:
 
 
 def load(name: str = 'fashion_mnist', data_dir: str = DEFAULT_DATA_DIR,
-         source_dir: Optional[str] = None) -> Dataset:
+         source_dir: Optional[str] = None, *, image_size: Optional[int] = None,
+         workers: Optional[int] = None) -> Dataset:
   """Prepares (first time only) and loads a dataset's train and test splits.
 
   Args:
-    name: one of ``DATASETS``.
+    name: one of ``DATASETS`` (read into memory), or any TFDS data set prepared
+      in array_record under ``data_dir`` (``name`` or ``name:version``),
+      streamed; its test split is ``test``, else ``validation``.
     data_dir: where the prepared TFDS files live.
     source_dir: a directory holding the dataset's standard files (IDX files
       for Fashion-MNIST, the python-version archive for CIFAR).
+    image_size: streamed data sets: the side of the square images the splits
+      give (default 224). Not for ``DATASETS``, whose size is fixed.
+    workers: streamed data sets: threads reading and decoding examples.
 
   Raises:
     DatasetUnavailableError: within seconds, with the way to get the files.
   """
+  if name not in DATASETS:
+    return _load_streamed(name, data_dir, image_size or 224,
+                          workers or streaming.default_workers())
+  if image_size is not None and image_size != _SHAPES[name][0]:
+    raise ValueError(f'{name} images are {_SHAPES[name][0]}x{_SHAPES[name][1]}; --image_size '
+                     'applies to streamed data sets only.')
   builder = prepare(name, data_dir, source_dir)
   train, test = _read_split(builder, 'train'), _read_split(builder, 'test')
   pixels = train.images.reshape(-1, train.images.shape[-1]).astype(np.float64) / 255.0
   return Dataset(name, train, test, _NUM_CLASSES[name], pixels.mean(0).astype(np.float32),
                  pixels.std(0).astype(np.float32))
+
+
+def _load_streamed(name: str, data_dir: str, image_size: int, workers: int) -> Dataset:
+  try:
+    builder = streaming.find_builder(name, data_dir)
+  except FileNotFoundError as e:
+    raise DatasetUnavailableError(f'{e} Known without preparing: {", ".join(DATASETS)}.') from e
+  train_name, test_name = streaming.splits(builder)
+  train = streaming.open_split(builder, train_name, image_size, workers)
+  test = streaming.open_split(builder, test_name, image_size, workers)
+  mean, std = streaming.channel_statistics(train)
+  return Dataset(name, train, test, builder.info.features[train.label_key].num_classes, mean, std)
 
 
 # ----- batching -----
@@ -327,13 +373,12 @@ def train_batches(dataset: Dataset, batch_size: int, *, seed: int, epoch: int,
   local = batch_size // process_count
   for b in range(start, num_train_batches(dataset, batch_size)):
     idx = order[b * batch_size:(b + 1) * batch_size][process_index * local:(process_index + 1) * local]
-    images = dataset.train.images[idx]
-    if augmentation:
-      images = augment(images, np.random.default_rng([seed, epoch, process_index, b]))
-    yield normalize(images, dataset), dataset.train.labels[idx]
+    rng = np.random.default_rng([seed, epoch, process_index, b]) if augmentation else None
+    images, labels = dataset.train.read(idx, rng)
+    yield normalize(images, dataset), labels
 
 
-def eval_batches(split: Split, dataset: Dataset, batch_size: int, *, process_index: int = 0,
+def eval_batches(split: Any, dataset: Dataset, batch_size: int, *, process_index: int = 0,
                  process_count: int = 1) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
   """The whole split in order, last batch padded: yields (images, labels, mask).
 
@@ -345,10 +390,7 @@ def eval_batches(split: Split, dataset: Dataset, batch_size: int, *, process_ind
   local = slice(process_index * batch_size // process_count,
                 (process_index + 1) * batch_size // process_count)
   for start in range(0, len(split), batch_size):
-    images = split.images[start:start + batch_size]
-    labels = split.labels[start:start + batch_size]
-    valid = len(labels)
-    if valid < batch_size:
-      images = np.concatenate([images, np.zeros((batch_size - valid, *images.shape[1:]), images.dtype)])
-      labels = np.concatenate([labels, np.zeros(batch_size - valid, labels.dtype)])
-    yield normalize(images[local], dataset), labels[local], np.arange(batch_size) < valid
+    # The padding repeats the last example: only this process's slice is read.
+    idx = np.minimum(np.arange(start, start + batch_size), len(split) - 1)[local]
+    images, labels = split.read(idx)
+    yield normalize(images, dataset), labels, np.arange(start, start + batch_size) < len(split)

@@ -25,8 +25,7 @@ import numpy as np
 
 import anytime_jax as aj
 from anytime_jax import models
-from experiments import data
-from experiments import checkpoint, optimizers, report
+from experiments import checkpoint, data, optimizers, report, streaming
 
 
 class Diverged(RuntimeError):
@@ -63,7 +62,8 @@ class Config:
   train_size: Optional[int] = None  # use only this many training examples (after validation)
   eval_every: int = 1  # epochs between validation evaluations (0: at the end only)
   init_from: Optional[str] = None  # start from another run's latest parameters and statistics
-  augment: Optional[bool] = None  # default: on for CIFAR
+  augment: Optional[bool] = None  # default: on for CIFAR and streamed data sets
+  image_size: Optional[int] = None  # streamed data sets: square side (default 224)
   max_steps_per_epoch: Optional[int] = None  # smoke runs: cut every epoch short
   seed: int = 0
 
@@ -80,7 +80,9 @@ def parse_args(argv=None):
   p.add_argument('--model', default=defaults.model, help=f'one of {", ".join(models.ARCHITECTURES)}')
   p.add_argument('--optimizer', default=defaults.optimizer,
                  help=f'one of {", ".join(optimizers.OPTIMIZERS)}')
-  p.add_argument('--dataset', default=defaults.dataset, help=f'one of {", ".join(data.DATASETS)}')
+  p.add_argument('--dataset', default=defaults.dataset,
+                 help=f'one of {", ".join(data.DATASETS)} (read into memory), or any TFDS data '
+                 'set prepared in array_record under --data_dir (streamed)')
   p.add_argument('--epochs', type=int, default=defaults.epochs)
   p.add_argument('--batch_size', type=int, default=defaults.batch_size, help='global batch')
   p.add_argument('--learning_rate', type=float, default=defaults.learning_rate,
@@ -109,7 +111,14 @@ def parse_args(argv=None):
                  help='epochs between validation accuracies in metrics.jsonl (0: at the end '
                  'only); the test split is evaluated once, at the end')
   p.add_argument('--augment', action=argparse.BooleanOptionalAction, default=None,
-                 help='random crop and flip (default: on for CIFAR)')
+                 help='random crop and flip (default: on for CIFAR and streamed data sets, '
+                 'which take random-resized crops)')
+  p.add_argument('--image_size', type=int, default=None,
+                 help='streamed data sets: side of the square training and evaluation images '
+                 '(default 224)')
+  p.add_argument('--data_workers', type=int, default=None,
+                 help='streamed data sets: threads reading and decoding examples '
+                 '(default: the CPU count, at most 8)')
   p.add_argument('--max_steps_per_epoch', type=int, default=None,
                  help='cut every epoch to this many steps (smoke runs)')
   p.add_argument('--init_from', default=None,
@@ -135,7 +144,6 @@ def parse_args(argv=None):
   args = p.parse_args(argv)
   _choices('model', args.model, models.ARCHITECTURES)
   _choices('optimizer', args.optimizer, optimizers.OPTIMIZERS)
-  _choices('dataset', args.dataset, data.DATASETS)
   for name in ('epochs', 'batch_size', 'num_exits', 'checkpoint_every', 'log_every'):
     if getattr(args, name) < 1:
       raise SystemExit(f'error: --{name} must be a positive integer, got {getattr(args, name)}')
@@ -149,6 +157,8 @@ def parse_args(argv=None):
     if not 0 <= first < last:
       raise SystemExit(f'error: --profile_steps needs 0 <= FIRST < LAST, got {args.profile_steps}')
     args.profile_steps = (first, last)
+  if args.image_size is not None and args.image_size < 8:
+    raise SystemExit(f'error: --image_size must be at least 8, got {args.image_size}')
   if args.eval_every < 0:
     raise SystemExit(f'error: --eval_every must be 0 or positive, got {args.eval_every}')
   if not args.learning_rate > 0:
@@ -167,8 +177,8 @@ def _split_validation(dataset: data.Dataset, size: int, seed: int,
   size = min(size, len(dataset.train) // 10)
   order = np.random.default_rng([seed, 12345]).permutation(len(dataset.train))
   train_order = order[size:] if train_size is None else order[size:size + train_size]
-  take = lambda idx: data.Split(dataset.train.images[idx], dataset.train.labels[idx])
-  return dataclasses.replace(dataset, train=take(train_order)), take(order[:size])
+  return (dataclasses.replace(dataset, train=dataset.train.take(train_order)),
+          dataset.train.take(order[:size]))
 
 
 class Progress:
@@ -217,21 +227,25 @@ class Profiler:
 
 
 def evaluate(eval_step, state, split, dataset, batch_size, shard):
-  """Logits ``[K, N, C]`` of a whole split on every process (no example dropped; N may be 0).
+  """Logits ``[K, N, C]`` and labels ``[N]`` of a whole split on every process.
 
-  Each process feeds its slice of every batch; ``eval_step`` returns the
-  logits replicated, so every process reads all of them.
+  No example is dropped (N may be 0). Each process feeds its slice of every
+  batch; ``eval_step`` returns the logits and labels replicated, so every
+  process reads all of them without reading the split's labels itself.
   """
-  outs = []
-  for images, labels, mask in data.eval_batches(split, dataset, batch_size,
-                                                process_index=jax.process_index(),
-                                                process_count=jax.process_count()):
-    logits = eval_step(state, shard(images))
-    outs.append(np.asarray(logits)[:, mask])
-  if not outs:
-    empty = jax.eval_shape(eval_step, state, jnp.zeros((batch_size, *dataset.image_shape)))
-    return np.zeros((empty.shape[0], 0, empty.shape[2]), np.float32)
-  return np.concatenate(outs, axis=1)
+  logits, labels = [], []
+  batches = data.eval_batches(split, dataset, batch_size, process_index=jax.process_index(),
+                              process_count=jax.process_count())
+  with streaming.prefetch(batches, place=lambda b: (shard(b[0]), shard(b[1]), b[2])) as ready:
+    for images, batch_labels, mask in ready:
+      out, batch_labels = eval_step(state, images, batch_labels)
+      logits.append(np.asarray(out)[:, mask])
+      labels.append(np.asarray(batch_labels)[mask])
+  if not logits:
+    empty = jax.eval_shape(eval_step, state, jnp.zeros((batch_size, *dataset.image_shape)),
+                           jnp.zeros((batch_size,), jnp.int32))[0]
+    return np.zeros((empty.shape[0], 0, empty.shape[2]), np.float32), np.zeros(0, np.int32)
+  return np.concatenate(logits, axis=1), np.concatenate(labels)
 
 
 def _initialized_from(state: aj.TrainState, source: pathlib.Path) -> aj.TrainState:
@@ -253,7 +267,8 @@ def _initialized_from(state: aj.TrainState, source: pathlib.Path) -> aj.TrainSta
 def train_and_evaluate(config: Config, workdir: str | os.PathLike, *,
                        data_dir: str = data.DEFAULT_DATA_DIR, source_dir: Optional[str] = None,
                        checkpoint_every: int = 200, log_every: int = 50,
-                       profile_steps: Optional[tuple[int, int]] = None) -> dict:
+                       profile_steps: Optional[tuple[int, int]] = None,
+                       data_workers: Optional[int] = None) -> dict:
   """Trains (or resumes) one run in ``workdir`` and returns its results.
 
   Args:
@@ -268,6 +283,7 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *,
       diverged loss and updates the progress line.
     profile_steps: ``(first, last)``: a ``jax.profiler`` trace of steps ``first`` to
       ``last - 1``, written to ``workdir/profile`` (TensorBoard or Perfetto read it).
+    data_workers: streamed data sets: threads reading and decoding examples.
 
   Returns:
     The dict written to ``results.json``.
@@ -293,12 +309,14 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *,
     return jax.make_array_from_process_local_data(batch_sharding, local)
 
   try:
-    dataset = data.load(config.dataset, data_dir, source_dir)
-  except data.DatasetUnavailableError as e:
+    dataset = data.load(config.dataset, data_dir, source_dir, image_size=config.image_size,
+                        workers=data_workers)
+  except (data.DatasetUnavailableError, ValueError) as e:
     raise SystemExit(f'error: {e}') from None
   dataset, validation = _split_validation(dataset, config.validation_size, config.seed,
                                           config.train_size)
-  augmentation = config.augment if config.augment is not None else config.dataset.startswith('cifar')
+  augmentation = (config.augment if config.augment is not None else
+                  config.dataset.startswith('cifar') or config.dataset not in data.DATASETS)
   steps_per_epoch = data.num_train_batches(dataset, config.batch_size)
   if config.max_steps_per_epoch:
     steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
@@ -322,7 +340,7 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *,
                                           distillation=distillation),
                        donate_argnums=0)
   eval_step = jax.jit(
-      lambda s, x: network.apply({'params': s.params, 'batch_stats': s.batch_stats}, x),
+      lambda s, x, y: (network.apply({'params': s.params, 'batch_stats': s.batch_stats}, x), y),
       out_shardings=replicated)
 
   def logits_of(split):
@@ -339,7 +357,7 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *,
   process = (jax.process_index(), jax.process_count())
 
   start_epoch = step // steps_per_epoch
-  val_logits = None  # the last epoch's evaluation is the final one
+  val = None  # (logits, labels): the last epoch's evaluation is the final one
   for epoch in range(start_epoch, config.epochs):
     skip = step - epoch * steps_per_epoch
     progress = Progress(steps_per_epoch, f'epoch {epoch + 1}/{config.epochs}')
@@ -348,40 +366,42 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *,
                                  augmentation=augmentation, process_index=process[0],
                                  process_count=process[1], start=skip)
     pending: list[tuple[int, dict]] = []  # (step, metrics still on the device)
-    for i, (images, labels) in enumerate(batches, start=skip):
-      if i >= steps_per_epoch:
-        break
-      # No step waits for the device: metrics stay there until a log point reads them, so
-      # the host dispatches the next steps ahead. The guard turns a stray read into an error.
-      with jax.transfer_guard_device_to_host('disallow'):
-        profiler.at(step)
-        state, metrics = train_step(state, shard(images), shard(labels))
-      step += 1
-      images_seen += config.batch_size
-      pending.append((step, metrics))
-      if step % log_every and step % checkpoint_every and i + 1 < steps_per_epoch:
-        continue
-      for logged, values in jax.device_get(pending):
-        loss = float(values['loss'])
-        if not math.isfinite(loss):
-          # This loss is the one of the state after logged - 1: that state and every later
-          # one are bad; every earlier state had a finite loss of its own.
-          progress.close()
-          profiler.stop()
-          kept = manager.drop_from(logged - 1)
-          where = (f'the last good checkpoint is step {kept} in {workdir / "checkpoints"}: '
-                   f'start from it with --init_from {workdir}' if kept else
-                   'no checkpoint was good')
-          raise Diverged(
-              f'error: the loss became {loss} at step {logged} (epoch {epoch + 1}); stopping; '
-              f'{where}. Lower --learning_rate and run again with a fresh --workdir.', logged)
-        losses.append(values['exit_losses'])
-        if 'negative_weight' in values:
-          negative.append(float(values['negative_weight']))
-      pending = []
-      progress.update(i + 1, loss, images_seen)
-      if step % checkpoint_every == 0:
-        manager.save(step, state)
+    # Batches are read, decoded and placed on the devices in a background thread, two ahead.
+    with streaming.prefetch(batches, place=lambda b: (shard(b[0]), shard(b[1]))) as ready:
+      for i, (images, labels) in enumerate(ready, start=skip):
+        if i >= steps_per_epoch:
+          break
+        # No step waits for the device: metrics stay there until a log point reads them, so
+        # the host dispatches the next steps ahead. The guard turns a stray read into an error.
+        with jax.transfer_guard_device_to_host('disallow'):
+          profiler.at(step)
+          state, metrics = train_step(state, images, labels)
+        step += 1
+        images_seen += config.batch_size
+        pending.append((step, metrics))
+        if step % log_every and step % checkpoint_every and i + 1 < steps_per_epoch:
+          continue
+        for logged, values in jax.device_get(pending):
+          loss = float(values['loss'])
+          if not math.isfinite(loss):
+            # This loss is the one of the state after logged - 1: that state and every later
+            # one are bad; every earlier state had a finite loss of its own.
+            progress.close()
+            profiler.stop()
+            kept = manager.drop_from(logged - 1)
+            where = (f'the last good checkpoint is step {kept} in {workdir / "checkpoints"}: '
+                     f'start from it with --init_from {workdir}' if kept else
+                     'no checkpoint was good')
+            raise Diverged(
+                f'error: the loss became {loss} at step {logged} (epoch {epoch + 1}); stopping; '
+                f'{where}. Lower --learning_rate and run again with a fresh --workdir.', logged)
+          losses.append(values['exit_losses'])
+          if 'negative_weight' in values:
+            negative.append(float(values['negative_weight']))
+        pending = []
+        progress.update(i + 1, loss, images_seen)
+        if step % checkpoint_every == 0:
+          manager.save(step, state)
     progress.close()
     seconds = time.perf_counter() - epoch_start
     last = epoch + 1 == config.epochs
@@ -394,8 +414,8 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *,
       print(f'epoch {epoch + 1}: some exit had a negative weight in '
             f'{record["negative_weight_fraction"]:.1%} of the steps', file=sys.stderr, flush=True)
     if last or (config.eval_every and (epoch + 1) % config.eval_every == 0):
-      val_logits = logits_of(validation)
-      accuracy = aj.exit_accuracy(jnp.asarray(val_logits), jnp.asarray(validation.labels))
+      val = logits_of(validation)
+      accuracy = aj.exit_accuracy(jnp.asarray(val[0]), jnp.asarray(val[1]))
       record['validation_accuracy'] = accuracy.tolist()
       print(f'epoch {epoch + 1}: validation accuracy per exit '
             + ' '.join(f'{a:.4f}' for a in accuracy), file=sys.stderr, flush=True)
@@ -407,10 +427,10 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *,
   profiler.stop()
   flops = aj.exit_flops(network, {'params': state.params, 'batch_stats': state.batch_stats},
                         example)
-  if val_logits is None:  # resumed after the last epoch had finished
-    val_logits = logits_of(validation)
-  results = report.results(config, network, state, flops, logits_of(dataset.test),
-                           dataset.test.labels, val_logits, validation.labels, workdir)
+  if val is None:  # resumed after the last epoch had finished
+    val = logits_of(validation)
+  results = report.results(config, network, state, flops, *logits_of(dataset.test), *val,
+                           workdir)
   if jax.process_index() == 0:
     report.write_results(workdir, results)
     report.plot(workdir, results)
@@ -426,7 +446,8 @@ def main(argv=None):
     results = train_and_evaluate(config, args.workdir, data_dir=args.data_dir,
                                  source_dir=args.source_dir,
                                  checkpoint_every=args.checkpoint_every,
-                                 log_every=args.log_every, profile_steps=args.profile_steps)
+                                 log_every=args.log_every, profile_steps=args.profile_steps,
+                                 data_workers=args.data_workers)
   except Diverged as e:
     raise SystemExit(str(e)) from None
   print(report.table(results))

@@ -104,8 +104,11 @@ def test_missing_data_fails_fast_with_the_fix(tmp_path):
     data.load('cifar10', data_dir=str(tmp_path / 'tfds'), source_dir=str(tmp_path))
   with pytest.raises(data.DatasetUnavailableError, match='apt-get install dataset-fashion-mnist'):
     data.load('fashion_mnist', data_dir=str(tmp_path / 'tfds'), source_dir=str(tmp_path))
-  with pytest.raises(ValueError, match='Unknown dataset'):
-    data.load('imagenet', data_dir=str(tmp_path))
+  with pytest.raises(data.DatasetUnavailableError,
+                     match='tfds build imagenet2012 --file_format=array_record'):
+    data.load('imagenet2012', data_dir=str(tmp_path))
+  with pytest.raises(ValueError, match='applies to streamed data sets only'):
+    data.load('digits', data_dir=str(tmp_path), image_size=64)
   assert time.perf_counter() - start < 30
 
 

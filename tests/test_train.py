@@ -155,7 +155,7 @@ def test_a_damaged_latest_checkpoint_is_skipped_and_said(tmp_path, data_dir):
 @pytest.mark.parametrize('flag,value,expected', [
     ('--model', 'resnet', 'valid values: branched, nested_width'),
     ('--optimizer', 'adam', 'valid values: osgd'),
-    ('--dataset', 'mnist', 'valid values: fashion_mnist, cifar10'),
+    ('--image_size', '4', '--image_size must be at least 8'),
     ('--epochs', '0', '--epochs must be a positive integer'),
     ('--batch_size', '-3', '--batch_size must be a positive integer'),
     ('--learning_rate', '-1', '--learning_rate must be positive'),
