@@ -13,7 +13,9 @@ summed-loss gradient measured in the same run.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
+import os
 import json
 import pathlib
 import statistics
@@ -287,21 +289,27 @@ def bench_methods(name: str, batch_size: int, repeats: int, shape=(28, 28, 1), w
           'methods': {m: {'seconds': sec, 'over_gradients': sec / base} for m, sec in t.items()}}
 
 
-def bench_loop(name: str, batch_size: int, steps: int, data_dir: str) -> dict:
+def bench_loop(name: str, batch_size: int, steps: int, data_dir: str,
+               dataset: str = 'fashion_mnist') -> dict:
   """Images per second of ``experiments.train``'s whole loop against the bare jitted step.
 
   The loop runs two epochs of ``steps`` steps and its second epoch is timed (the first
   compiles), reading the losses every step (``log_every=1``: what the loop did before it
   dispatched ahead) and every 50; the bare step runs on batches already on the device.
+  ``dataset='mock_imagenet'`` streams 64x64 random-resized crops of variable-size JPEG
+  images (written under ``data_dir`` first if missing; :mod:`experiments.mock_imagenet`),
+  decoded in the loop's worker threads; the bare step gets their evaluation views.
   """
   import tempfile  # pylint: disable=g-import-not-at-top
-  from experiments import train  # pylint: disable=g-import-not-at-top
-  try:
-    loaded, dataset = data.load('fashion_mnist', data_dir), 'fashion_mnist'
-  except data.DatasetUnavailableError:
-    loaded, dataset = data.load('digits', data_dir), 'digits'
+  from experiments import mock_imagenet, train  # pylint: disable=g-import-not-at-top
+  image_size = None
+  if dataset == mock_imagenet.NAME:
+    mock_imagenet.write(data_dir)
+    image_size = 64
+  loaded = data.load(dataset, data_dir, image_size=image_size)
   config = train.Config(model=name, dataset=dataset, batch_size=batch_size, epochs=2,
-                        max_steps_per_epoch=steps, eval_every=0)
+                        max_steps_per_epoch=steps, eval_every=0, image_size=image_size,
+                        validation_size=batch_size)
   rates = {}
   for log_every in (1, 50):
     with tempfile.TemporaryDirectory() as workdir:
@@ -309,7 +317,8 @@ def bench_loop(name: str, batch_size: int, steps: int, data_dir: str) -> dict:
                                checkpoint_every=10 ** 9)
       records = (pathlib.Path(workdir) / 'metrics.jsonl').read_text().splitlines()
       rates[f'loop, losses read every {log_every}'] = json.loads(records[-1])['images_per_second']
-  network = models.create(name, num_classes=loaded.num_classes, num_exits=config.num_exits)
+  network = models.create(name, num_classes=loaded.num_classes, num_exits=config.num_exits,
+                          **models.input_options(loaded.image_shape))
   tx, per_exit = optimizers.make(config.optimizer, config, 2 * steps, steps)
   state = create_train_state(network, tx, jax.random.key(0),
                              jnp.zeros((1, *loaded.image_shape), jnp.float32))
@@ -324,6 +333,28 @@ def bench_loop(name: str, batch_size: int, steps: int, data_dir: str) -> dict:
   rates['bare jitted step'] = steps * batch_size / (time.perf_counter() - start)
   return {'model': name, 'dataset': dataset, 'batch_size': batch_size, 'steps': steps,
           'images_per_second': rates}
+
+
+def bench_pipeline(data_dir: str, batch_size: int = 64, batches: int = 8) -> str:
+  """Images per second of the streamed input pipeline alone, by number of worker threads.
+
+  224x224 random-resized crops of generated 300-500 pixel JPEG images (600, written
+  under ``data_dir`` first if missing): decoding and resampling only, no training.
+  """
+  from experiments import mock_imagenet  # pylint: disable=g-import-not-at-top
+  mock_imagenet.write(data_dir, num_train=600, num_test=10, min_side=300, max_side=500,
+                      dataset_name='mock_imagenet_large')
+  split = data.load('mock_imagenet_large', data_dir, image_size=224).train
+  rows = []
+  for workers in (1, 2, 4, 8):
+    view = dataclasses.replace(split, workers=workers)
+    view.read(np.arange(batch_size), np.random.default_rng(0))  # opens files, starts threads
+    start = time.perf_counter()
+    for b in range(batches):
+      idx = (np.arange(batch_size) + (b + 1) * batch_size) % len(view)
+      view.read(idx, np.random.default_rng(b))
+    rows.append([str(workers), f'{batches * batch_size / (time.perf_counter() - start):.0f}'])
+  return _markdown(['worker threads', 'img/s'], rows)
 
 
 def format_loop(rows: list[dict]) -> str:
@@ -397,7 +428,17 @@ def main(argv=None):
                       help='images per second of experiments.train\'s loop against the bare step')
   parser.add_argument('--steps', type=int, default=60, help='--loop: steps per timed epoch')
   parser.add_argument('--data_dir', default=data.DEFAULT_DATA_DIR, help='--loop: prepared data')
+  parser.add_argument('--pipeline', action='store_true',
+                      help='img/s of the streamed input pipeline alone, by worker threads')
+  parser.add_argument('--loop_dataset', default='fashion_mnist',
+                      choices=('fashion_mnist', 'digits', 'mock_imagenet'),
+                      help='--loop: in-memory Fashion-MNIST or digits, or streamed 64x64 crops '
+                      'of generated JPEG images')
   args = parser.parse_args(argv)
+  if args.pipeline:
+    print(f'{os.cpu_count()} CPUs; batches of 64 224x224 random-resized crops')
+    print(bench_pipeline(args.data_dir))
+    return
   names = args.models.split(',')
   if args.quick:
     names, args.batch_size, args.repeats = ['branched'], 8, 2
@@ -410,7 +451,8 @@ def main(argv=None):
             f'median of {args.repeats}; ratios to the summed-loss gradient in the same run'),
         flush=True)
   if args.loop:
-    measure = lambda name: bench_loop(name, args.batch_size, args.steps, args.data_dir)
+    measure = lambda name: bench_loop(name, args.batch_size, args.steps, args.data_dir,
+                                      args.loop_dataset)
     fmt, rows_per_model = format_loop, 3
   elif args.methods:
     measure = lambda name: bench_methods(name, args.batch_size, args.repeats, width=args.width)

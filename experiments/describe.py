@@ -1,5 +1,9 @@
 """Prints every model's parameters and cumulative FLOPs per exit.
 
+From 128 pixels on a side (e.g. ``--input_shape 224,224,3``) the networks get a
+stem and four resolution levels (``anytime_jax.models.input_options``), as the
+trainer builds them.
+
   python -m experiments.describe [--input_shape 28,28,1] [--num_classes 10] [--num_exits 4]
 """
 
@@ -17,7 +21,8 @@ def describe(input_shape, num_classes, num_exits):
   x = jnp.zeros((1, *input_shape), jnp.float32)
   rows = []
   for name in models.ARCHITECTURES:
-    network = models.create(name, num_classes=num_classes, num_exits=num_exits)
+    network = models.create(name, num_classes=num_classes, num_exits=num_exits,
+                            **models.input_options(input_shape))
     variables = jax.eval_shape(lambda: network.init(jax.random.key(0), x))
     flops = aj.exit_flops(network, variables, x)
     params = 0

@@ -325,7 +325,10 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *,
                      f'{len(dataset.train)} training examples of {config.dataset}.')
   total_steps = steps_per_epoch * config.epochs
 
-  options = {} if config.growth is None else {'growth': config.growth}
+  # ImageNet-sized images get a stem and four resolution levels.
+  options = models.input_options(dataset.image_shape)
+  if config.growth is not None:
+    options['growth'] = config.growth
   network = models.create(config.model, num_classes=dataset.num_classes,
                           num_exits=config.num_exits, width=config.width,
                           dtype=DTYPES[config.dtype], **options)

@@ -284,3 +284,39 @@ def test_every_model_trains_with_osgd(name):
     first = l if first is None else first
   assert np.all(np.isfinite(l))
   assert np.all(l < 0.7 * first), (first, l)
+
+
+@pytest.mark.parametrize('name', ['branched', 'nested_width', 'nested_depth', 'independent',
+                                  'msdnet'])
+def test_imagenet_sized_networks_have_a_stem_and_four_levels(name):
+  x = jnp.zeros((1, 224, 224, 3))
+  options = models.input_options(x.shape[1:])
+  assert options == {'stem': True, 'num_levels': 4}
+  network = models.create(name, num_classes=1000, num_exits=4, **options, **small(name))
+  variables = jax.eval_shape(lambda: network.init(jax.random.key(0), x))
+  logits, state = jax.eval_shape(lambda v: network.apply(v, x, capture_intermediates=True,
+                                                         mutable=['intermediates']), variables)
+  assert logits.shape == (4, 1, 1000)
+  sides = {a.shape[1] for a in jax.tree.leaves(state) if a.ndim == 4}
+  stems = [leaf for leaf in jax.tree.leaves(variables['params']) if leaf.shape[:2] == (7, 7)]
+  # A 7x7 stride-2 convolution (112 pixels), a stride-2 pool, then four levels: 56, 28, 14, 7
+  # (the 224-pixel image itself rides in the carry of the independent networks).
+  assert {112, 56, 28, 14, 7} <= sides
+  assert max(sides - {224, 112}) == 56
+  assert len(stems) == (network.num_exits if name == 'independent' else 1)
+
+
+@pytest.mark.parametrize('name', ['nested_width', 'nested_depth', 'independent'])
+def test_a_stem_keeps_exits_independent_of_later_stages(name):
+  network = models.create(name, num_classes=5, num_exits=3, width=4, stem=True, num_levels=2)
+  x = _normal((2, 16, 16, 1), 1)
+  shapes = jax.eval_shape(functools.partial(models.init_variables, network), jax.random.key(0), x)
+  variables = jax.tree.map(lambda s: 0.3 * _normal(s.shape, 2), shapes)
+  variables['batch_stats'] = jax.tree.map(lambda v: 1.0 + np.abs(v), variables['batch_stats'])
+  apply = jax.jit(network.apply)
+  base = apply(variables, x)
+  for j in range(network.num_exits):
+    moved = apply(_perturb_stage(variables, j), x)
+    changed = [not np.array_equal(moved[k], base[k]) for k in range(network.num_exits)]
+    assert changed == [(k == j) if name == 'independent' else (j <= k)
+                       for k in range(network.num_exits)]

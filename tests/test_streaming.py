@@ -167,4 +167,5 @@ def test_streaming_stays_under_a_memory_cap_that_reading_whole_exceeds(tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     rss = json.loads(out.stdout.strip().splitlines()[-1])
     grown[mode] = rss['peak'] - rss['before']
+  print(f'peak resident memory added, MB: {grown}')  # shown with pytest -s
   assert grown['stream'] < cap_mb < grown['whole'], grown

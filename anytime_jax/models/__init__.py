@@ -28,6 +28,7 @@ from anytime_jax.models.network import apply_stage
 from anytime_jax.models.network import init_variables
 from anytime_jax.models.network import initial_carry
 from anytime_jax.models.network import stage_variables
+from anytime_jax.models.plans import input_options
 
 ARCHITECTURES = ('branched', 'nested_width', 'nested_depth', 'nested_both', 'independent',
                  'msdnet')
@@ -60,7 +61,9 @@ def create(name: str, *, num_classes: int, num_exits: int = 4, width: Optional[i
       :func:`anytime_jax.conv.conv_general_dilated`). Results are equal up to
       float32 rounding; only the speed differs (``python -m experiments.bench``).
     **options: ``blocks_per_stage`` (branched), ``blocks_per_level`` (nested,
-      independent), ``num_levels`` (resolution levels, default 3), ``growth``
+      independent), ``num_levels`` (resolution levels, default 3), ``stem`` (a
+      7x7 stride-2 convolution and max-pool first, for ImageNet-sized images;
+      :func:`input_options` gives both for an image shape), ``growth``
       (independent: ``'width'``, ``'depth'`` or ``'both'``); MSDNet takes
       ``num_levels`` and the options of :func:`anytime_jax.models.msdnet.plan`.
 
@@ -97,4 +100,4 @@ def create(name: str, *, num_classes: int, num_exits: int = 4, width: Optional[i
 
 
 __all__ = ['ARCHITECTURES', 'AnytimeNetwork', 'DEFAULT_WIDTH', 'Stage', 'apply_stage', 'create',
-           'init_variables', 'initial_carry', 'stage_variables']
+           'init_variables', 'initial_carry', 'input_options', 'stage_variables']

@@ -23,8 +23,9 @@ inference, early exit, FLOPs and the staged gradient engine serve it unchanged.
 Convolution kernels are initialized as the authors do (normal, fan-out).
 Deviations: the exit pools its last map globally (the authors' ``AvgPool2d(2)``
 of a 2x2 map on 32x32 inputs; the same on 28x28), the exit's dense layer keeps
-Flax's initializer, and only the CIFAR stem is built (for ImageNet the authors
-use a 7x7 strided convolution and max pooling).
+Flax's initializer, and the CIFAR stem is the default (for ImageNet the authors
+use a 7x7 strided convolution and max pooling; ``stem=True`` builds it, with
+``growth_factor`` 2**s where the authors' ImageNet network uses 1-2-4-4).
 
 The carry between stages is ``{'out': {'scale0': [B, H, W, C0], ...},
 'hidden': {}}``: the scales still alive after the stage.
@@ -71,6 +72,8 @@ class MSDPlan:
     bottleneck_factor: bottleneck width per scale as a multiple of the
       channels a convolution adds (``bnFactor``).
     head_channels: channels of the exit's two convolutions.
+    imagenet_stem: the stem's finest scale is a 7x7 stride-2 convolution and a
+      3x3 stride-2 max-pool (the authors' ImageNet stem).
   """
   stem: bool
   channels: int
@@ -78,13 +81,14 @@ class MSDPlan:
   growth_factor: tuple[int, ...]
   bottleneck_factor: tuple[int, ...]
   head_channels: int
+  imagenet_stem: bool = False
 
 
 def plan(num_exits: int, width: int, *, growth_rate: int = 6, base: int = 4, step: int = 2,
          num_levels: int = 3, reduction: float = 0.5,
          growth_factor: Optional[tuple[int, ...]] = None,
          bottleneck_factor: Optional[tuple[int, ...]] = None,
-         head_channels: int = 128) -> tuple[MSDPlan, ...]:
+         head_channels: int = 128, stem: bool = False) -> tuple[MSDPlan, ...]:
   """The stages of an MSDNet with ``num_exits`` exits (the authors' ``nBlocks``).
 
   Args:
@@ -97,6 +101,8 @@ def plan(num_exits: int, width: int, *, growth_rate: int = 6, base: int = 4, ste
       base channels (0 disables transitions).
     growth_factor, bottleneck_factor: per scale; default ``2**s`` each.
     head_channels: channels of each exit's two convolutions.
+    stem: the authors' ImageNet stem at the finest scale (a 7x7 convolution of
+      stride 2 and a 3x3 max-pool of stride 2) instead of a 3x3 convolution.
 
   Returns:
     K :class:`MSDPlan` s. Scales are pruned as the authors' ``--prune max``:
@@ -144,7 +150,7 @@ def plan(num_exits: int, width: int, *, growth_rate: int = 6, base: int = 4, ste
         channels = math.floor(reduction * channels)
         layers.append(Transition(channels))
     stages.append(MSDPlan(k == 0, width, tuple(layers), tuple(growth_factor),
-                          tuple(bottleneck_factor), head_channels))
+                          tuple(bottleneck_factor), head_channels, stem))
   return tuple(stages)
 
 
@@ -186,7 +192,11 @@ class MSDStage(nn.Module):
     if p.stem:
       x, features = carry['out'][IMAGE], {}
       for s in range(len(p.growth_factor)):
-        x = conv_norm_relu(x, p.channels * p.growth_factor[s], stride=1 if s == 0 else 2)
+        if s == 0 and p.imagenet_stem:
+          x = conv_norm_relu(x, p.channels * p.growth_factor[0], kernel=7, stride=2)
+          x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        else:
+          x = conv_norm_relu(x, p.channels * p.growth_factor[s], stride=1 if s == 0 else 2)
         features[s] = x
     else:
       features = {int(name[len('scale'):]): x for name, x in carry['out'].items()}

@@ -90,6 +90,11 @@ class Stage(nn.Module):
     outs, hidden = dict(carry['out']), dict(carry['hidden'])
     for op in self.plan.ops:
       xs = [outs[name] for name in op.inputs]
+      if op.stem:
+        y = nn.relu(norm(use_running_average=not train)(conv(op.channels, (7, 7), strides=2,
+                                                             name=f'{op.block}_conv')(xs[0])))
+        outs[op.block] = nn.max_pool(y, (3, 3), strides=(2, 2), padding='SAME')
+        continue
       old = outs[op.block].shape[-1] if op.widen else 0
       identity = tuple(name != IMAGE and s == 1 and x.shape[-1] == old + op.channels
                        for name, x, s in zip(op.inputs, xs, op.strides))

@@ -19,6 +19,11 @@ Plans are plain Python data, fixed at construction, so one stage module (see
   full-width blocks as in ``nested_depth``.
 * ``independent``: stage k is a separate network (no reuse), the non-anytime
   reference; it grows like one of the nested families.
+
+With ``stem=True`` (ImageNet-sized inputs, see :func:`input_options`) the first
+stage starts with a stem, as ResNets do: a 7x7 convolution of stride 2 and a
+3x3 max-pool of stride 2, so the blocks start at a quarter of the resolution
+(56x56 for 224x224 images). Every network of ``independent`` has its own stem.
 """
 
 from __future__ import annotations
@@ -38,12 +43,15 @@ class Op:
     strides: spatial stride from each input's resolution to the block's.
     channels: output channels this op adds.
     widen: False creates the block; True adds a channel group to it.
+    stem: the op is a stem (7x7 stride-2 convolution, 3x3 stride-2 max-pool), not
+      a residual block.
   """
   block: str
   inputs: tuple[str, ...]
   strides: tuple[int, ...]
   channels: int
   widen: bool = False
+  stem: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +81,24 @@ def _levels(num_levels: int, blocks_per_level: int) -> list[int]:
   return [level for level in range(num_levels) for _ in range(blocks_per_level)]
 
 
+def input_options(image_shape: tuple[int, ...]) -> dict:
+  """``models.create`` options for images of ``image_shape`` ``(H, W, C)``.
+
+  From 128 pixels on a side (ImageNet's 224x224): a stem and four resolution
+  levels; smaller images (28x28, 32x32, 64x64): no stem, three levels.
+
+  >>> input_options((224, 224, 3))
+  {'stem': True, 'num_levels': 4}
+  >>> input_options((32, 32, 3))
+  {}
+  """
+  return {'stem': True, 'num_levels': 4} if min(image_shape[:2]) >= 128 else {}
+
+
+def _stem_ops(stem: bool, name: str, width: int) -> list[Op]:
+  return [Op(name, (IMAGE,), (4,), width, stem=True)] if stem else []
+
+
 def _chain_ops(blocks, widths, first_input=IMAGE, first_level=0):
   """Ops creating ``blocks`` as a chain: each reads the previous one."""
   ops, prev, prev_level = [], first_input, first_level
@@ -95,13 +121,15 @@ def _finish(stage_ops: list[list[Op]], exits: list[str]) -> tuple[StagePlan, ...
 
 
 def branched(num_exits: int, width: int, blocks_per_stage: int = 1,
-             num_levels: int = 3) -> tuple[StagePlan, ...]:
+             num_levels: int = 3, stem: bool = False) -> tuple[StagePlan, ...]:
   """One trunk; stage k runs ``blocks_per_stage`` blocks at level min(k, L-1)."""
-  stage_ops, exits, prev, prev_level = [], [], IMAGE, 0
+  stage_ops, exits = [], []
+  prev, prev_level = ('stem', 0) if stem else (IMAGE, 0)
   for k in range(num_exits):
     level = min(k, num_levels - 1)
     blocks = [_Block(f's{k}_b{i}', level, width * 2 ** level) for i in range(blocks_per_stage)]
-    stage_ops.append(_chain_ops(blocks, [b.base_channels for b in blocks], prev, prev_level))
+    stage_ops.append(_stem_ops(stem and k == 0, 'stem', width)
+                     + _chain_ops(blocks, [b.base_channels for b in blocks], prev, prev_level))
     prev, prev_level = blocks[-1].name, level
     exits.append(prev)
   return _finish(stage_ops, exits)
@@ -113,10 +141,15 @@ def _base_blocks(width: int, blocks_per_level: int, num_levels: int, prefix: str
 
 
 def nested(num_exits: int, width: int, *, grow_width: bool, grow_depth: bool,
-           blocks_per_level: int = 1, num_levels: int = 3) -> tuple[StagePlan, ...]:
-  """Recursively nested networks growing in width, depth (interlaced) or both."""
+           blocks_per_level: int = 1, num_levels: int = 3,
+           stem: bool = False) -> tuple[StagePlan, ...]:
+  """Recursively nested networks growing in width, depth (interlaced) or both.
+
+  The stem (with ``stem=True``) belongs to network 1 and keeps its width.
+  """
   order = _base_blocks(width, blocks_per_level, num_levels)
-  stage_ops = [_chain_ops(order, [b.base_channels for b in order])]
+  stage_ops = [_stem_ops(stem, 'stem', width)
+               + _chain_ops(order, [b.base_channels for b in order], 'stem' if stem else IMAGE)]
   inputs = {op.block: (op.inputs, op.strides) for op in stage_ops[0]}
   exits = [order[-1].name]
   for k in range(1, num_exits):
@@ -143,7 +176,8 @@ def nested(num_exits: int, width: int, *, grow_width: bool, grow_depth: bool,
 
 
 def independent(num_exits: int, width: int, *, growth: str = 'width',
-                blocks_per_level: int = 1, num_levels: int = 3) -> tuple[StagePlan, ...]:
+                blocks_per_level: int = 1, num_levels: int = 3,
+                stem: bool = False) -> tuple[StagePlan, ...]:
   """K separate networks; network k is 2**k times wider, deeper, or both."""
   if growth not in ('width', 'depth', 'both'):
     raise ValueError(f"independent growth must be 'width', 'depth' or 'both', got {growth!r}.")
@@ -152,6 +186,8 @@ def independent(num_exits: int, width: int, *, growth: str = 'width',
     w = width * 2 ** k if growth in ('width', 'both') else width
     n = blocks_per_level * 2 ** k if growth in ('depth', 'both') else blocks_per_level
     blocks = _base_blocks(w, n, num_levels, prefix=f'net{k}_')
-    stage_ops.append(_chain_ops(blocks, [b.base_channels for b in blocks]))
+    stage_ops.append(_stem_ops(stem, f'net{k}_stem', w)
+                     + _chain_ops(blocks, [b.base_channels for b in blocks],
+                                  f'net{k}_stem' if stem else IMAGE))
     exits.append(blocks[-1].name)
   return _finish(stage_ops, exits)
