@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import anytime_jax as aj
 from anytime_jax import models
 from experiments import data
-from experiments import checkpoint, optimizers, train
+from experiments import checkpoint, mock_imagenet, optimizers, train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SMALL = ['--dataset', 'digits', '--batch_size', '32', '--max_steps_per_epoch', '20',
@@ -262,9 +262,23 @@ def _free_port():
     return s.getsockname()[1]
 
 
+@pytest.fixture(scope='module')
+def jpegs(tmp_path_factory):
+  path = tmp_path_factory.mktemp('jpegs')
+  mock_imagenet.write(str(path), num_train=200, num_test=40, num_classes=4, min_side=12,
+                      max_side=40)
+  return str(path)
+
+
 @pytest.mark.slow
-def test_two_processes_train_and_evaluate_like_one(tmp_path, data_dir):
+@pytest.mark.parametrize('streamed', [False, True])
+def test_two_processes_train_and_evaluate_like_one(tmp_path, data_dir, streamed, request):
   common = [*SMALL, '--data_dir', data_dir, '--seed', '1']
+  if streamed:
+    # Variable-size JPEG images, streamed; their evaluation views (no augmentation) make the
+    # two processes' batches those of the one process.
+    common = [*SMALL, '--dataset', mock_imagenet.NAME, '--data_dir', request.getfixturevalue(
+        'jpegs'), '--image_size', '16', '--no-augment', '--max_steps_per_epoch', '8', '--seed', '1']
   # One process with two devices: the same global batch over the same two shards.
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2',
              JAX_PLATFORMS='cpu')
@@ -293,13 +307,14 @@ def test_steps_between_log_points_never_read_the_device(tmp_path, data_dir, monk
   reads = []
   real = jax.device_get
   monkeypatch.setattr(jax, 'device_get', lambda tree: reads.append(len(tree)) or real(tree))
-  config = train.Config(dataset='digits', batch_size=32, epochs=2, num_exits=2, train_size=200,
-                        eval_every=0, learning_rate=0.1, width=2)
-  train.train_and_evaluate(config, tmp_path / 'run', data_dir=data_dir, log_every=4,
+  # SMALL's run (test_end_to_end_on_digits): its compiled programs are in the cache by now.
+  config = train.Config(dataset='digits', batch_size=32, epochs=2, num_exits=3, width=4,
+                        learning_rate=0.2, max_steps_per_epoch=20)
+  train.train_and_evaluate(config, tmp_path / 'run', data_dir=data_dir, log_every=8,
                            checkpoint_every=100)
-  assert reads == [4, 2, 2, 4]  # 6 steps an epoch: at steps 4 and 6, then 8 and 12
+  assert reads == [8, 8, 4, 4, 8, 8]  # 20 steps an epoch: at 8, 16, 20, then 24, 32, 40
   metrics = [json.loads(l) for l in (tmp_path / 'run' / 'metrics.jsonl').read_text().splitlines()]
-  assert [m['step'] for m in metrics] == [6, 12] and all(m['train_exit_losses'] for m in metrics)
+  assert [m['step'] for m in metrics] == [20, 40] and all(m['train_exit_losses'] for m in metrics)
 
 
 @pytest.mark.slow
