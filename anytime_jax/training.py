@@ -76,8 +76,10 @@ def summed_loss_gradient(network: AnytimeNetwork, variables: Any, x: jax.Array, 
   >>> x = jax.random.normal(jax.random.key(1), (4, 4, 4, 1))  # [B, H, W, C]
   >>> y = jnp.array([0, 1, 2, 0])  # [B]
   >>> variables = aj.models.init_variables(network, jax.random.key(0), x)
-  >>> grads, loss, aux = aj.summed_loss_gradient(network, variables, x, y)
-  >>> staged, losses, _ = aj.staged_exit_jacobian(network, variables, x, y)
+  >>> summed = jax.jit(aj.summed_loss_gradient, static_argnums=0)  # the network is static
+  >>> grads, loss, aux = summed(network, variables, x, y)
+  >>> staged, losses, _ = jax.jit(aj.staged_exit_jacobian, static_argnums=0)(
+  ...     network, variables, x, y)
   >>> bool(jnp.allclose(loss, losses))  # the same [K] exit losses
   True
   >>> close = lambda g, s: jnp.allclose(g, s.sum(0), rtol=1e-4, atol=1e-6)  # g = the sum of rows
