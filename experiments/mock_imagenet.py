@@ -35,8 +35,16 @@ def _image(rng: np.random.Generator, label: int, num_classes: int, min_side: int
 
 
 def write(data_dir: str, *, num_train: int = 2000, num_test: int = 500, num_classes: int = 10,
-          min_side: int = 48, max_side: int = 160, dataset_name: str = NAME, seed: int = 0):
-  """Prepares the data set under ``data_dir`` (if not there yet) and returns its builder."""
+          min_side: int = 48, max_side: int = 160, dataset_name: str = NAME, seed: int = 0,
+          fixed_size: bool = False):
+  """Prepares the data set under ``data_dir`` (if not there yet) and returns its builder.
+
+  ``fixed_size``: every image is ``min_side`` square and the feature says so (a
+  small-image data set such as SVHN; it gets CIFAR's views when streamed).
+  """
+  if fixed_size:
+    max_side = min_side
+  image_shape = (min_side, min_side, 3) if fixed_size else (None, None, 3)
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
   class MockImagenet(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -47,7 +55,7 @@ def write(data_dir: str, *, num_train: int = 2000, num_test: int = 500, num_clas
       return tfds.core.DatasetInfo(
           builder=self,
           features=tfds.features.FeaturesDict({
-              'image': tfds.features.Image(shape=(None, None, 3), encoding_format='jpeg'),
+              'image': tfds.features.Image(shape=image_shape, encoding_format='jpeg'),
               'label': tfds.features.ClassLabel(num_classes=num_classes),
           }),
           supervised_keys=('image', 'label'))

@@ -7,13 +7,17 @@ release the GIL) and stacks them into fixed-size uint8 batches. Only the
 batches in flight live in memory. :func:`prefetch` keeps a few ready batches
 (already placed on the devices) ahead of the training loop.
 
-Transforms, per example, from a stream of random numbers fixed by the caller
-(so a resumed epoch repeats exactly):
+Views, from a stream of random numbers fixed by the caller (so a resumed
+epoch repeats exactly), of two kinds:
 
-* training: random-resized crop (Inception-style: 8-100% of the area, aspect
-  ratio 3/4 to 4/3) with a horizontal flip, to ``image_size`` square;
-* evaluation: resize the shorter side to ``image_size / 0.875``, then a
-  central ``image_size`` crop.
+* ``'inception'`` (images of varying or large size, e.g. ImageNet): training
+  takes a random-resized crop (8-100% of the area, aspect ratio 3/4 to 4/3)
+  with a horizontal flip; evaluation resizes the shorter side to
+  ``image_size / 0.875`` and takes the central ``image_size`` square.
+* ``'pad_crop'`` (small images of one size, e.g. SVHN or CIFAR prepared by
+  TFDS): evaluation is the whole image (resized to ``image_size`` if it
+  differs); training pads it by 4, crops at random and flips, as CIFAR
+  training does.
 
 Prepare a data set once with TFDS's command line, e.g. ``tfds build
 imagenet2012 --file_format=array_record --data_dir=DIR`` (ImageNet's archives
@@ -88,6 +92,15 @@ def random_resized_crop(image: np.ndarray, image_size: int, rng: np.random.Gener
   return out[:, ::-1] if rng.random() < 0.5 else out
 
 
+def pad_crop_flip(image: np.ndarray, rng: np.random.Generator, pad: int = 4) -> np.ndarray:
+  """A random crop of ``image [H, W, C]`` zero-padded by ``pad``, flipped half the time."""
+  h, w = image.shape[:2]
+  padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)))
+  dy, dx = rng.integers(0, 2 * pad + 1, 2)
+  out = padded[dy:dy + h, dx:dx + w]
+  return out[:, ::-1] if rng.random() < 0.5 else out
+
+
 @dataclasses.dataclass(frozen=True)
 class StreamedSplit:
   """Examples of a TFDS data source, by index; the same interface as ``data.Split``.
@@ -98,6 +111,7 @@ class StreamedSplit:
     image_size: the side of every image it gives.
     channels: the images' channels.
     workers: threads that read, decode and transform examples.
+    views: ``'inception'`` or ``'pad_crop'`` (module docstring).
     image_key, label_key: the features holding the image and its label.
   """
   source: Any
@@ -107,6 +121,7 @@ class StreamedSplit:
   workers: int
   image_key: str = 'image'
   label_key: str = 'label'
+  views: str = 'inception'
 
   def __len__(self) -> int:
     return len(self.indices)
@@ -135,8 +150,15 @@ class StreamedSplit:
       image = np.asarray(example[self.image_key])
       if image.ndim == 2:
         image = image[..., None]
-      view = (center_crop(image, self.image_size) if stream is None
-              else random_resized_crop(image, self.image_size, stream))
+      if self.views == 'pad_crop':
+        view = (image if image.shape[:2] == (self.image_size, self.image_size) else
+                center_crop(image, self.image_size, crop_fraction=1.0))
+        if stream is not None:
+          view = pad_crop_flip(view, stream)
+      elif stream is None:
+        view = center_crop(image, self.image_size)
+      else:
+        view = random_resized_crop(image, self.image_size, stream)
       return view, int(example[self.label_key])
 
     pool = _pool(self.workers)
@@ -207,9 +229,11 @@ def splits(builder) -> tuple[str, str]:
 def open_split(builder, split: str, image_size: int, workers: int) -> StreamedSplit:
   source = builder.as_data_source(split=split)
   image_key, label_key = builder.info.supervised_keys or ('image', 'label')
-  channels = builder.info.features[image_key].shape[-1] or 3
-  return StreamedSplit(source, np.arange(len(source)), image_size, channels, workers, image_key,
-                       label_key)
+  shape = builder.info.features[image_key].shape
+  # Small images of one size (up to 64 pixels a side) get CIFAR's views, the rest Inception's.
+  small = None not in shape[:2] and max(shape[:2]) <= 64
+  return StreamedSplit(source, np.arange(len(source)), image_size, shape[-1] or 3, workers,
+                       image_key, label_key, 'pad_crop' if small else 'inception')
 
 
 def channel_statistics(split: StreamedSplit, seed: int = 0, chunk: int = 64

@@ -78,6 +78,27 @@ def test_center_crop_and_random_resized_crop_by_hand():
   assert 0 < sum(flips) < 20
 
 
+def test_small_images_of_one_size_get_cifar_views(tmp_path):
+  mock_imagenet.write(str(tmp_path), num_train=16, num_test=4, min_side=12, fixed_size=True,
+                      dataset_name='small_jpegs')
+  small = data.load('small_jpegs', str(tmp_path), image_size=12, workers=2)
+  source = streaming.find_builder('small_jpegs', str(tmp_path)).as_data_source(split='train')
+  assert small.train.views == 'pad_crop'
+  idx = np.arange(6)
+  images, _ = small.train.read(idx)
+  np.testing.assert_array_equal(images, np.stack([source[i]['image'] for i in idx]))  # whole
+  augmented, _ = small.train.read(idx, np.random.default_rng(3))
+  for image, view, stream in zip(images, augmented, np.random.default_rng(3).spawn(6)):
+    np.testing.assert_array_equal(view, streaming.pad_crop_flip(image, stream))
+  # By hand: the window of the zero-padded image at the offset the stream draws first (each
+  # of 0..8 rows and columns), mirrored or not.
+  ramp = np.arange(12 * 12, dtype=np.uint8).reshape(12, 12, 1)
+  dy, dx = np.random.default_rng(0).integers(0, 9, 2)
+  out = streaming.pad_crop_flip(ramp, np.random.default_rng(0))
+  want = np.pad(ramp, ((4, 4), (4, 4), (0, 0)))[dy:dy + 12, dx:dx + 12]
+  assert np.array_equal(out, want) or np.array_equal(out, want[:, ::-1])
+
+
 def test_processes_read_their_slices_and_resume_exactly(dataset):
   def epoch(**kw):
     return list(data.train_batches(dataset, 8, seed=3, epoch=1, augmentation=True, **kw))
