@@ -248,6 +248,7 @@ def test_stages_draw_randomness_from_their_own_folded_key():
 def test_linen_stages_keep_every_collection():
   network, variables, x, y = _setup('branched')
   extra = {'stages_0': {'note': jnp.ones(3)}}
-  _, _, rest = aj.staged_exit_jacobian(network, {**variables, 'extra': extra}, x, y)
+  _, _, rest = jax.jit(lambda v: aj.staged_exit_jacobian(network, v, x, y))(
+      {**variables, 'extra': extra})
   assert set(rest) == {'batch_stats', 'extra'}
   np.testing.assert_array_equal(rest['extra']['stages_0']['note'], jnp.ones(3))
