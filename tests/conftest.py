@@ -21,6 +21,28 @@ os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.5')
 os.environ.setdefault('JAX_THREEFRY_PARTITIONABLE', '0')  # read by subprocesses' JAX too
 
 import jax  # noqa: E402  (after the environment it reads)
+import pytest  # noqa: E402
 
 jax.config.update('jax_threefry_partitionable', 
                   os.environ['JAX_THREEFRY_PARTITIONABLE'].lower() in ('1', 'true'))
+
+
+@pytest.fixture(scope='session')
+def write_jpegs(tmp_path_factory):
+  """``write_jpegs(num_train, num_test)``: the directory of a mock ImageNet of that size.
+
+  Variable-size JPEG images (12-40 px a side) in 4 classes, written once per size
+  for the session.
+  """
+  from experiments import mock_imagenet  # not every test session needs the experiments
+  written = {}
+
+  def write(num_train: int, num_test: int) -> str:
+    if (num_train, num_test) not in written:
+      path = str(tmp_path_factory.mktemp('jpegs'))
+      mock_imagenet.write(path, num_train=num_train, num_test=num_test, num_classes=4,
+                          min_side=12, max_side=40)
+      written[num_train, num_test] = path
+    return written[num_train, num_test]
+
+  return write

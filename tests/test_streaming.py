@@ -16,13 +16,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 SIZE = 16
 
 
-@pytest.fixture(scope='module')
-def jpegs(tmp_path_factory):
-  """A small data set of variable-size JPEG images, prepared once for the module."""
-  path = tmp_path_factory.mktemp('jpegs')
-  mock_imagenet.write(str(path), num_train=48, num_test=20, num_classes=4, min_side=12,
-                      max_side=40)
-  return str(path)
+@pytest.fixture
+def jpegs(write_jpegs):
+  return write_jpegs(48, 20)
 
 
 @pytest.fixture

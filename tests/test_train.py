@@ -262,12 +262,9 @@ def _free_port():
     return s.getsockname()[1]
 
 
-@pytest.fixture(scope='module')
-def jpegs(tmp_path_factory):
-  path = tmp_path_factory.mktemp('jpegs')
-  mock_imagenet.write(str(path), num_train=200, num_test=40, num_classes=4, min_side=12,
-                      max_side=40)
-  return str(path)
+@pytest.fixture
+def jpegs(write_jpegs):
+  return write_jpegs(200, 40)
 
 
 @pytest.mark.slow

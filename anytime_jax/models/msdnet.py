@@ -34,15 +34,13 @@ The carry between stages is ``{'out': {'scale0': [B, H, W, C0], ...},
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from typing import Any, Optional, Union
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from anytime_jax import conv as conv_lib
-from anytime_jax.models.network import Carry
+from anytime_jax.models.network import Carry, layer_constructors
 from anytime_jax.models.plans import IMAGE
 
 
@@ -172,17 +170,13 @@ class MSDStage(nn.Module):
   @nn.compact
   def __call__(self, carry: Carry, train: bool = False):
     """Returns ``(carry, logits [B, num_classes])``."""
-    conv_fn = functools.partial(conv_lib.conv_general_dilated,
-                                weight_gradient=self.conv_weight_gradient)
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
-                             epsilon=1e-5, dtype=self.dtype)
+    conv, norm = layer_constructors(self.dtype, self.conv_weight_gradient)
 
     def conv_norm_relu(x, channels, kernel=3, stride=1):
       # The authors pad 3x3 convolutions by one on every side (PyTorch's padding=1).
-      y = nn.Conv(channels, (kernel, kernel), strides=stride, padding=kernel // 2,
-                  use_bias=False, dtype=self.dtype, kernel_init=_HE_FAN_OUT,
-                  conv_general_dilated=conv_fn)(x)
-      return nn.relu(norm()(y))
+      y = conv(channels, (kernel, kernel), strides=stride, padding=kernel // 2,
+               kernel_init=_HE_FAN_OUT)(x)
+      return nn.relu(norm(use_running_average=not train)(y))
 
     def bottlenecked(x, channels, stride, factor):
       inner = min(x.shape[-1], factor * channels)

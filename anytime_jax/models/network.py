@@ -67,6 +67,20 @@ class ResidualPart(nn.Module):
     return h, nn.relu(y + shortcut)
 
 
+def layer_constructors(dtype: Any, conv_weight_gradient: str):
+  """Returns ``(conv, norm)``: the convolution and batch norm every stage builds from.
+
+  Bias-free ``'SAME'`` convolutions whose weight gradient follows
+  ``conv_weight_gradient`` and batch norm with momentum 0.9, both computing in
+  ``dtype``; keyword arguments at the call override these.
+  """
+  conv_fn = functools.partial(conv_lib.conv_general_dilated, weight_gradient=conv_weight_gradient)
+  conv = functools.partial(nn.Conv, use_bias=False, dtype=dtype, padding='SAME',
+                           conv_general_dilated=conv_fn)
+  norm = functools.partial(nn.BatchNorm, momentum=0.9, epsilon=1e-5, dtype=dtype)
+  return conv, norm
+
+
 class Stage(nn.Module):
   """Runs one :class:`StagePlan`: its block parts, then its exit head.
 
@@ -82,11 +96,7 @@ class Stage(nn.Module):
   @nn.compact
   def __call__(self, carry: Carry, train: bool = False):
     """Returns ``(carry, logits [B, num_classes])``."""
-    conv_fn = functools.partial(conv_lib.conv_general_dilated,
-                                weight_gradient=self.conv_weight_gradient)
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, padding='SAME',
-                             conv_general_dilated=conv_fn)
-    norm = functools.partial(nn.BatchNorm, momentum=0.9, epsilon=1e-5, dtype=self.dtype)
+    conv, norm = layer_constructors(self.dtype, self.conv_weight_gradient)
     outs, hidden = dict(carry['out']), dict(carry['hidden'])
     for op in self.plan.ops:
       xs = [outs[name] for name in op.inputs]
