@@ -75,6 +75,7 @@ def test_staged_nnx_gradients_equal_the_plain_per_exit_jacobian(name):
       jax.tree.leaves(nnx.state(reference, nnx.BatchStat))))
 
 
+@pytest.mark.slow  # the quick suite runs the same training in docs/guides/your_network.md
 def test_osgd_inside_nnx_optimizer_trains_under_nnx_jit():
   model = nnx.clone(_model('nested_width'))
   optimizer = nnx.Optimizer(model, aj.osgd(0.05), wrt=nnx.Param)

@@ -48,8 +48,9 @@ def _assert_trees_close(a, b, **tol):
     np.testing.assert_allclose(u, v, **tol)
 
 
-# Every architecture runs under CI; the README's quick suite keeps the two cheapest.
-CASES = ([(name, True, False) if name in ('branched', 'nested_width')
+# Every architecture runs under CI; the README's quick suite keeps the cheapest (and
+# test_any_stages_give_the_plain_per_exit_jacobian).
+CASES = ([(name, True, False) if name == 'branched'
           else pytest.param(name, True, False, marks=pytest.mark.slow)
           for name in models.ARCHITECTURES]
          + [pytest.param('nested_width', False, False, marks=pytest.mark.slow),
