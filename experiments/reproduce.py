@@ -132,7 +132,8 @@ def screen(spec: Screen, out: pathlib.Path, data_dir: str, train_missing: bool) 
   lines = [f'Screening (ours): `{spec.model}` on {spec.regime.dataset}, '
            f'{spec.regime.train_size or "all"} training images, {spec.regime.epochs} epoch(s), '
            f'seed {spec.seed}, best of rates {list(spec.learning_rates)} by validation accuracy '
-           '(mean over exits); short runs rank step lengths as much as directions.', '',
+           '(mean over exits); short runs rank step lengths as much as directions. "end": the '
+           'best rate is at an end of the grid, so a rate beyond it may do better.', '',
            '| method | rate | validation, mean over exits | test accuracy per exit |',
            '|---|---|---|---|']
   for method in spec.methods:
@@ -149,7 +150,8 @@ def screen(spec: Screen, out: pathlib.Path, data_dir: str, train_missing: bool) 
       lines.append(f'| {method} | all diverged | | |')
       continue
     exits = outcomes[best]['exits']
-    lines.append(f'| {method} | {best:g} | {100 * _score(outcomes[best]):.2f} | '
+    end = ' end' if len(outcomes) > 1 and best in (min(outcomes), max(outcomes)) else ''
+    lines.append(f'| {method} | {best:g}{end} | {100 * _score(outcomes[best]):.2f} | '
                  + ' / '.join(f"{100 * e['test_accuracy']:.2f}" for e in exits) + ' |')
   text = '\n'.join(lines) + '\n'
   atomic_write(out / 'screen.md', text)

@@ -316,16 +316,19 @@ def test_regime_builds_the_configs_every_run_shares():
 
 def test_screen_picks_each_methods_best_rate_and_marks_divergence(tmp_path, monkeypatch):
   spec = reproduce.Screen(study_runs.Regime('toy', epochs=1), num_exits=2,
-                          learning_rates=(0.1, 0.2), methods=('sgd', 'mgda'))
+                          learning_rates=(0.05, 0.1, 0.2), methods=('sgd', 'osgd', 'mgda'))
 
   def fake_train(config, workdir, data_dir):
     if config.optimizer == 'mgda':
       raise train.Diverged('error: the loss became nan at step 1', 1)
-    _write(pathlib.Path(workdir), _results(0.5 + config.learning_rate, [0.3, 0.4]))
+    lr = config.learning_rate
+    score = 0.5 + lr if config.optimizer == 'sgd' else 0.8 - abs(lr - 0.1)  # osgd: best inside
+    _write(pathlib.Path(workdir), _results(score, [0.3, 0.4]))
 
   monkeypatch.setattr(train, 'train_and_evaluate', fake_train)
   text = reproduce.screen(spec, tmp_path, '', train_missing=True)
-  assert '| sgd | 0.2 | 70.00 | 30.00 / 40.00 |' in text and '| mgda | all diverged |' in text
+  assert '| sgd | 0.2 end | 70.00 | 30.00 / 40.00 |' in text
+  assert '| osgd | 0.1 | 80.00 |' in text and '| mgda | all diverged |' in text
   assert (tmp_path / 'screen.md').read_text() == text
   assert reproduce.screen(spec, tmp_path, '', train_missing=False) == text  # read back
 
