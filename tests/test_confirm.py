@@ -75,6 +75,11 @@ def test_the_depth_pilot_takes_the_widest_width_where_capacity_matters():
   assert confirm.depth_width(spec, {2: run(0.7, 0.8), 4: None, 8: run(0.8, 0.9)}) is None
 
 
+def test_a_report_before_any_run_says_so(tmp_path):
+  confirm.main(['--report_only', '--out', str(tmp_path)])
+  assert (tmp_path / 'confirm.md').read_text().endswith('The pilots have not finished: no results yet.\n')
+
+
 def test_the_declaration_names_every_primary_and_the_family_bound():
   text = confirm.declaration()
   assert all(f'`{p.a}` − `{p.b}`' in text for p in confirm.PRIMARIES)
