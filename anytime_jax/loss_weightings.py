@@ -40,7 +40,13 @@ def _checked_losses(name: str, num_exits: int, losses: Optional[jax.Array],
 def loss_weighting(name: str, weighting: LossWeighting, init: Callable[[], Any], *,
                    num_exits: int, granularity: Granularity, axis_name: Optional[Hashable],
                    diagnostics: bool) -> optax.GradientTransformationExtraArgs:
-  """A combination whose weights come from the ``[K]`` losses: ``weighting(losses, state)``."""
+  """A combination whose weights come from the ``[K]`` losses: ``weighting(losses, state)``.
+
+  ``init()`` makes the weighting's state with new arrays on every call and no
+  array in two fields: a training step that donates its state (``jax.jit(...,
+  donate_argnums=...)``) refuses one buffer passed twice, and would delete
+  one that another state still holds.
+  """
   if not isinstance(num_exits, int) or num_exits < 1:
     raise ValueError(f'{name}(num_exits=...) must be a positive integer, got {num_exits!r}.')
 
@@ -229,8 +235,9 @@ def dwa(*, num_exits: int, temperature: float = 2.0, decay: float = 0.0,
     average = jnp.where(state.steps > 0, decay * state.previous + (1 - decay) * losses, losses)
     return weights, DWAState(average, state.previous, state.steps + 1)
 
-  zeros = jnp.zeros(num_exits, jnp.float32)
-  return loss_weighting('dwa', weighting, lambda: DWAState(zeros, zeros, jnp.zeros((), jnp.int32)),
+  start = lambda: DWAState(jnp.zeros(num_exits, jnp.float32), jnp.zeros(num_exits, jnp.float32),
+                           jnp.zeros((), jnp.int32))
+  return loss_weighting('dwa', weighting, start,
                         num_exits=num_exits, granularity=granularity, axis_name=axis_name,
                         diagnostics=diagnostics)
 
@@ -293,8 +300,8 @@ def famo(*, num_exits: int, learning_rate: float = 0.025, weight_decay: float = 
     weights = share / jnp.sum(share)
     return weights, FAMOState(logits, log_losses, state.steps + 1)
 
-  zeros = jnp.zeros(num_exits, jnp.float32)
-  start = lambda: FAMOState(zeros, zeros, jnp.zeros((), jnp.int32))
+  start = lambda: FAMOState(jnp.zeros(num_exits, jnp.float32), jnp.zeros(num_exits, jnp.float32),
+                            jnp.zeros((), jnp.int32))
   return loss_weighting('famo', weighting, start,
                         num_exits=num_exits, granularity=granularity, axis_name=axis_name,
                         diagnostics=diagnostics)
