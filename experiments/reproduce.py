@@ -129,30 +129,35 @@ def quick_screen() -> Screen:
 
 def screen(spec: Screen, out: pathlib.Path, data_dir: str, train_missing: bool) -> str:
   """Runs (or reads) the screening and returns its table; writes ``screen.md``."""
+  rates = spec.learning_rates
   lines = [f'Screening (ours): `{spec.model}` on {spec.regime.dataset}, '
            f'{spec.regime.train_size or "all"} training images, {spec.regime.epochs} epoch(s), '
-           f'seed {spec.seed}, best of rates {list(spec.learning_rates)} by validation accuracy '
-           '(mean over exits); short runs rank step lengths as much as directions. "end": the '
-           'best rate is at an end of the grid, so a rate beyond it may do better.', '',
-           '| method | rate | validation, mean over exits | test accuracy per exit |',
-           '|---|---|---|---|']
+           f'seed {spec.seed}: validation accuracy (%, mean over exits) at each peak rate, and '
+           'the test accuracy per exit at the best; short runs rank step lengths as much as '
+           'directions. "end": the best rate is at an end of the grid, so a rate beyond it may '
+           'do better.', '',
+           '| method | ' + ' | '.join(f'{lr:g}' for lr in rates)
+           + ' | best rate | test accuracy per exit at the best |',
+           '|---|' + '---|' * (len(rates) + 2)]
   for method in spec.methods:
     outcomes = {}
-    for lr in spec.learning_rates:
+    for lr in rates:
       workdir = out / 'screen' / method / f'lr{lr:g}'
       config = spec.regime.config(spec.model, method, lr, spec.seed, spec.num_exits)
       outcomes[lr] = (study_runs.ensure(workdir, config, data_dir) if train_missing
                       else study_runs.outcome(workdir))
     if any(o is None for o in outcomes.values()):
       continue
+    cells = ' | '.join('diverged' if 'diverged' in outcomes[lr]
+                       else f'{100 * _score(outcomes[lr]):.2f}' for lr in rates)
     best = max(outcomes, key=lambda lr: _score(outcomes[lr]))
     if 'diverged' in outcomes[best]:
-      lines.append(f'| {method} | all diverged | | |')
+      lines.append(f'| {method} | {cells} | all diverged | |')
       continue
-    exits = outcomes[best]['exits']
-    end = ' end' if len(outcomes) > 1 and best in (min(outcomes), max(outcomes)) else ''
-    lines.append(f'| {method} | {best:g}{end} | {100 * _score(outcomes[best]):.2f} | '
-                 + ' / '.join(f"{100 * e['test_accuracy']:.2f}" for e in exits) + ' |')
+    end = ' end' if len(rates) > 1 and best in (min(rates), max(rates)) else ''
+    lines.append(f'| {method} | {cells} | {best:g}{end} | '
+                 + ' / '.join(f"{100 * e['test_accuracy']:.2f}" for e in outcomes[best]['exits'])
+                 + ' |')
   text = '\n'.join(lines) + '\n'
   atomic_write(out / 'screen.md', text)
   return text

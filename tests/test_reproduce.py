@@ -339,8 +339,9 @@ def test_screen_picks_each_methods_best_rate_and_marks_divergence(tmp_path, monk
 
   monkeypatch.setattr(train, 'train_and_evaluate', fake_train)
   text = reproduce.screen(spec, tmp_path, '', train_missing=True)
-  assert '| sgd | 0.2 end | 70.00 | 30.00 / 40.00 |' in text
-  assert '| osgd | 0.1 | 80.00 |' in text and '| mgda | all diverged |' in text
+  assert '| sgd | 55.00 | 60.00 | 70.00 | 0.2 end | 30.00 / 40.00 |' in text
+  assert '| osgd | 75.00 | 80.00 | 70.00 | 0.1 | 30.00 / 40.00 |' in text
+  assert '| mgda | diverged | diverged | diverged | all diverged | |' in text
   assert (tmp_path / 'screen.md').read_text() == text
   assert reproduce.screen(spec, tmp_path, '', train_missing=False) == text  # read back
 
