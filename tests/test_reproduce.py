@@ -346,6 +346,14 @@ def test_screen_picks_each_methods_best_rate_and_marks_divergence(tmp_path, monk
   assert reproduce.screen(spec, tmp_path, '', train_missing=False) == text  # read back
 
 
+def test_the_study_page_shows_the_screen_as_its_report_writes_it():
+  table = [line for line in (ROOT / 'results' / 'screen.md').read_text().splitlines()
+           if line.startswith('|')]
+  assert len(table) == 2 + len(optimizers.OPTIMIZERS)
+  page = (ROOT / 'docs' / 'study.md').read_text()
+  assert '\n'.join(table) in page
+
+
 def test_main_job_choice_averages_validation_over_every_finished_seed(tmp_path, monkeypatch):
   study = _toy_study(methods=('sgd', 'osgd', 'osgd_global'), max_grid_extensions=0)
   monkeypatch.setattr(reproduce, 'regime', lambda study, out: 'a regime')
