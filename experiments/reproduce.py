@@ -154,7 +154,7 @@ def screen(spec: Screen, out: pathlib.Path, data_dir: str, train_missing: bool) 
     if 'diverged' in outcomes[best]:
       lines.append(f'| {method} | {cells} | all diverged | |')
       continue
-    end = ' end' if len(rates) > 1 and best in (min(rates), max(rates)) else ''
+    end = ' end' if _at_end(best, rates) else ''
     lines.append(f'| {method} | {cells} | {best:g}{end} | '
                  + ' / '.join(f"{100 * e['test_accuracy']:.2f}" for e in outcomes[best]['exits'])
                  + ' |')
@@ -171,6 +171,11 @@ def regime(study: Study, out: pathlib.Path) -> Optional[study_runs.Regime]:
 
 def run_dir(out, model, method, lr, seed) -> pathlib.Path:
   return out / 'runs' / model / method / f'lr{lr:g}' / f'seed{seed}'
+
+
+def _at_end(best: float, rates) -> bool:
+  """Whether the best rate lies at an end of its grid, so a rate beyond it may do better."""
+  return len(rates) > 1 and best in (min(rates), max(rates))
 
 
 def _score(outcome: dict) -> float:
@@ -203,7 +208,7 @@ def sweep(study, reg, out, model, method, data_dir='', train_missing=False) -> d
         return {'rate': None, 'scores': scores, 'at_end': None}
       scores[lr] = _score(done)
     best = max(scores, key=scores.get)
-    at_end = len(grid) > 1 and best in (grid[0], grid[-1])
+    at_end = _at_end(best, grid)
     if not at_end or extension == study.max_grid_extensions:
       return {'rate': best, 'scores': scores, 'at_end': at_end}
     grid = [best / 2, *grid] if best == grid[0] else [*grid, best * 2]
