@@ -46,7 +46,7 @@ class Arm:
     return f'{self.model}/{self.method}'
 
 
-ENDPOINTS = ('first_exit', 'mean_over_exits', 'deliverable_cost')
+ENDPOINTS = ('first_exit', 'mean_over_exits', 'deliverable_cost', 'early_exit_cost')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,6 +109,9 @@ _ENDPOINT_TEXT = {
     'deliverable_cost': f'test accuracy delivered at a budget (deepest exit whose cumulative '
                         f'FLOPs fit), mean over {NUM_BUDGETS} log-spaced budgets spanning both '
                         'networks\' range',
+    'early_exit_cost': 'test accuracy at the same budgets taken as mean FLOPs per image, '
+                       'the operating point of most FLOPs that fits among each exit alone and '
+                       'the early-exit curve\'s points',
 }
 
 
@@ -238,6 +241,19 @@ def deliverable(mflops: list[float], accuracy: list[float], budgets: np.ndarray)
   return np.where(fits >= 0, np.asarray(accuracy)[np.maximum(fits, 0)], np.nan)
 
 
+def early_exit_delivered(mflops: list[float], accuracy: list[float],
+                         curve: list[tuple[float, float]], budgets: np.ndarray) -> np.ndarray:
+  """Accuracy delivered at each budget of mean MFLOPs per image, early exit allowed.
+
+  The operating points are every exit alone (``mflops``, ``accuracy``) and the
+  early-exit curve's points (``curve``: ``(mean MFLOPs, accuracy)``, thresholds
+  calibrated on validation); at a budget the network runs the point of most
+  FLOPs that fits (chosen by cost, never by test accuracy).
+  """
+  points = sorted(zip([*mflops, *(f for f, _ in curve)], [*accuracy, *(a for _, a in curve)]))
+  return deliverable([f for f, _ in points], [a for _, a in points], budgets)
+
+
 def budgets(a_mflops: list[float], b_mflops: list[float], num: int = NUM_BUDGETS) -> np.ndarray:
   """``num`` log-spaced budgets from where both networks deliver to where neither adds more."""
   lo = max(a_mflops[0], b_mflops[0])
@@ -254,8 +270,12 @@ def endpoint(primary: Primary, a: dict, b: dict, seed: int) -> float:
   if primary.endpoint == 'mean_over_exits':
     return float(np.mean(a['test'][seed]) - np.mean(b['test'][seed]))
   grid = budgets(a['mflops'], b['mflops'])
-  return float(np.mean(deliverable(a['mflops'], a['test'][seed], grid)
-                       - deliverable(b['mflops'], b['test'][seed], grid)))
+  if primary.endpoint == 'deliverable_cost':
+    return float(np.mean(deliverable(a['mflops'], a['test'][seed], grid)
+                         - deliverable(b['mflops'], b['test'][seed], grid)))
+  return float(np.mean(early_exit_delivered(a['mflops'], a['test'][seed], a['curves'][seed], grid)
+                       - early_exit_delivered(b['mflops'], b['test'][seed], b['curves'][seed],
+                                              grid)))
 
 
 def _arm_runs(study: reproduce.Study, reg: study_runs.Regime, out: pathlib.Path, arm: Arm,
@@ -272,6 +292,8 @@ def _arm_runs(study: reproduce.Study, reg: study_runs.Regime, out: pathlib.Path,
   return {'rate': rate,
           'test': {s: [e['test_accuracy'] for e in o['exits']] for s, o in done.items()},
           'mflops': [e['flops'] / 1e6 for e in first['exits']] if first else [],
+          'curves': {s: [(p['flops'] / 1e6, p['accuracy']) for p in o.get('budgeted_batch', [])]
+                     for s, o in done.items()},
           'diverged': sorted(s for s, o in outcomes.items() if o is not None and 'diverged' in o),
           'missing': sorted(s for s, o in outcomes.items() if o is None)}
 
@@ -315,6 +337,11 @@ def summarize(spec: Confirm, out: pathlib.Path) -> Optional[dict]:
   runs = [_arm_runs(study, doubled, out, arm, spec.doubled_seeds, _doubled_dir)
           for arm in (p.a, p.b)]
   summary['doubled'].append(test_row(p, *runs, num_tests=len(PRIMARIES)))
+  cost = next(p for p in PRIMARIES if p.endpoint == 'deliverable_cost')
+  early = dataclasses.replace(cost, question=f'{cost.question}, early exit allowed',
+                              endpoint='early_exit_cost')
+  runs = [_arm_runs(study, reg, out, arm, spec.seeds) for arm in (early.a, early.b)]
+  summary['descriptive'].append(test_row(early, *runs, num_tests=len(PRIMARIES)))
   for arm in spec.descriptive:
     versus = Primary(f'`{arm}` against `{arm.model}/sgd`, descriptive', arm,
                      Arm(arm.model, 'sgd'), 'mean_over_exits')
@@ -349,7 +376,8 @@ def markdown(summary: Optional[dict]) -> str:
             '(descriptive: these seeds generated the hypotheses):', '', *header]
   for i, row in enumerate(summary['first_study'], 1):
     lines.append(f"| {i} | `{row['a']}` − `{row['b']}` | {row['endpoint']} " + _cells(row))
-  lines += ['', 'Descriptive: the branched primary at twice the epochs, and the other OSGD '
+  lines += ['', 'Descriptive: the branched primary at twice the epochs, the equal-cost primary '
+            f'with early exit allowed ({_ENDPOINT_TEXT["early_exit_cost"]}), and the other OSGD '
             'variants against summed losses (interval and "passes" at the family\'s level, for '
             'scale only):', '', *header]
   for row in summary['doubled']:

@@ -20,6 +20,14 @@ def test_deliverable_accuracy_is_the_deepest_exit_that_fits():
   np.testing.assert_array_equal(got, [np.nan, 0.5, 0.5, 0.7, 0.7, 0.9, 0.9])
 
 
+def test_early_exit_delivers_the_costliest_operating_point_that_fits():
+  mflops, accuracy = [1.0, 4.0], [0.5, 0.9]
+  curve = [(3.0, 0.6), (2.0, 0.7)]  # chosen by cost: the costlier point wins though less accurate
+  got = confirm.early_exit_delivered(mflops, accuracy, curve,
+                                     np.array([0.5, 1.0, 2.5, 3.0, 3.9, 4.0]))
+  np.testing.assert_array_equal(got, [np.nan, 0.5, 0.7, 0.6, 0.6, 0.9])
+
+
 def test_budgets_span_what_both_networks_deliver():
   grid = confirm.budgets([0.27, 0.76, 2.57, 9.54], [1.06, 2.4, 3.62, 5.12], num=5)
   np.testing.assert_allclose(grid[[0, -1]], [1.06, 5.12])
@@ -28,13 +36,14 @@ def test_budgets_span_what_both_networks_deliver():
     confirm.budgets([1.0, 2.0], [3.0, 4.0])
 
 
-def _arm(test, mflops=(1.0, 2.0), diverged=()):
+def _arm(test, mflops=(1.0, 2.0), diverged=(), curve=()):
   return {'test': dict(enumerate(test, start=4)), 'mflops': list(mflops),
+          'curves': {s: list(curve) for s in range(4, 4 + len(test))},
           'diverged': list(diverged), 'missing': []}
 
 
 def test_each_endpoint_by_hand():
-  a = _arm([[0.6, 0.8]], mflops=(1.0, 4.0))
+  a = _arm([[0.6, 0.8]], mflops=(1.0, 4.0), curve=[(2.0, 0.7)])
   b = _arm([[0.5, 0.9]], mflops=(2.0, 3.0))
   first = confirm.Primary('q', confirm.Arm('m', 'x'), confirm.Arm('m', 'y'), 'first_exit')
   assert confirm.endpoint(first, a, b, 4) == pytest.approx(0.1)
@@ -44,6 +53,9 @@ def test_each_endpoint_by_hand():
   # 0.9 at 3. With 8 log-spaced budgets only the last reaches 3.
   cost = confirm.dataclasses.replace(first, endpoint='deliverable_cost')
   assert confirm.endpoint(cost, a, b, 4) == pytest.approx((7 * 0.1 - 0.3) / 8)
+  # Early exit allowed: a's curve point (2.0 MFLOPs, 0.7) fits every budget; b is as above.
+  early = confirm.dataclasses.replace(first, endpoint='early_exit_cost')
+  assert confirm.endpoint(early, a, b, 4) == pytest.approx((7 * 0.2 - 0.2) / 8)
 
 
 def test_a_primary_test_pairs_seeds_counts_failures_and_corrects_for_the_family():
