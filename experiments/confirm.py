@@ -388,6 +388,26 @@ def markdown(summary: Optional[dict]) -> str:
   return text + '\n'.join(lines) + '\n'
 
 
+def compute_markdown(spec: Confirm, out: pathlib.Path) -> str:
+  """This study's own compute, per part: what it reuses from the first study is not counted."""
+  first = spec.study
+  fresh = {f'seed{s}' for s in spec.seeds}
+
+  def part_of(part: tuple) -> Optional[str]:
+    if part[0] == 'pilot' and 'confirm' in part:
+      return 'depth pilot'
+    if part[0] == 'runs_doubled':
+      return 'twice the epochs'
+    if part[0] == 'runs' and part[4] in fresh:
+      return 'fresh seeds'
+    if (part[0] == 'runs' and part[4] == f'seed{first.selection_seed}'
+        and not (part[1] in first.all_models and part[2] in first.methods_of(part[1]))):
+      return 'new sweeps'
+    return None
+
+  return reproduce.summed_compute(out, part_of)
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--out', default=None, help='default: results/ (results/quick with --quick)')
@@ -410,7 +430,7 @@ def main(argv=None):
       reproduce.pilot_lib.run(spec.study.pilot, out, args.data_dir)
     run(spec, out, args.data_dir)
   summary = summarize(spec, out)
-  text = markdown(summary)
+  text = markdown(summary) + compute_markdown(spec, out)
   atomic_write(out / 'confirm.md', text)
   atomic_write(out / 'confirm.json', json.dumps(summary, indent=1))
   print(text)

@@ -610,15 +610,29 @@ def compute_markdown(study: Study, out: pathlib.Path) -> str:
   ``out`` and adds seeds, arms and a pilot of its own.
   """
   seeds = {f'seed{s}' for s in (study.selection_seed, *study.seeds)}
-  parts = {}
-  for path in sorted(out.glob('*/**/results.json')):
-    part = path.relative_to(out).parts
+
+  def part_of(part: tuple) -> Optional[str]:
     if part[0] == 'pilot' and 'confirm' not in part:
-      name = 'pilot'
-    elif (part[0] == 'runs' and part[1] in study.all_models
-          and part[2] in study.methods_of(part[1]) and part[4] in seeds):
-      name = f'`{part[1]}`'
-    else:
+      return 'pilot'
+    if (part[0] == 'runs' and part[1] in study.all_models
+        and part[2] in study.methods_of(part[1]) and part[4] in seeds):
+      return f'`{part[1]}`'
+    return None
+
+  return summed_compute(out, part_of)
+
+
+def summed_compute(out: pathlib.Path, part_of) -> str:
+  """A compute line: the summed ``train_seconds`` of the finished runs under ``out``, per part.
+
+  ``part_of`` names the part a run belongs to from its path's parts relative to
+  ``out`` (``('runs', model, method, 'lr0.1', 'seed4', 'results.json')``), or
+  None for a run that is not counted.
+  """
+  parts: dict = {}
+  for path in sorted(out.glob('*/**/results.json')):
+    name = part_of(path.relative_to(out).parts)
+    if name is None:
       continue
     runs, seconds = parts.get(name, (0, 0.0))
     parts[name] = runs + 1, seconds + json.loads(path.read_text())['train_seconds']

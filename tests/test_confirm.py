@@ -10,6 +10,7 @@ import pytest
 from scipy import stats as scipy_stats
 
 from experiments import confirm
+from tests.test_reproduce import FIRST_STUDY, write_finished_runs
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -56,6 +57,13 @@ def test_each_endpoint_by_hand():
   # Early exit allowed: a's curve point (2.0 MFLOPs, 0.7) fits every budget; b is as above.
   early = confirm.dataclasses.replace(first, endpoint='early_exit_cost')
   assert confirm.endpoint(early, a, b, 4) == pytest.approx((7 * 0.2 - 0.2) / 8)
+
+
+def test_compute_counts_only_the_confirmations_own_runs(tmp_path):
+  write_finished_runs(tmp_path)  # the first study's runs there are not counted
+  text = confirm.compute_markdown(confirm.Confirm(FIRST_STUDY), tmp_path)
+  assert ('depth pilot 1 runs 10 min, new sweeps 2 runs 20 min, fresh seeds 1 runs 10 min, '
+          'twice the epochs 1 runs 4 min; in all 0.7 h') in text
 
 
 def test_a_primary_test_pairs_seeds_counts_failures_and_corrects_for_the_family():

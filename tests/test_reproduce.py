@@ -165,11 +165,11 @@ def test_the_whole_family_is_corrected_over_every_row_of_every_table():
   assert '0 pass' in many[1] and all('| no |' in l for l in many[5:])
 
 
-def test_compute_counts_only_the_studys_own_runs(tmp_path):
-  study = dataclasses.replace(reproduce.full_study(), models={'branched': 4},
-                              methods=('sgd', 'osgd'))
+def write_finished_runs(root: pathlib.Path) -> None:
+  """Finished runs of both studies (``train_seconds`` only): the first study's on ``branched``
+  with ``sgd`` and ``osgd``, and the confirmatory study's pilot, sweeps and seeds."""
   def finished(*parts, seconds):
-    path = tmp_path.joinpath(*parts, 'results.json')
+    path = root.joinpath(*parts, 'results.json')
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps({'train_seconds': seconds}))
   finished('pilot', 'width2', 'branched', seconds=60)
@@ -179,7 +179,16 @@ def test_compute_counts_only_the_studys_own_runs(tmp_path):
   finished('runs', 'nested_depth', 'sgd', 'lr0.1', 'seed0', seconds=600)
   finished('runs', 'branched', 'osgd_exits', 'lr0.1', 'seed0', seconds=600)
   finished('pilot', 'width2', 'independent_depth', 'confirm', seconds=600)
-  text = reproduce.compute_markdown(study, tmp_path)
+  finished('runs_doubled', 'branched', 'sgd', 'lr0.1', 'seed4', seconds=240)
+
+
+FIRST_STUDY = dataclasses.replace(reproduce.full_study(), models={'branched': 4},
+                                  methods=('sgd', 'osgd'))
+
+
+def test_compute_counts_only_the_studys_own_runs(tmp_path):
+  write_finished_runs(tmp_path)
+  text = reproduce.compute_markdown(FIRST_STUDY, tmp_path)
   assert 'pilot 1 runs 1 min, `branched` 2 runs 5 min; in all 0.1 h' in text
 
 
