@@ -80,7 +80,7 @@ def test_train_and_evaluate_takes_a_config_and_a_workdir(tmp_path, data_dir):
 @pytest.mark.parametrize('optimizer', ['osgd', 'pcgrad', 'adaloss'])
 def test_kill_during_a_save_and_resume_gives_the_same_results(tmp_path, data_dir, optimizer):
   # PCGrad (its random key) and AdaLoss (its running losses) carry optimizer state.
-  common = [*SMALL, '--max_steps_per_epoch', '40', '--checkpoint_every', '5',
+  common = [*SMALL, '--checkpoint_every', '10',
             '--data_dir', data_dir, '--seed', '3', '--optimizer', optimizer]
   _train([*common, '--workdir', str(tmp_path / 'straight')])
   workdir = tmp_path / 'killed'
