@@ -350,6 +350,36 @@ def summarize(spec: Confirm, out: pathlib.Path) -> Optional[dict]:
   return summary
 
 
+def headline(summary: dict, num_seeds: int = len(SEEDS)) -> Optional[str]:
+  """README's opening on the study: every primary test's result, once all have their seeds.
+
+  None while a primary lacks a seed (finished or diverged): README states no result
+  before the family is complete.
+  """
+  rows = summary['primary']
+  if any(row['pairs'] + len(_diverged_seeds(row)) < num_seeds or 'mean' not in row
+         for row in rows):
+    return None
+  passed = [i for i, row in enumerate(rows, 1) if row['passed']]
+  lines = [f'Of the {len(rows)} declared primary tests on {num_seeds} fresh seeds '
+           f'(Bonferroni over all {len(rows)}), {len(passed)} passed'
+           + (f' ({", ".join(map(str, passed))})' if passed else '') + ':', '']
+  for i, row in enumerate(rows, 1):
+    lo, hi = row['interval']
+    diverged = len(_diverged_seeds(row))
+    lines.append(
+        f"{i}. {row['question']} `{row['a']}` − `{row['b']}`, "
+        f"{_ENDPOINT_TEXT[row['endpoint']]}: {row['mean']:+.2f} points "
+        f"(simultaneous 95 % interval {lo:+.2f} to {hi:+.2f}; t = {row['t']:+.2f} over "
+        f"{row['pairs']} pairs{f', {diverged} diverged' if diverged else ''}, critical "
+        f"{row['critical_t']:.2f}): {'passed' if row['passed'] else 'not passed'}.")
+  return '\n'.join(lines) + '\n'
+
+
+def _diverged_seeds(row: dict) -> set:
+  return {s for seeds in row['diverged'].values() for s in seeds}
+
+
 def _cells(row: dict) -> str:
   diverged = sum(len(v) for v in row['diverged'].values())
   failures = f" (+{diverged} diverged: {row['diverged']})" if diverged else ''
@@ -365,6 +395,9 @@ def markdown(summary: Optional[dict]) -> str:
   text = declaration()
   if summary is None:
     return text + '\nThe pilots have not finished: no results yet.\n'
+  opening = headline(summary)
+  text += ('\n' + opening if opening else
+           '\nThe primary tests have not all finished their seeds: no result is stated yet.\n')
   header = ['| # | a − b | endpoint | pairs | mean difference (points) '
             '| simultaneous 95 % interval | t | passes |', '|---|---|---|---|---|---|---|---|']
   lines = ['', f"`nested_depth` runs at base width {summary['depth_width']} (its pilot).", '',

@@ -86,6 +86,40 @@ def test_a_primary_test_pairs_seeds_counts_failures_and_corrects_for_the_family(
   assert '| 7 (+1 diverged' in confirm._cells(row)
 
 
+def _row(i, mean, passed, pairs=8, diverged=()):
+  p = confirm.PRIMARIES[i]
+  return {'question': p.question, 'a': str(p.a), 'b': str(p.b), 'endpoint': p.endpoint,
+          'pairs': pairs, 'diverged': {str(p.a): list(diverged), str(p.b): []}, 'mean': mean,
+          'interval': [mean - 1.0, mean + 1.0], 't': 4.0 if passed else 1.0, 'critical_t': 3.64,
+          'passed': passed}
+
+
+def test_the_headline_states_every_primary_only_once_all_have_their_seeds():
+  rows = [_row(i, mean=0.5 * i, passed=i == 2) for i in range(len(confirm.PRIMARIES))]
+  rows[4] = _row(4, mean=2.0, passed=False, pairs=7, diverged=[9])  # a diverged seed counts
+  text = confirm.headline({'primary': rows})
+  assert text.startswith('Of the 6 declared primary tests on 8 fresh seeds (Bonferroni over all '
+                         '6), 1 passed (3):')
+  assert ('3. Does OSGD change the depth-nested network? `nested_depth/osgd_global` − '
+          '`nested_depth/sgd`, test accuracy, mean over the exits: +1.00 points (simultaneous '
+          '95 % interval +0.00 to +2.00; t = +4.00 over 8 pairs, critical 3.64): passed.') in text
+  assert 't = +1.00 over 7 pairs, 1 diverged, critical 3.64): not passed.' in text
+  assert text.count('not passed.') == 5
+  rows[0] = _row(0, mean=0.1, passed=False, pairs=7)  # a seed still to run
+  assert confirm.headline({'primary': rows}) is None
+
+
+def test_readme_states_the_primary_results_only_when_the_report_has_them():
+  path = ROOT / 'results' / 'confirm.json'
+  summary = json.loads(path.read_text()) if path.exists() else None
+  text = summary and confirm.headline(summary)
+  readme = (ROOT / 'README.md').read_text()
+  if text:
+    assert text in readme
+  else:
+    assert 'declared primary tests on' not in readme
+
+
 def test_the_depth_pilot_takes_the_widest_width_where_capacity_matters():
   spec = confirm.Confirm(confirm.reproduce.full_study(), depth_widths=(2, 4, 8))
   run = lambda first, last: {'exits': [{'validation_accuracy': first},
