@@ -326,7 +326,7 @@ def summarize(spec: Confirm, out: pathlib.Path) -> Optional[dict]:
   reg = regime(spec, out, width)
   study = _study_for(spec)
   doubled = regime(spec, out, width, doubled=True)
-  summary: dict = {'depth_width': width, 'primary': [], 'first_study': [], 'doubled': [],
+  summary: dict = {'depth_width': width, 'seeds': list(spec.seeds), 'primary': [], 'first_study': [], 'doubled': [],
                    'descriptive': []}
   for p in PRIMARIES:
     runs = [_arm_runs(study, reg, out, arm, spec.seeds) for arm in (p.a, p.b)]
@@ -350,13 +350,13 @@ def summarize(spec: Confirm, out: pathlib.Path) -> Optional[dict]:
   return summary
 
 
-def headline(summary: dict, num_seeds: int = len(SEEDS)) -> Optional[str]:
+def headline(summary: dict) -> Optional[str]:
   """README's opening on the study: every primary test's result, once all have their seeds.
 
   None while a primary lacks a seed (finished or diverged): README states no result
   before the family is complete.
   """
-  rows = summary['primary']
+  rows, num_seeds = summary['primary'], len(summary['seeds'])
   if any(row['pairs'] + len(_diverged_seeds(row)) < num_seeds or 'mean' not in row
          for row in rows):
     return None

@@ -97,7 +97,7 @@ def _row(i, mean, passed, pairs=8, diverged=()):
 def test_the_headline_states_every_primary_only_once_all_have_their_seeds():
   rows = [_row(i, mean=0.5 * i, passed=i == 2) for i in range(len(confirm.PRIMARIES))]
   rows[4] = _row(4, mean=2.0, passed=False, pairs=7, diverged=[9])  # a diverged seed counts
-  text = confirm.headline({'primary': rows})
+  text = confirm.headline({'primary': rows, 'seeds': list(confirm.SEEDS)})
   assert text.startswith('Of the 6 declared primary tests on 8 fresh seeds (Bonferroni over all '
                          '6), 1 passed (3):')
   assert ('3. Does OSGD change the depth-nested network? `nested_depth/osgd_global` − '
@@ -106,7 +106,7 @@ def test_the_headline_states_every_primary_only_once_all_have_their_seeds():
   assert 't = +1.00 over 7 pairs, 1 diverged, critical 3.64): not passed.' in text
   assert text.count('not passed.') == 5
   rows[0] = _row(0, mean=0.1, passed=False, pairs=7)  # a seed still to run
-  assert confirm.headline({'primary': rows}) is None
+  assert confirm.headline({'primary': rows, 'seeds': list(confirm.SEEDS)}) is None
 
 
 def test_readme_states_the_primary_results_only_when_the_report_has_them():
@@ -152,7 +152,9 @@ def test_quick_confirmation_runs_and_reports_every_primary(tmp_path):
   summary = json.loads((tmp_path / 'confirm.json').read_text())
   assert [row['pairs'] for row in summary['primary']] == [2] * len(confirm.PRIMARIES)
   assert all('t' in row for row in summary['primary'])
-  assert (tmp_path / 'confirm.md').read_text().count('| 2 |') >= len(confirm.PRIMARIES)
+  report = (tmp_path / 'confirm.md').read_text()
+  assert report.count('| 2 |') >= len(confirm.PRIMARIES)
+  assert confirm.headline(summary) in report  # both seeds ran: the result is stated
 
 
 def test_the_study_page_states_the_declared_family():
