@@ -368,12 +368,16 @@ def headline(summary: dict) -> Optional[str]:
     lo, hi = row['interval']
     diverged = len(_diverged_seeds(row))
     lines.append(
-        f"{i}. {row['question']} `{row['a']}` − `{row['b']}`, "
+        f"{i}. **{row['question']}** `{row['a']}` − `{row['b']}`, "
         f"{_ENDPOINT_TEXT[row['endpoint']]}: {row['mean']:+.2f} points "
-        f"(simultaneous 95 % interval {lo:+.2f} to {hi:+.2f}; t = {row['t']:+.2f} over "
+        f"(simultaneous 95 % interval {lo:+.2f} to {hi:+.2f}; t = {_t_text(row['t'])} over "
         f"{row['pairs']} pairs{f', {diverged} diverged' if diverged else ''}, critical "
         f"{row['critical_t']:.2f}): {'passed' if row['passed'] else 'not passed'}.")
   return '\n'.join(lines) + '\n'
+
+
+def _t_text(t: float) -> str:
+  return 'n/a (no spread)' if math.isnan(t) else f'{t:+.2f}'
 
 
 def _diverged_seeds(row: dict) -> set:
@@ -386,9 +390,8 @@ def _cells(row: dict) -> str:
   if 'mean' not in row:
     return f"| {row['pairs']}{failures} | | | | |"
   lo, hi = row['interval']
-  t = 'n/a (no spread)' if math.isnan(row['t']) else f"{row['t']:+.2f}"
   return (f"| {row['pairs']}{failures} | {row['mean']:+.2f} | {lo:+.2f} to {hi:+.2f} "
-          f"| {t} | {'yes' if row['passed'] else 'no'} |")
+          f"| {_t_text(row['t'])} | {'yes' if row['passed'] else 'no'} |")
 
 
 def markdown(summary: Optional[dict]) -> str:

@@ -100,7 +100,7 @@ def test_the_headline_states_every_primary_only_once_all_have_their_seeds():
   text = confirm.headline({'primary': rows, 'seeds': list(confirm.SEEDS)})
   assert text.startswith('Of the 6 declared primary tests on 8 fresh seeds (Bonferroni over all '
                          '6), 1 passed (3):')
-  assert ('3. Does OSGD change the depth-nested network? `nested_depth/osgd_global` − '
+  assert ('3. **Does OSGD change the depth-nested network?** `nested_depth/osgd_global` − '
           '`nested_depth/sgd`, test accuracy, mean over the exits: +1.00 points (simultaneous '
           '95 % interval +0.00 to +2.00; t = +4.00 over 8 pairs, critical 3.64): passed.') in text
   assert 't = +1.00 over 7 pairs, 1 diverged, critical 3.64): not passed.' in text
