@@ -270,12 +270,13 @@ def endpoint(primary: Primary, a: dict, b: dict, seed: int) -> float:
   if primary.endpoint == 'mean_over_exits':
     return float(np.mean(a['test'][seed]) - np.mean(b['test'][seed]))
   grid = budgets(a['mflops'], b['mflops'])
-  if primary.endpoint == 'deliverable_cost':
-    return float(np.mean(deliverable(a['mflops'], a['test'][seed], grid)
-                         - deliverable(b['mflops'], b['test'][seed], grid)))
-  return float(np.mean(early_exit_delivered(a['mflops'], a['test'][seed], a['curves'][seed], grid)
-                       - early_exit_delivered(b['mflops'], b['test'][seed], b['curves'][seed],
-                                              grid)))
+
+  def delivered(arm: dict) -> np.ndarray:
+    if primary.endpoint == 'deliverable_cost':
+      return deliverable(arm['mflops'], arm['test'][seed], grid)
+    return early_exit_delivered(arm['mflops'], arm['test'][seed], arm['curves'][seed], grid)
+
+  return float(np.mean(delivered(a) - delivered(b)))
 
 
 def _arm_runs(study: reproduce.Study, reg: study_runs.Regime, out: pathlib.Path, arm: Arm,
@@ -326,11 +327,11 @@ def summarize(spec: Confirm, out: pathlib.Path) -> Optional[dict]:
   reg = regime(spec, out, width)
   study = _study_for(spec)
   doubled = regime(spec, out, width, doubled=True)
-  summary: dict = {'depth_width': width, 'seeds': list(spec.seeds), 'primary': [], 'first_study': [], 'doubled': [],
-                   'descriptive': []}
+  summary: dict = {'depth_width': width, 'seeds': list(spec.seeds), 'primary': [],
+                   'first_study': [], 'doubled': [], 'descriptive': []}
+  fresh = {arm: _arm_runs(study, reg, out, arm, spec.seeds) for arm in arms(spec)}
   for p in PRIMARIES:
-    runs = [_arm_runs(study, reg, out, arm, spec.seeds) for arm in (p.a, p.b)]
-    summary['primary'].append(test_row(p, *runs, num_tests=len(PRIMARIES)))
+    summary['primary'].append(test_row(p, fresh[p.a], fresh[p.b], num_tests=len(PRIMARIES)))
     old = [_arm_runs(study, reg, out, arm, FIRST_STUDY_SEEDS) for arm in (p.a, p.b)]
     summary['first_study'].append(test_row(p, *old, num_tests=len(PRIMARIES)))
   p = PRIMARIES[0]
@@ -340,8 +341,8 @@ def summarize(spec: Confirm, out: pathlib.Path) -> Optional[dict]:
   cost = next(p for p in PRIMARIES if p.endpoint == 'deliverable_cost')
   early = dataclasses.replace(cost, question=f'{cost.question}, early exit allowed',
                               endpoint='early_exit_cost')
-  runs = [_arm_runs(study, reg, out, arm, spec.seeds) for arm in (early.a, early.b)]
-  summary['descriptive'].append(test_row(early, *runs, num_tests=len(PRIMARIES)))
+  summary['descriptive'].append(test_row(early, fresh[early.a], fresh[early.b],
+                                         num_tests=len(PRIMARIES)))
   for arm in spec.descriptive:
     versus = Primary(f'`{arm}` against `{arm.model}/sgd`, descriptive', arm,
                      Arm(arm.model, 'sgd'), 'mean_over_exits')
