@@ -330,10 +330,10 @@ def summarize(spec: Confirm, out: pathlib.Path) -> Optional[dict]:
   summary: dict = {'depth_width': width, 'seeds': list(spec.seeds), 'primary': [],
                    'first_study': [], 'doubled': [], 'descriptive': []}
   fresh = {arm: _arm_runs(study, reg, out, arm, spec.seeds) for arm in arms(spec)}
+  old = {arm: _arm_runs(study, reg, out, arm, FIRST_STUDY_SEEDS) for arm in arms(spec)}
   for p in PRIMARIES:
     summary['primary'].append(test_row(p, fresh[p.a], fresh[p.b], num_tests=len(PRIMARIES)))
-    old = [_arm_runs(study, reg, out, arm, FIRST_STUDY_SEEDS) for arm in (p.a, p.b)]
-    summary['first_study'].append(test_row(p, *old, num_tests=len(PRIMARIES)))
+    summary['first_study'].append(test_row(p, old[p.a], old[p.b], num_tests=len(PRIMARIES)))
   p = PRIMARIES[0]
   runs = [_arm_runs(study, doubled, out, arm, spec.doubled_seeds, _doubled_dir)
           for arm in (p.a, p.b)]
