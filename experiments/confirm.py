@@ -358,8 +358,7 @@ def headline(summary: dict) -> Optional[str]:
   before the family is complete.
   """
   rows, num_seeds = summary['primary'], len(summary['seeds'])
-  if any(row['pairs'] + len(_diverged_seeds(row)) < num_seeds or 'mean' not in row
-         for row in rows):
+  if not all(_finished(row, num_seeds) for row in rows):
     return None
   passed = [i for i, row in enumerate(rows, 1) if row['passed']]
   lines = [f'Of the {len(rows)} declared primary tests on {num_seeds} fresh seeds '
@@ -385,14 +384,23 @@ def _diverged_seeds(row: dict) -> set:
   return {s for seeds in row['diverged'].values() for s in seeds}
 
 
-def _cells(row: dict) -> str:
+def _finished(row: dict, num_seeds: int) -> bool:
+  """Whether every declared seed of a test has run (finished or diverged)."""
+  return row['pairs'] + len(_diverged_seeds(row)) >= num_seeds and 'mean' in row
+
+
+def _cells(row: dict, num_seeds: Optional[int] = None) -> str:
+  """A row's table cells; with ``num_seeds`` (a declared test) no verdict before them all."""
   diverged = sum(len(v) for v in row['diverged'].values())
   failures = f" (+{diverged} diverged: {row['diverged']})" if diverged else ''
   if 'mean' not in row:
     return f"| {row['pairs']}{failures} | | | | |"
   lo, hi = row['interval']
+  verdict = 'yes' if row['passed'] else 'no'
+  if num_seeds is not None and not _finished(row, num_seeds):
+    verdict = f'pending (declared on {num_seeds} seeds)'
   return (f"| {row['pairs']}{failures} | {row['mean']:+.2f} | {lo:+.2f} to {hi:+.2f} "
-          f"| {_t_text(row['t'])} | {'yes' if row['passed'] else 'no'} |")
+          f"| {_t_text(row['t'])} | {verdict} |")
 
 
 def markdown(summary: Optional[dict]) -> str:
@@ -408,7 +416,8 @@ def markdown(summary: Optional[dict]) -> str:
            'Primary tests on the fresh seeds (ours; test accuracy, points; a diverged run is '
            'counted, and its seed leaves the pair):', '', *header]
   for i, row in enumerate(summary['primary'], 1):
-    lines.append(f"| {i} | `{row['a']}` − `{row['b']}` | {row['endpoint']} " + _cells(row))
+    lines.append(f"| {i} | `{row['a']}` − `{row['b']}` | {row['endpoint']} "
+                 + _cells(row, num_seeds=len(summary['seeds'])))
   lines += ['', f'The same endpoints on the first study\'s seeds {list(FIRST_STUDY_SEEDS)} '
             '(descriptive: these seeds generated the hypotheses):', '', *header]
   for i, row in enumerate(summary['first_study'], 1):

@@ -105,8 +105,14 @@ def test_the_headline_states_every_primary_only_once_all_have_their_seeds():
           '95 % interval +0.00 to +2.00; t = +4.00 over 8 pairs, critical 3.64): passed.') in text
   assert 't = +1.00 over 7 pairs, 1 diverged, critical 3.64): not passed.' in text
   assert text.count('not passed.') == 5
-  rows[0] = _row(0, mean=0.1, passed=False, pairs=7)  # a seed still to run
-  assert confirm.headline({'primary': rows, 'seeds': list(confirm.SEEDS)}) is None
+  rows[0] = _row(0, mean=0.1, passed=True, pairs=7)  # a seed still to run
+  summary = {'primary': rows, 'seeds': list(confirm.SEEDS), 'depth_width': 2,
+             'first_study': rows, 'doubled': [], 'descriptive': []}
+  assert confirm.headline(summary) is None
+  # Nor does the report's table give a verdict on a test short of its declared seeds.
+  report = confirm.markdown(summary)
+  assert report.count('| pending (declared on 8 seeds) |') == 1
+  assert '| +0.10 | -0.90 to +1.10 | +4.00 | pending' in report
 
 
 def test_readme_states_the_primary_results_only_when_the_report_has_them():
