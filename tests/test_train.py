@@ -76,9 +76,13 @@ def test_train_and_evaluate_takes_a_config_and_a_workdir(tmp_path, data_dir):
   assert e.value.step >= 1 and 'the loss became' in str(e.value)
 
 
+def _is_key(leaf) -> bool:
+  return jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key)
+
+
 def _changed(leaf):
   """Another value of the same type, shape and dtype."""
-  if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+  if _is_key(leaf):
     return jax.random.fold_in(leaf, 7)
   if leaf.dtype == bool:
     return ~leaf
@@ -98,8 +102,7 @@ def test_every_optimizers_state_comes_back_from_a_checkpoint_as_saved(tmp_path):
   manager.save(1, saved)
   restored = manager.restore(1, fresh)
   assert jax.tree.structure(restored) == jax.tree.structure(saved)
-  unwrap = lambda x: (jax.random.key_data(x)
-                      if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else x)
+  unwrap = lambda x: jax.random.key_data(x) if _is_key(x) else x
   for (path, a), b, template in zip(jax.tree.leaves_with_path(saved), jax.tree.leaves(restored),
                                    jax.tree.leaves(fresh)):
     assert a.dtype == b.dtype, jax.tree_util.keystr(path)
