@@ -622,8 +622,8 @@ def compute_markdown(study: Study, out: pathlib.Path) -> str:
   return summed_compute(out, part_of)
 
 
-def summed_compute(out: pathlib.Path, part_of) -> str:
-  """A compute line: the summed ``train_seconds`` of the finished runs under ``out``, per part.
+def compute_parts(out: pathlib.Path, part_of) -> dict[str, tuple[int, float]]:
+  """The finished runs under ``out`` per part: how many, and their summed ``train_seconds``.
 
   ``part_of`` names the part a run belongs to from its path's parts relative to
   ``out`` (``('runs', model, method, 'lr0.1', 'seed4', 'results.json')``), or
@@ -636,6 +636,13 @@ def summed_compute(out: pathlib.Path, part_of) -> str:
       continue
     runs, seconds = parts.get(name, (0, 0.0))
     parts[name] = runs + 1, seconds + json.loads(path.read_text())['train_seconds']
+  return parts
+
+
+def summed_compute(out: pathlib.Path, part_of) -> str:
+  """A compute line: the summed ``train_seconds`` of the finished runs, per part (see
+  :func:`compute_parts`)."""
+  parts = compute_parts(out, part_of)
   if not parts:
     return ''
   total = sum(seconds for _, seconds in parts.values())

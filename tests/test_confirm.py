@@ -62,8 +62,9 @@ def test_each_endpoint_by_hand():
 def test_compute_counts_only_the_confirmations_own_runs(tmp_path):
   write_finished_runs(tmp_path)  # the first study's runs there are not counted
   text = confirm.compute_markdown(confirm.Confirm(FIRST_STUDY), tmp_path)
-  assert ('depth pilot 1 runs 10 min, new sweeps 2 runs 20 min, fresh seeds 1 runs 10 min, '
-          'twice the epochs 1 runs 4 min; in all 0.7 h') in text
+  assert ('depth pilot 1 runs 10 min, new sweeps 2 runs 20 min, fresh seeds 3 runs 18 min, '
+          'twice the epochs 1 runs 4 min; in all 0.9 h') in text
+  assert 'Per fresh seed (every primary arm, same caveat): seed 4 15 min, seed 10 3 min.' in text
 
 
 def test_a_primary_test_pairs_seeds_counts_failures_and_corrects_for_the_family():
