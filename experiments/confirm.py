@@ -340,9 +340,11 @@ def summarize(spec: Confirm, out: pathlib.Path) -> Optional[dict]:
     summary['primary'].append(test_row(p, fresh[p.a], fresh[p.b], num_tests=len(PRIMARIES)))
     summary['first_study'].append(test_row(p, old[p.a], old[p.b], num_tests=len(PRIMARIES)))
   p = PRIMARIES[0]
-  runs = [_arm_runs(study, doubled, out, arm, spec.doubled_seeds, _doubled_dir)
-          for arm in (p.a, p.b)]
-  summary['doubled'].append(test_row(p, *runs, num_tests=len(PRIMARIES)))
+  for reg_of_row, run_dir in ((reg, None), (doubled, _doubled_dir)):  # the same seeds, 16 and 32
+    runs = [_arm_runs(study, reg_of_row, out, arm, spec.doubled_seeds, run_dir)
+            for arm in (p.a, p.b)]
+    row = test_row(p, *runs, num_tests=len(PRIMARIES))
+    summary['doubled'].append(dict(row, epochs=reg_of_row.epochs))
   cost = next(p for p in PRIMARIES if p.endpoint == 'deliverable_cost')
   early = dataclasses.replace(cost, question=f'{cost.question}, early exit allowed',
                               endpoint='early_exit_cost')
@@ -427,15 +429,22 @@ def markdown(summary: Optional[dict]) -> str:
             '(descriptive: these seeds generated the hypotheses):', '', *header]
   for i, row in enumerate(summary['first_study'], 1):
     lines.append(f"| {i} | `{row['a']}` − `{row['b']}` | {row['endpoint']} " + _cells(row))
-  lines += ['', 'Descriptive: the branched primary at twice the epochs, the equal-cost primary '
+  lines += ['', 'Descriptive: the branched primary on its first seeds at 16 and at twice the '
+            'epochs, the equal-cost primary '
             f'with early exit allowed ({_ENDPOINT_TEXT["early_exit_cost"]}), and the other OSGD '
             'variants against summed losses (interval and "passes" at the family\'s level, for '
             'scale only):', '', *header]
   for row in summary['doubled']:
-    lines.append(f"| 1, doubled | `{row['a']}` − `{row['b']}` | {row['endpoint']} "
+    lines.append(f"| 1, {row['epochs']} epochs | `{row['a']}` − `{row['b']}` | {row['endpoint']} "
                  + _cells(row))
   for row in summary['descriptive']:
     lines.append(f"| – | `{row['a']}` − `{row['b']}` | {row['endpoint']} " + _cells(row))
+  per_seed = [f"{row['epochs']} epochs " + ' / '.join(f'{d:+.2f}' for d in row['differences'])
+              for row in summary['doubled'] if row.get('differences')]
+  if per_seed:
+    lines += ['', f"Test 1 per seed at both budgets (points, seeds "
+              f"{', '.join(map(str, summary['doubled'][0]['seeds']))}): "
+              + '; '.join(per_seed) + '.']
   return text + '\n'.join(lines) + '\n'
 
 
@@ -443,21 +452,26 @@ def compute_markdown(spec: Confirm, out: pathlib.Path) -> str:
   """This study's own compute, per part: what it reuses from the first study is not counted."""
   first = spec.study
   fresh = {f'seed{s}' for s in spec.seeds}
+  primary = {(arm.model, arm.method) for arm in arms(spec)}
+
+  def primary_seed(part: tuple) -> Optional[str]:
+    return part[4] if part[0] == 'runs' and part[4] in fresh and part[1:3] in primary else None
 
   def part_of(part: tuple) -> Optional[str]:
     if part[0] == 'pilot' and 'confirm' in part:
       return 'depth pilot'
     if part[0] == 'runs_doubled':
       return 'twice the epochs'
-    if part[0] == 'runs' and part[4] in fresh:
+    if primary_seed(part):
       return 'fresh seeds'
+    if part[0] == 'runs' and part[4] in fresh:
+      return 'descriptive methods'
     if (part[0] == 'runs' and part[4] == f'seed{first.selection_seed}'
         and not (part[1] in first.all_models and part[2] in first.methods_of(part[1]))):
       return 'new sweeps'
     return None
 
-  per_seed = reproduce.compute_parts(
-      out, lambda part: part[4] if part[0] == 'runs' and part[4] in fresh else None)
+  per_seed = reproduce.compute_parts(out, primary_seed)
   seed_line = ('Per fresh seed (every primary arm, same caveat): ' + ', '.join(
       f'{name.replace("seed", "seed ")} {seconds / 60:.0f} min'
       for name, (_, seconds) in sorted(per_seed.items(), key=lambda kv: int(kv[0][4:]))) + '.\n'

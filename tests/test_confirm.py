@@ -62,8 +62,8 @@ def test_each_endpoint_by_hand():
 def test_compute_counts_only_the_confirmations_own_runs(tmp_path):
   write_finished_runs(tmp_path)  # the first study's runs there are not counted
   text = confirm.compute_markdown(confirm.Confirm(FIRST_STUDY), tmp_path)
-  assert ('depth pilot 1 runs 10 min, new sweeps 2 runs 20 min, fresh seeds 3 runs 18 min, '
-          'twice the epochs 1 runs 4 min; in all 0.9 h') in text
+  assert ('depth pilot 1 runs 10 min, new sweeps 2 runs 20 min, descriptive methods 1 runs 1 min, '
+          'fresh seeds 3 runs 18 min, twice the epochs 1 runs 4 min; in all 0.9 h') in text
   assert 'Per fresh seed (every primary arm, same caveat): seed 4 15 min, seed 10 3 min.' in text
 
 
@@ -114,6 +114,19 @@ def test_the_headline_states_every_primary_only_once_all_have_their_seeds():
   report = confirm.markdown(summary)
   assert report.count('| pending (declared on 8 seeds) |') == 1
   assert '| +0.10 | -0.90 to +1.10 | +4.00 | pending' in report
+
+
+def test_the_doubled_rows_show_test_1_per_seed_at_both_budgets():
+  rows = [_row(i, mean=0.5, passed=False) for i in range(len(confirm.PRIMARIES))]
+  doubled = [dict(_row(0, mean=m, passed=False, pairs=3), epochs=e, seeds=[4, 5, 6],
+                  differences=d) for e, m, d in ((16, 2.0, [2.5, 1.5, 2.0]),
+                                                 (32, 1.0, [1.25, -0.5, 2.25]))]
+  report = confirm.markdown({'primary': rows, 'seeds': list(confirm.SEEDS), 'depth_width': 2,
+                             'first_study': rows, 'doubled': doubled, 'descriptive': []})
+  assert '| 1, 16 epochs | `branched/osgd_global` − `branched/sgd` | first_exit | 3 | +2.00 |' in report
+  assert '| 1, 32 epochs | `branched/osgd_global` − `branched/sgd` | first_exit | 3 | +1.00 |' in report
+  assert ('Test 1 per seed at both budgets (points, seeds 4, 5, 6): 16 epochs +2.50 / +1.50 / '
+          '+2.00; 32 epochs +1.25 / -0.50 / +2.25.') in report
 
 
 def test_readme_states_the_primary_results_only_when_the_report_has_them():

@@ -178,6 +178,7 @@ def write_finished_runs(root: pathlib.Path) -> None:
   finished('runs', 'branched', 'sgd', 'lr0.1', 'seed4', seconds=600)  # the confirmatory study's
   finished('runs', 'branched', 'osgd_global', 'lr0.2', 'seed4', seconds=300)
   finished('runs', 'branched', 'sgd', 'lr0.1', 'seed10', seconds=180)
+  finished('runs', 'branched', 'osgd_exits', 'lr0.1', 'seed4', seconds=60)  # descriptive
   finished('runs', 'nested_depth', 'sgd', 'lr0.1', 'seed0', seconds=600)
   finished('runs', 'branched', 'osgd_exits', 'lr0.1', 'seed0', seconds=600)
   finished('pilot', 'width2', 'independent_depth', 'confirm', seconds=600)
