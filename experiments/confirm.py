@@ -333,7 +333,11 @@ def summarize(spec: Confirm, out: pathlib.Path) -> Optional[dict]:
   study = _study_for(spec)
   doubled = regime(spec, out, width, doubled=True)
   summary: dict = {'depth_width': width, 'seeds': list(spec.seeds), 'primary': [],
-                   'first_study': [], 'doubled': [], 'descriptive': []}
+                   'first_study': [], 'doubled': [], 'descriptive': [], 'rates': {}}
+  for arm in (*arms(spec), *spec.descriptive):
+    chosen = reproduce.sweep(study, reg, out, arm.model, arm.method)
+    if chosen['rate'] is not None:
+      summary['rates'][str(arm)] = {'rate': chosen['rate'], 'at_end': chosen['at_end']}
   fresh = {arm: _arm_runs(study, reg, out, arm, spec.seeds) for arm in arms(spec)}
   old = {arm: _arm_runs(study, reg, out, arm, FIRST_STUDY_SEEDS) for arm in arms(spec)}
   for p in PRIMARIES:
@@ -439,6 +443,11 @@ def markdown(summary: Optional[dict]) -> str:
                  + _cells(row))
   for row in summary['descriptive']:
     lines.append(f"| – | `{row['a']}` − `{row['b']}` | {row['endpoint']} " + _cells(row))
+  if summary.get('rates'):
+    lines += ['', 'Each arm\'s rate, chosen by its own sweep on seed 0 ("end": still at an end of '
+              'its grid after the last extension): ' + ', '.join(
+                  f"`{arm}` {r['rate']:g}{' end' if r['at_end'] else ''}"
+                  for arm, r in summary['rates'].items()) + '.']
   per_seed = [f"{row['epochs']} epochs " + ' / '.join(f'{d:+.2f}' for d in row['differences'])
               for row in summary['doubled'] if row.get('differences')]
   if per_seed:

@@ -116,17 +116,21 @@ def test_the_headline_states_every_primary_only_once_all_have_their_seeds():
   assert '| +0.10 | -0.90 to +1.10 | +4.00 | pending' in report
 
 
-def test_the_doubled_rows_show_test_1_per_seed_at_both_budgets():
+def test_the_descriptive_part_shows_test_1_per_seed_and_every_rate():
   rows = [_row(i, mean=0.5, passed=False) for i in range(len(confirm.PRIMARIES))]
   doubled = [dict(_row(0, mean=m, passed=False, pairs=3), epochs=e, seeds=[4, 5, 6],
                   differences=d) for e, m, d in ((16, 2.0, [2.5, 1.5, 2.0]),
                                                  (32, 1.0, [1.25, -0.5, 2.25]))]
   report = confirm.markdown({'primary': rows, 'seeds': list(confirm.SEEDS), 'depth_width': 2,
-                             'first_study': rows, 'doubled': doubled, 'descriptive': []})
+                             'first_study': rows, 'doubled': doubled, 'descriptive': [],
+                             'rates': {'branched/sgd': {'rate': 0.2, 'at_end': False},
+                                       'nested_width/osgd_exits': {'rate': 1.6, 'at_end': True}}})
   assert '| 1, 16 epochs | `branched/osgd_global` − `branched/sgd` | first_exit | 3 | +2.00 |' in report
   assert '| 1, 32 epochs | `branched/osgd_global` − `branched/sgd` | first_exit | 3 | +1.00 |' in report
   assert ('Test 1 per seed at both budgets (points, seeds 4, 5, 6): 16 epochs +2.50 / +1.50 / '
           '+2.00; 32 epochs +1.25 / -0.50 / +2.25.') in report
+  assert ('("end": still at an end of its grid after the last extension): `branched/sgd` 0.2, '
+          '`nested_width/osgd_exits` 1.6 end.') in report
 
 
 def test_readme_states_the_primary_results_only_when_the_report_has_them():
