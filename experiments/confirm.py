@@ -99,7 +99,8 @@ def declaration(num_primaries: int = len(PRIMARIES)) -> str:
     lines.append(f'| {i} | {p.question} | `{p.a}` − `{p.b}` | {_ENDPOINT_TEXT[p.endpoint]} |')
   lines += ['', f'Everything else is descriptive: the first study\'s seeds '
             f'{list(FIRST_STUDY_SEEDS)}, the methods {", ".join(f"`{m}`" for m in DESCRIPTIVE_METHODS)} '
-            f'on `branched` and `nested_width` (seeds {list(DESCRIPTIVE_SEEDS)}), and the branched primary at twice the epochs '
+            f'on {" and ".join(f"`{m}`" for m in dict.fromkeys(a.model for a in DESCRIPTIVE_ARMS))} '
+            f'(seeds {list(DESCRIPTIVE_SEEDS)}), and the branched primary at twice the epochs '
             f'(seeds {list(DOUBLED_SEEDS)}); {", ".join(f"`{arm}`" for arm in CUT_ARMS)} were '
             'declared too and then cut for the compute budget (2026-12-01, descriptive rows first). '
             '`nested_depth` and `independent_depth` run at the '
@@ -284,10 +285,9 @@ def endpoint(primary: Primary, a: dict, b: dict, seed: int) -> float:
   return float(np.mean(delivered(a) - delivered(b)))
 
 
-def _arm_runs(study: reproduce.Study, reg: study_runs.Regime, out: pathlib.Path, arm: Arm,
-              seeds: tuple, run_dir=None) -> Optional[dict]:
-  """The arm's rate and its runs on ``seeds``: test accuracies, FLOPs, diverged seeds."""
-  rate = reproduce.sweep(study, reg, out, arm.model, arm.method)['rate']
+def _arm_runs(out: pathlib.Path, arm: Arm, rate: Optional[float], seeds: tuple,
+              run_dir=None) -> Optional[dict]:
+  """The arm's runs at its swept ``rate`` on ``seeds``: test accuracies, FLOPs, diverged seeds."""
   if rate is None:
     return None
   outcomes = {s: study_runs.outcome(run_dir(out, arm, rate, s) if run_dir else
@@ -332,21 +332,23 @@ def summarize(spec: Confirm, out: pathlib.Path) -> Optional[dict]:
   reg = regime(spec, out, width)
   study = _study_for(spec)
   doubled = regime(spec, out, width, doubled=True)
+  # Every arm's sweep, read once: the doubled runs take the 16-epoch sweep's rate, as run() does.
+  swept = {arm: reproduce.sweep(study, reg, out, arm.model, arm.method)
+           for arm in (*arms(spec), *spec.descriptive,
+                       *(Arm(d.model, 'sgd') for d in spec.descriptive))}
+  rate = {arm: chosen['rate'] for arm, chosen in swept.items()}
   summary: dict = {'depth_width': width, 'seeds': list(spec.seeds), 'primary': [],
-                   'first_study': [], 'doubled': [], 'descriptive': [], 'rates': {}}
-  for arm in (*arms(spec), *spec.descriptive):
-    chosen = reproduce.sweep(study, reg, out, arm.model, arm.method)
-    if chosen['rate'] is not None:
-      summary['rates'][str(arm)] = {'rate': chosen['rate'], 'at_end': chosen['at_end']}
-  fresh = {arm: _arm_runs(study, reg, out, arm, spec.seeds) for arm in arms(spec)}
-  old = {arm: _arm_runs(study, reg, out, arm, FIRST_STUDY_SEEDS) for arm in arms(spec)}
+                   'first_study': [], 'doubled': [], 'descriptive': [],
+                   'rates': {str(arm): {'rate': chosen['rate'], 'at_end': chosen['at_end']}
+                             for arm, chosen in swept.items() if chosen['rate'] is not None}}
+  fresh = {arm: _arm_runs(out, arm, rate[arm], spec.seeds) for arm in arms(spec)}
+  old = {arm: _arm_runs(out, arm, rate[arm], FIRST_STUDY_SEEDS) for arm in arms(spec)}
   for p in PRIMARIES:
     summary['primary'].append(test_row(p, fresh[p.a], fresh[p.b], num_tests=len(PRIMARIES)))
     summary['first_study'].append(test_row(p, old[p.a], old[p.b], num_tests=len(PRIMARIES)))
   p = PRIMARIES[0]
   for reg_of_row, run_dir in ((reg, None), (doubled, _doubled_dir)):  # the same seeds, 16 and 32
-    runs = [_arm_runs(study, reg_of_row, out, arm, spec.doubled_seeds, run_dir)
-            for arm in (p.a, p.b)]
+    runs = [_arm_runs(out, arm, rate[arm], spec.doubled_seeds, run_dir) for arm in (p.a, p.b)]
     row = test_row(p, *runs, num_tests=len(PRIMARIES))
     summary['doubled'].append(dict(row, epochs=reg_of_row.epochs))
   cost = next(p for p in PRIMARIES if p.endpoint == 'deliverable_cost')
@@ -357,7 +359,7 @@ def summarize(spec: Confirm, out: pathlib.Path) -> Optional[dict]:
   for arm in spec.descriptive:
     versus = Primary(f'`{arm}` against `{arm.model}/sgd`, descriptive', arm,
                      Arm(arm.model, 'sgd'), 'mean_over_exits')
-    runs = [_arm_runs(study, reg, out, x, spec.descriptive_seeds) for x in (arm, versus.b)]
+    runs = [_arm_runs(out, x, rate[x], spec.descriptive_seeds) for x in (arm, versus.b)]
     summary['descriptive'].append(test_row(versus, *runs, num_tests=len(PRIMARIES)))
   return summary
 
@@ -482,9 +484,8 @@ def compute_markdown(spec: Confirm, out: pathlib.Path) -> str:
 
   per_seed = reproduce.compute_parts(out, primary_seed)
   seed_line = ('Per fresh seed (every primary arm, same caveat): ' + ', '.join(
-      f'{name.replace("seed", "seed ")} {seconds / 60:.0f} min'
-      for name, (_, seconds) in sorted(per_seed.items(), key=lambda kv: int(kv[0][4:]))) + '.\n'
-      if per_seed else '')
+      f'seed {s} {per_seed[f"seed{s}"][1] / 60:.0f} min' for s in spec.seeds
+      if f'seed{s}' in per_seed) + '.\n' if per_seed else '')
   return reproduce.summed_compute(out, part_of) + seed_line
 
 
