@@ -9,6 +9,10 @@ import optax
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   """Mean softmax cross-entropy of one exit: logits ``[B, C]``, labels ``[B]``, in float32."""
+  if jnp.ndim(logits) != 2 or jnp.shape(labels) != jnp.shape(logits)[:1]:
+    raise ValueError(f'cross_entropy expects one exit\'s logits [B, C] and integer labels [B]; '
+                     f'got logits {jnp.shape(logits)} and labels {jnp.shape(labels)}. A stage '
+                     'returns its exit\'s logits [B, C].')
   return optax.softmax_cross_entropy_with_integer_labels(
       logits.astype(jnp.float32), labels).mean()
 

@@ -22,15 +22,18 @@ from flax.nnx import bridge
 from anytime_jax import models
 from anytime_jax.losses import cross_entropy
 from anytime_jax.jacobian import Gradients
-from anytime_jax.staged import StageFn, staged_jacobian
+from anytime_jax.staged import StageFn, staged_walk
 
 
 class AnytimeNNX(nnx.Module):
   """One of our anytime networks as an NNX module: ``model(x, train=False) -> [K, B, C]``.
 
-  Stage k is ``model.stages[k]``, the linen stage of the same network wrapped
-  by ``flax.nnx.bridge.ToNNX``: the same computation, parameters and
-  invariants (exit k does not depend on later stages; tested bit for bit).
+  Stage k is ``model.stages[k]`` (a :class:`BridgedStage`), the linen stage of
+  the same network wrapped by ``flax.nnx.bridge.ToNNX``: the same
+  computation, parameters and invariants (exit k does not depend on later
+  stages; tested bit for bit). Like any NNX model with stages it trains
+  through :func:`nnx_staged_exit_jacobian` and runs through
+  :func:`anytime_jax.iterate_exits`.
 
   Example:
 
@@ -53,7 +56,7 @@ class AnytimeNNX(nnx.Module):
       bridge.lazy_init(module, carry)
       carry, _ = module(carry)
       module.to_nnx__rngs = None  # our stages draw no randomness once initialized
-      stages.append(module)
+      stages.append(BridgedStage(module))
     self.stages = nnx.List(stages)
 
   @property
@@ -62,7 +65,7 @@ class AnytimeNNX(nnx.Module):
 
   def stage(self, k: int, carry: Any, train: bool = False):
     """Runs stage k: ``(carry, logits [B, C])``; in train mode updates its BatchNorm statistics."""
-    return self.stages[k](carry, train=train, mutable=['batch_stats'] if train else False)
+    return self.stages[k](carry, train=train)
 
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     carry, logits = models.initial_carry(x), []
@@ -70,6 +73,27 @@ class AnytimeNNX(nnx.Module):
       carry, out = self.stage(k, carry, train)
       logits.append(out)
     return jnp.stack(logits)
+
+
+class BridgedStage(nnx.Module):
+  """One linen stage of ours as an NNX stage: ``stage(carry) -> (carry, logits [B, C])``.
+
+  Follows NNX's modes: after ``model.train()`` it normalizes with batch
+  statistics and updates them, after ``model.eval()`` it uses the running
+  ones (``train=`` overrides). The first stage also reads the images
+  ``[B, H, W, C]`` themselves, so that our models take the input as any NNX
+  model's first stage does.
+  """
+
+  def __init__(self, module: bridge.ToNNX):
+    self.module = module
+    self.use_running_average = False
+
+  def __call__(self, carry: Any, train: Optional[bool] = None):
+    train = not self.use_running_average if train is None else train
+    if not isinstance(carry, dict):
+      carry = models.initial_carry(carry)
+    return self.module(carry, train=train, mutable=['batch_stats'] if train else False)
 
 
 def create_nnx(name: str, *, num_classes: int, example: jax.Array, rngs: nnx.Rngs,
@@ -96,10 +120,22 @@ def create_nnx(name: str, *, num_classes: int, example: jax.Array, rngs: nnx.Rng
     return nnx.jit(lambda e, r: AnytimeNNX(network, e, rngs=r))(example, rngs)
 
 
+def _variables(node: Any) -> dict[int, tuple]:
+  """Every Variable reachable from ``node``, by identity: ``{id: path}``."""
+  return {id(value): path for path, value in nnx.iter_graph(node)
+          if isinstance(value, nnx.Variable)}
+
+
 def nnx_stages(modules: Sequence[nnx.Module],
                call: Callable[[nnx.Module, Any], tuple[Any, jax.Array]] = lambda m, c: m(c)
                ) -> tuple[list[StageFn], list[Any], list[Any]]:
-  """NNX stage modules as engine stages: ``(stages, params, states)`` for :func:`staged_jacobian`.
+  """Separate NNX stage modules as engine stages: ``(stages, params, states)`` for :func:`anytime_jax.staged_jacobian`.
+
+  For stage modules that share no Variable. A model whose stages share
+  parameters (a tied head, a shared embedding) goes whole through
+  :func:`nnx_staged_exit_jacobian`, which sums every exit's gradient over all
+  uses; here that is refused with an error, since split stages would each
+  train their own copy.
 
   Args:
     modules: stage k maps a carry to ``(carry, logits_k)`` through ``call``.
@@ -123,14 +159,23 @@ def nnx_stages(modules: Sequence[nnx.Module],
   >>> grads[1]['kernel'].shape  # [K, 3, 3]
   (2, 3, 3)
   """
+  seen: dict[int, int] = {}
+  for k, module in enumerate(modules):
+    for variable, path in _variables(module).items():
+      if seen.setdefault(variable, k) != k:
+        raise ValueError(
+            f'stage modules {seen[variable]} and {k} share a Variable (at {path} of stage {k}); '
+            'split stages would train one copy each. Hold the stages in one nnx.Module (e.g. '
+            'an nnx.List attribute) and use aj.nnx_staged_exit_jacobian.')
   stages, params, states = [], [], []
   for module in modules:
     graphdef, stage_params, rest = nnx.split(module, nnx.Param, ...)  # type: ignore[misc]
 
     def stage(p, state, carry, rng=None, graphdef=graphdef):
       del rng  # NNX modules draw randomness from the nnx.Rngs in their own state
-      merged = nnx.merge(graphdef, p, state)
-      carry, logits = call(merged, carry)
+      # Rebuilt inside the trace: a Variable made outside it cannot be mutated (RNG counts).
+      merged = nnx.merge(graphdef, p, jax.tree.map(lambda a: a, state))
+      carry, logits = _stage_call(call(merged, carry), 'the stage')
       return carry, logits, nnx.state(merged, nnx.Not(nnx.Param))
 
     stages.append(stage)
@@ -139,22 +184,100 @@ def nnx_stages(modules: Sequence[nnx.Module],
   return stages, params, states
 
 
-def nnx_staged_exit_jacobian(
-    model: AnytimeNNX,
-    x: jax.Array,
-    y: jax.Array,
-    *,
-    train: bool = True,
-    loss_fn: Optional[Callable[[jax.Array, jax.Array], jax.Array]] = None,
-) -> Gradients:
-  """Per-exit gradients of an :class:`AnytimeNNX` by the staged engine.
+def _stage_call(output: Any, which: str) -> tuple[Any, jax.Array]:
+  if not isinstance(output, tuple) or len(output) != 2:
+    got = f'a tuple of {len(output)}' if isinstance(output, tuple) else type(output).__name__
+    raise TypeError(f'{which} returned {got}; an NNX stage maps a carry to (carry, logits [B, C]).')
+  return output
 
-  Updates the model's BatchNorm statistics in train mode (once per step, in
-  place, as NNX does) and returns :class:`anytime_jax.Gradients` ``(grads,
-  losses [K], aux)``: ``grads`` is shaped like ``nnx.state(model, nnx.Param)``
-  with every leaf ``[K, *leaf.shape]``, ready for ``nnx.Optimizer.update``;
-  ``aux`` is the list of the stages' updated non-parameter states (already
-  written back into the model).
+
+def stage_modules(model: nnx.Module, stages: str = 'stages') -> Sequence[nnx.Module]:
+  """``getattr(model, stages)``, checked: the model's K stage modules in exit order."""
+  modules = getattr(model, stages, None)
+  if modules is None or not hasattr(modules, '__len__') or not len(modules):
+    raise ValueError(
+        f'{type(model).__name__} has no non-empty sequence attribute {stages!r}; an NNX anytime '
+        'model holds its stages in order (e.g. self.stages = nnx.List([...])), each mapping a '
+        "carry to (carry, logits); name the attribute with stages='...'.")
+  return modules
+
+
+def nnx_model_stages(model: nnx.Module, *, train: Optional[bool] = None, stages: str = 'stages'):
+  """Any NNX model with stages as functions of its parameter leaves, for the staged engine.
+
+  Returns ``(stage_fns, leaves, rest, rebuild)``: ``stage_fns[k](leaves,
+  rest, carry) -> (carry, logits, rest)`` merges the model from the leaves of
+  ``nnx.state(model, nnx.Param)`` and the leaves ``rest`` of everything else
+  (BatchNorm statistics, RNG counts), in train or eval mode (``None``: the
+  model's own), and runs stage k; ``rebuild(leaves, rest)`` gives back the
+  ``(params, rest)`` states.
+  """
+  num_exits = len(stage_modules(model, stages))
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)  # type: ignore[misc]
+  leaves, params_def = jax.tree.flatten(params)
+  rest_leaves, rest_def = jax.tree.flatten(rest)
+
+  def stage_fn(k):
+    def run(full, rest_now, carry):
+      # Rebuilt inside the trace: a Variable made outside it cannot be mutated (RNG counts).
+      merged = nnx.merge(graphdef, jax.tree.unflatten(params_def, full),
+                         jax.tree.unflatten(rest_def, rest_now))
+      if train is not None:
+        merged.train() if train else merged.eval()
+      carry, logits = _stage_call(getattr(merged, stages)[k](carry), f'stage {k}')
+      return carry, logits, jax.tree.leaves(nnx.split(merged, nnx.Param, ...)[2])  # type: ignore[misc]
+    return run
+
+  def rebuild(new_leaves, new_rest):
+    return jax.tree.unflatten(params_def, new_leaves), jax.tree.unflatten(rest_def, new_rest)
+
+  return [stage_fn(k) for k in range(num_exits)], leaves, rest_leaves, rebuild
+
+
+def nnx_staged_exit_jacobian(
+    model: nnx.Module,
+    x: Any,
+    y: Any,
+    *,
+    train: Optional[bool] = True,
+    loss_fn: Optional[Callable[[jax.Array, Any], jax.Array]] = None,
+    stages: str = 'stages',
+    vectorize: bool = False,
+) -> Gradients:
+  """Per-exit gradients of any NNX anytime model by the staged engine.
+
+  The model holds its stages in order in the attribute ``stages`` (an
+  ``nnx.List`` of modules, or any sequence): stage k maps a carry to
+  ``(carry, logits_k [B, C])``, the first stage reads ``x``. Parameters the
+  stages share (a tied head, a shared embedding) are found from the graph and
+  each exit's gradient on them sums all their uses by the stages it reaches,
+  as :func:`anytime_jax.exit_jacobian` on the whole model gives it.
+
+  Randomness (``nnx.Dropout``) comes from the model's ``nnx.Rngs``; their
+  counts and BatchNorm statistics are updated in the model, once per call, in
+  place as NNX does (under ``nnx.jit`` too). In eval mode the gradients equal
+  :func:`anytime_jax.exit_jacobian`'s on the model.
+
+  Args:
+    model: an ``nnx.Module`` with stages (:func:`create_nnx`'s, or a user's).
+    x: what the first stage reads (e.g. images ``[B, H, W, C]``).
+    y: the labels, passed to ``loss_fn``.
+    train: run the stages in training mode (``model.train()``: dropout on,
+      batch statistics), eval mode (``False``: ``model.eval()``), or the
+      model's own mode (``None``). The mode is set on a copy: the model's own
+      attributes are left as they were.
+    loss_fn: ``loss_fn(logits_k [B, C], y) -> scalar``, one exit's loss;
+      default mean softmax cross-entropy with integer labels.
+    stages: the name of the attribute holding the stages.
+    vectorize: see :func:`anytime_jax.staged_jacobian`.
+
+  Returns:
+    :class:`anytime_jax.Gradients` ``(grads, losses [K], aux)``: ``grads`` is
+    shaped like ``nnx.state(model, nnx.Param)`` (each shared Variable once)
+    with every leaf ``[K, *leaf.shape]``, ready for
+    ``nnx.Optimizer(model, tx, wrt=nnx.Param).update(model, grads)``;
+    ``aux`` is the model's updated non-parameter state (already written
+    back).
 
   Example:
 
@@ -171,14 +294,9 @@ def nnx_staged_exit_jacobian(
   (2,)
   """
   loss_fn = cross_entropy if loss_fn is None else loss_fn
-  stages, params, states = nnx_stages(
-      list(model.stages), call=lambda m, c: m(c, train=train,
-                                              mutable=['batch_stats'] if train else False))
-  jac, losses, new_states = staged_jacobian(stages, params, models.initial_carry(x),
-                                            lambda k, logits: loss_fn(logits, y), states)
-  for module, state in zip(model.stages, new_states):
-    nnx.update(module, state)
-  grads = nnx.state(model, nnx.Param)
-  for k, stage_jac in enumerate(jac):
-    grads['stages'][k] = stage_jac
-  return Gradients(grads, losses, new_states)
+  stage_fns, leaves, rest, rebuild = nnx_model_stages(model, train=train, stages=stages)
+  jac, losses, new_rest = staged_walk(stage_fns, leaves, x, lambda k, logits: loss_fn(logits, y),
+                                      rest, vectorize=vectorize)
+  grads, new_state = rebuild(jac, new_rest)
+  nnx.update(model, new_state)
+  return Gradients(grads, losses, new_state)

@@ -21,6 +21,7 @@ networks (or any linen module built from ``Stage`` s) into them, and
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any, Optional
 
@@ -33,7 +34,107 @@ from anytime_jax.models.network import (AnytimeNetwork, apply_stage, initial_car
                                         stage_variables)
 
 StageFn = Callable[..., tuple[Any, jax.Array, Any]]
-"""``stage(params_k, state_k, carry[, rng=key]) -> (carry, logits_k [B, C], state_k)``."""
+"""``stage(params_k, state_k, carry[, shared=..., rng=key]) -> (carry, logits_k [B, C], state_k)``."""
+
+CONTRACT = ('a stage is stage(params_k, state_k, carry) -> (carry, logits_k, state_k): three '
+            'values, state_k None if the stage keeps none')
+
+
+def _stage_output(output: Any, k: int) -> tuple[Any, jax.Array, Any]:
+  if not isinstance(output, tuple) or len(output) != 3:
+    got = f'a tuple of {len(output)}' if isinstance(output, tuple) else type(output).__name__
+    raise TypeError(f'stage {k} returned {got}; {CONTRACT}.')
+  return output
+
+
+def _scalar_loss(loss: Any, k: int) -> jax.Array:
+  if jnp.ndim(loss) != 0:
+    raise ValueError(
+        f'exit {k}\'s loss has shape {tuple(jnp.shape(loss))}; it must be a scalar (the mean over '
+        'the batch): a per-example loss [B] would make every gradient B times too large. '
+        'Reduce it, e.g. loss.mean().')
+  return loss
+
+
+def _used(fn: Callable[[list[jax.Array]], Any], leaves: list[jax.Array]) -> list[int]:
+  """Indices of the ``leaves`` that ``fn`` reads, from its jaxpr (trace only, nothing runs).
+
+  Conservative: a leaf that reaches any equation or output counts as read, so
+  a stage is never differentiated with respect to less than it uses.
+  """
+  jaxpr = jax.make_jaxpr(fn)(leaves).jaxpr
+  read = {id(v) for eqn in jaxpr.eqns for v in eqn.invars}
+  read |= {id(v) for v in jaxpr.outvars}
+  return [i for i, v in enumerate(jaxpr.invars) if id(v) in read]
+
+
+StageOnLeaves = Callable[[list[jax.Array], Any, Any], tuple[Any, jax.Array, Any]]
+
+
+def staged_walk(stages: Sequence[StageOnLeaves], leaves: list[jax.Array], carry: Any,
+                exit_loss: Callable[[int, jax.Array], jax.Array], state: Any = None, *,
+                vectorize: bool = False) -> tuple[list[jax.Array], jax.Array, Any]:
+  """The staged engine on a flat list of parameter leaves that any stage may read.
+
+  ``stages[k](leaves, state, carry) -> (carry, logits_k, state)``: every stage
+  sees every leaf and one state, threaded from stage to stage. Which leaves
+  stage k reads is found from its jaxpr; it is differentiated with respect to
+  those only, and a leaf read by several stages (a tied head, a shared
+  embedding) gets, for each exit, the sum of its uses by the stages that exit
+  reaches.
+
+  Returns:
+    ``(jac, losses, state)``: ``jac[i]`` is ``[K, *leaves[i].shape]`` (row j:
+    d loss_j / d leaf i), ``losses`` ``[K]`` and the state after the last stage.
+  """
+  num_exits = len(stages)
+  vjps, out_carries, losses, reads = [], [], [], []
+  for k, stage in enumerate(stages):
+
+    def run(values, c, idx, stage=stage, state=state, k=k):
+      full = list(leaves)
+      for i, value in zip(idx, values):
+        full[i] = value
+      new_carry, logits, new_state = _stage_output(stage(full, state, c), k)
+      return (new_carry, _scalar_loss(exit_loss(k, logits), k)), new_state
+
+    idx = _used(lambda full, c=carry, run=run: run(full, c, range(len(full)))[0], leaves)
+    values = [leaves[i] for i in idx]
+    if k == 0:  # the input needs no cotangent: differentiate the first stage's params only
+      (carry, loss), vjp, state = jax.vjp(lambda v, c=carry, idx=idx: run(v, c, idx), values,
+                                          has_aux=True)
+    else:
+      (carry, loss), vjp, state = jax.vjp(lambda v, c, idx=idx: run(v, c, idx), values, carry,
+                                          has_aux=True)
+    vjps.append(vjp)
+    out_carries.append(carry)
+    losses.append(loss)
+    reads.append(idx)
+
+  # Per leaf, the rows each stage gives it: stage k gives exits k..K-1.
+  parts: list[list[jax.Array]] = [[] for _ in leaves]
+  arriving: list[Any] = []  # per later exit: its cotangent on stage k's output carry
+  for k in reversed(range(num_exits)):
+    # Exit k enters here with d loss_k / d loss_k = 1 and nothing on the carry;
+    # the later exits bring their carry cotangents and nothing on loss_k.
+    one, zero = jnp.ones_like(losses[k]), jnp.zeros_like(losses[k])
+    stack = [(jax.tree.map(jnp.zeros_like, out_carries[k]), one)]
+    stack += [(ct, zero) for ct in arriving]
+    if vectorize:
+      batched = jax.vmap(vjps[k])(jax.tree.map(lambda *a: jnp.stack(a), *stack))
+      value_cts = batched[0]
+      arriving = ([jax.tree.map(lambda a, i=i: a[i], batched[1]) for i in range(len(stack))]
+                  if k else [])
+    else:
+      outs = [vjps[k](ct) for ct in stack]
+      value_cts = [jnp.stack(rows) for rows in zip(*[o[0] for o in outs])]
+      arriving = [o[1] for o in outs] if k else []
+    for i, rows in zip(reads[k], value_cts):
+      parts[i].append(jnp.concatenate([jnp.zeros((k, *rows.shape[1:]), rows.dtype), rows]))
+  jac = [functools.reduce(jnp.add, p) if p else
+         jnp.zeros((num_exits, *jnp.shape(leaf)), jnp.result_type(leaf))
+         for p, leaf in zip(parts, leaves)]
+  return jac, jnp.stack(losses), state
 
 
 def staged_jacobian(
@@ -43,6 +144,7 @@ def staged_jacobian(
     exit_loss: Callable[[int, jax.Array], jax.Array],
     states: Optional[Sequence[Any]] = None,
     *,
+    shared: Any = None,
     rng: Optional[jax.Array] = None,
     vectorize: bool = False,
 ) -> Gradients:
@@ -54,8 +156,14 @@ def staged_jacobian(
     params: K pytrees, stage k's differentiated parameters.
     carry: what the first stage reads (e.g. the input batch); it gets no
       cotangent.
-    exit_loss: ``exit_loss(k, logits_k) -> scalar``, exit k's loss.
+    exit_loss: ``exit_loss(k, logits_k) -> scalar``, exit k's loss (the mean
+      over the batch; a loss of any other shape is an error).
     states: K pytrees of non-differentiated state (default: ``None`` each).
+    shared: parameters several stages use (a tied head, a shared embedding):
+      every stage is then called with ``shared=shared`` as a keyword, and
+      each exit's gradient on them sums their uses by every stage it reaches.
+      Parameters repeated inside ``params`` are *not* recognised as one:
+      declare them here.
     rng: a PRNG key; stage k is then called with
       ``rng=jax.random.fold_in(rng, k)`` (dropout and other randomness).
     vectorize: push the exits' cotangents through a stage's backward pass as
@@ -65,7 +173,9 @@ def staged_jacobian(
   Returns:
     :class:`anytime_jax.Gradients` ``(grads, losses, aux)``: ``grads[k]`` has
     the structure of ``params[k]`` with every leaf ``[K, *leaf.shape]`` (row
-    j: the gradient of exit j's loss; exactly zero for j < k); ``losses`` is
+    j: the gradient of exit j's loss; exactly zero for j < k); with
+    ``shared``, ``grads`` is the pair ``(per-stage list, shared)``, the
+    shared part shaped like ``shared`` with the same exit axis. ``losses`` is
     ``[K]``; ``aux`` the list of updated states.
 
   Example:
@@ -80,6 +190,13 @@ def staged_jacobian(
   [(2, 3, 3), (2, 3, 3)]
   >>> bool(jnp.all(grads[1][0] == 0))  # exit 1 does not reach stage 2
   True
+
+  A head both stages use, declared once:
+
+  >>> tied = lambda p, state, h, shared: (jnp.tanh(h @ p), jnp.tanh(h @ p) @ shared, state)
+  >>> (grads, head), _, _ = aj.staged_jacobian([tied, tied], [w0, w1], x, loss, shared=w1)
+  >>> head.shape  # [K, 3, 3]: exit 2's row sums both stages' uses
+  (2, 3, 3)
   """
   num_exits = len(stages)
   if len(params) != num_exits:
@@ -87,45 +204,23 @@ def staged_jacobian(
   states = [None] * num_exits if states is None else list(states)
   if len(states) != num_exits:
     raise ValueError(f'{num_exits} stages but {len(states)} states; give one per stage (or None).')
-  vjps, out_carries, losses, new_states = [], [], [], []
-  for k, (stage, stage_params, state) in enumerate(zip(stages, params, states)):
+  leaves, treedef = jax.tree.flatten((list(params), shared))
 
-    keyword = {} if rng is None else {'rng': jax.random.fold_in(rng, k)}
+  def on_leaves(k: int, stage: StageFn) -> StageOnLeaves:
+    def run(full, all_states, c):
+      stage_params, shared_params = jax.tree.unflatten(treedef, full)
+      keyword = {} if shared is None else {'shared': shared_params}
+      if rng is not None:
+        keyword['rng'] = jax.random.fold_in(rng, k)
+      new_carry, logits, new_state = _stage_output(
+          stage(stage_params[k], all_states[k], c, **keyword), k)
+      return new_carry, logits, [*all_states[:k], new_state, *all_states[k + 1:]]
+    return run
 
-    def run(p, c, stage=stage, state=state, k=k, keyword=keyword):
-      new_carry, logits, new_state = stage(p, state, c, **keyword)
-      return (new_carry, exit_loss(k, logits)), new_state
-
-    if k == 0:  # the input needs no cotangent: differentiate the first stage's params only
-      (carry, loss), vjp, new_state = jax.vjp(lambda p, c=carry: run(p, c), stage_params,
-                                              has_aux=True)
-    else:
-      (carry, loss), vjp, new_state = jax.vjp(run, stage_params, carry, has_aux=True)
-    vjps.append(vjp)
-    out_carries.append(carry)
-    losses.append(loss)
-    new_states.append(new_state)
-
-  jac = [None] * num_exits
-  arriving: list[Any] = []  # per later exit: its cotangent on stage k's output carry
-  for k in reversed(range(num_exits)):
-    # Exit k enters here with d loss_k / d loss_k = 1 and nothing on the carry;
-    # the later exits bring their carry cotangents and nothing on loss_k.
-    one, zero = jnp.ones_like(losses[k]), jnp.zeros_like(losses[k])
-    stack = [(jax.tree.map(jnp.zeros_like, out_carries[k]), one)]
-    stack += [(ct, zero) for ct in arriving]
-    if vectorize:
-      batched = jax.vmap(vjps[k])(jax.tree.map(lambda *a: jnp.stack(a), *stack))
-      param_cts = batched[0]
-      arriving = ([jax.tree.map(lambda a, i=i: a[i], batched[1]) for i in range(len(stack))]
-                  if k else [])
-    else:
-      outs = [vjps[k](ct) for ct in stack]
-      param_cts = jax.tree.map(lambda *a: jnp.stack(a), *[o[0] for o in outs])
-      arriving = [o[1] for o in outs] if k else []
-    jac[k] = jax.tree.map(
-        lambda g, k=k: jnp.concatenate([jnp.zeros((k, *g.shape[1:]), g.dtype), g]), param_cts)
-  return Gradients(jac, jnp.stack(losses), new_states)
+  jac, losses, new_states = staged_walk([on_leaves(k, s) for k, s in enumerate(stages)], leaves,
+                                        carry, exit_loss, states, vectorize=vectorize)
+  stage_jac, shared_jac = jax.tree.unflatten(treedef, jac)
+  return Gradients(stage_jac if shared is None else (stage_jac, shared_jac), losses, new_states)
 
 
 def linen_stages(network: AnytimeNetwork, variables: Any, *, train: bool = True
