@@ -4,24 +4,115 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterator, Sequence
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from anytime_jax.models.network import (AnytimeNetwork, apply_stage, initial_carry,
-                                        stage_variables)
+import flax.linen as nn
+from flax import nnx
 
-_jit_stage = jax.jit(apply_stage, static_argnums=(0, 2), static_argnames=('train',))
+from anytime_jax import nnx_support
+from anytime_jax.models.network import apply_stage, initial_carry, stage_variables
+from anytime_jax.staged import stage_output
+
+Model = Any
+"""What the inference functions run: one of our linen networks (or any linen
+module whose ``stages`` keep their variables under ``stages_k``) with its
+``variables``; any NNX model holding its stages in ``model.stages``; or a
+sequence of plain stages ``stage(params_k, state_k, carry) -> (carry,
+logits_k, state_k)`` with their ``params`` (and keyword ``states``,
+``shared`` as for :func:`anytime_jax.staged_jacobian`)."""
 
 
-def iterate_exits(network: AnytimeNetwork, variables: Any, x: jax.Array) -> Iterator[jax.Array]:
+class _Program(NamedTuple):
+  key: tuple  # hashable: names the stage functions (for jit and the FLOPs cache)
+  variables: list[Any]  # per stage, the arrays it reads
+  x: Any  # what the first stage reads, before _first_carry
+
+
+def _program(model: Model, args: tuple, states: Any, shared: Any) -> _Program:
+  """The stage sequence behind any front end (see :data:`Model`)."""
+  if isinstance(model, nnx.Module):
+    if len(args) != 1:
+      raise TypeError(f'an NNX model holds its variables: call with (model, x), got {len(args)} '
+                      'arguments after the model.')
+    num_exits = len(nnx_support.stage_modules(model))
+    graphdef, state = nnx.split(model)
+    return _Program(('nnx', graphdef, num_exits), [state] * num_exits, args[0])
+  if len(args) != 2:
+    raise TypeError(f'call with (model, variables, x) for a linen network or (stages, params, x) '
+                    f'for plain stages, got {len(args)} arguments after the model.')
+  variables, x = args
+  if isinstance(model, nn.Module):
+    if not hasattr(model, 'stages'):
+      raise TypeError(f'{type(model).__name__} has no stages: anytime inference runs linen '
+                      'networks built from stages (anytime_jax.models.create), NNX models with '
+                      'stages, or plain stage functions.')
+    return _Program(('linen', model), [stage_variables(variables, k)
+                                       for k in range(len(model.stages))], x)
+  if not isinstance(model, Sequence) or not all(callable(s) for s in model):
+    raise TypeError(f'cannot run {type(model).__name__} as an anytime network: pass a linen '
+                    'network and its variables, an NNX model with stages, or a sequence of '
+                    'stage functions and their params.')
+  stages = tuple(model)
+  states = [None] * len(stages) if states is None else list(states)
+  if not len(variables) == len(states) == len(stages):
+    raise ValueError(f'{len(stages)} stages, {len(variables)} parameter pytrees and '
+                     f'{len(states)} states: give one of each per stage.')
+  return _Program(('plain', stages, shared is not None),
+                  [(p, s, shared) for p, s in zip(variables, states)], x)
+
+
+def _logits(logits: Any, k: int) -> jax.Array:
+  if jnp.ndim(logits) != 2:
+    raise ValueError(f'stage {k} returned logits of shape {jnp.shape(logits)}; anytime inference '
+                     'expects one exit\'s logits [B, C].')
+  return logits
+
+
+@functools.lru_cache(maxsize=256)
+def _stage(key: tuple, k: int):
+  """Stage k of the program named ``key``: jitted ``fn(variables_k, carry) -> (carry, logits)``."""
+  kind = key[0]
+  if kind == 'linen':
+    def fn(v, carry):
+      carry, logits, _ = apply_stage(key[1], v, k, carry)
+      return carry, _logits(logits, k)
+  elif kind == 'nnx':
+    def fn(v, carry):
+      model = nnx.merge(key[1], v)
+      model.eval()
+      carry, logits = nnx_support.stage_call(nnx_support.stage_modules(model)[k](carry),
+                                             f'stage {k}')
+      return carry, _logits(logits, k)
+  else:
+    def fn(v, carry):
+      params, state, shared = v
+      keyword = {} if not key[2] else {'shared': shared}
+      carry, logits, _ = stage_output(key[1][k](params, state, carry, **keyword), k)
+      return carry, _logits(logits, k)
+  return jax.jit(fn)
+
+
+def _first_carry(key: tuple, x: Any) -> Any:
+  return initial_carry(x) if key[0] == 'linen' else x
+
+
+def iterate_exits(model: Model, *args: Any, states: Any = None, shared: Any = None
+                  ) -> Iterator[jax.Array]:
   """Yields exit 1..K logits ``[B, C]`` in order, in eval mode.
 
   Each stage runs once, when its exit is asked for: stop iterating and the
   later stages never run; no earlier result is ever recomputed.
+
+  Args:
+    model: a linen network, an NNX model or plain stages (:data:`Model`).
+    *args: ``(variables, x)`` for a linen network, ``(x,)`` for an NNX model,
+      ``(params, x)`` for plain stages.
+    states, shared: plain stages' states and shared parameters.
 
   Example:
 
@@ -31,10 +122,18 @@ def iterate_exits(network: AnytimeNetwork, variables: Any, x: jax.Array) -> Iter
   >>> variables = aj.models.init_variables(network, jax.random.key(0), x)
   >>> [logits.shape for logits in aj.iterate_exits(network, variables, x)]  # [B, C] each
   [(4, 3), (4, 3)]
+
+  Plain stages, and an NNX model, the same way:
+
+  >>> import jax.numpy as jnp
+  >>> stage = lambda p, state, h: (jnp.tanh(h @ p), h @ p, state)  # (carry, logits, state)
+  >>> [l.shape for l in aj.iterate_exits([stage, stage], [jnp.eye(3)] * 2, jnp.ones((2, 3)))]
+  [(2, 3), (2, 3)]
   """
-  carry = initial_carry(x)
-  for k in range(network.num_exits):
-    carry, logits, _ = _jit_stage(network, stage_variables(variables, k), k, carry)
+  program = _program(model, args, states, shared)
+  carry = _first_carry(program.key, program.x)
+  for k, v in enumerate(program.variables):
+    carry, logits = _stage(program.key, k)(v, carry)
     yield logits
 
 
@@ -43,33 +142,32 @@ def _spec(tree):
 
 
 @functools.lru_cache(maxsize=64)
-def _exit_flops(network: AnytimeNetwork, variables_spec: Any, example_shape: tuple,
-                dtype: Any) -> tuple[float, ...]:
+def _exit_flops(key: tuple, variables_spec: Any, x_spec: Any) -> tuple[float, ...]:
   variables = jax.tree.unflatten(*variables_spec)
-  carry = jax.eval_shape(initial_carry, jax.ShapeDtypeStruct((1, *example_shape), dtype))
+  carry = jax.eval_shape(functools.partial(_first_carry, key), jax.tree.unflatten(*x_spec))
   total, cumulative = 0.0, []
-  for k in range(network.num_exits):
-    fn = functools.partial(apply_stage, network, k=k)
-    v = stage_variables(variables, k)
-    analysis = jax.jit(fn).lower(v, carry=carry).cost_analysis()
+  for k, v in enumerate(variables):
+    fn = _stage(key, k)
+    analysis = fn.lower(v, carry).cost_analysis()
     if not analysis or 'flops' not in analysis:
       raise RuntimeError('XLA gave no cost analysis for this backend; exit_flops needs one.')
     total += float(analysis['flops'])
     cumulative.append(total)
-    carry = jax.eval_shape(fn, v, carry=carry)[0]
+    carry = jax.eval_shape(fn, v, carry)[0]
   return tuple(cumulative)
 
 
-def exit_flops(network: AnytimeNetwork, variables: Any, x: jax.Array) -> list[float]:
+def exit_flops(model: Model, *args: Any, states: Any = None, shared: Any = None) -> list[float]:
   """Cumulative FLOPs to produce each exit for one example, from XLA's cost analysis.
 
   A multiply-add counts as 2 FLOPs (XLA's convention); convolutions count only
   the taps inside the image. Works on shapes only, also inside ``jit``.
 
   Args:
-    network: the anytime network.
-    variables: its variables (only their shapes are used).
-    x: a batch ``[B, H, W, C]`` (only its example shape and dtype are used).
+    model: a linen network, an NNX model or plain stages (:data:`Model`).
+    *args: as for :func:`iterate_exits`; only shapes are used, and of the
+      input ``x`` (``[B, ...]``, or a pytree of such) one example's.
+    states, shared: plain stages' states and shared parameters.
 
   Returns:
     K floats: exit k's FLOPs include every stage up to k.
@@ -85,9 +183,12 @@ def exit_flops(network: AnytimeNetwork, variables: Any, x: jax.Array) -> list[fl
   >>> len(flops), flops[0] < flops[1]
   (2, True)
   """
-  leaves, treedef = jax.tree.flatten(_spec(variables))
-  spec = (treedef, tuple(leaves))
-  return list(_exit_flops(network, spec, tuple(x.shape[1:]), jnp.result_type(x)))
+  program = _program(model, args, states, shared)
+  leaves, treedef = jax.tree.flatten(_spec(program.variables))
+  one = jax.tree.map(lambda a: jax.ShapeDtypeStruct((1, *jnp.shape(a)[1:]), jnp.result_type(a)),
+                     program.x)
+  x_leaves, x_def = jax.tree.flatten(one)
+  return list(_exit_flops(program.key, (treedef, tuple(leaves)), (x_def, tuple(x_leaves))))
 
 
 SCORES = ('softmax', 'margin')
@@ -167,8 +268,8 @@ class EarlyExit(NamedTuple):
   flops: jax.Array
 
 
-def early_exit(network: AnytimeNetwork, variables: Any, x: jax.Array,
-               threshold: float | jax.Array, score: str = 'softmax') -> EarlyExit:
+def early_exit(model: Model, *args: Any, threshold: float | jax.Array, score: str = 'softmax',
+               states: Any = None, shared: Any = None) -> EarlyExit:
   """Confidence-based early exit for a batch; jittable.
 
   A sample stops at the first exit whose score (:func:`exit_scores`: max
@@ -177,6 +278,11 @@ def early_exit(network: AnytimeNetwork, variables: Any, x: jax.Array,
   device; the returned FLOPs are what each sample would cost alone. To save
   the compute for real, feed one sample (or a batch) to :func:`iterate_exits`
   and stop.
+
+  Args:
+    model, *args, states, shared: as for :func:`iterate_exits`.
+    threshold: a scalar or ``[K]``, keyword only.
+    score: ``'softmax'`` or ``'margin'`` (:func:`exit_scores`).
 
   Returns:
     :class:`EarlyExit` with predicted classes, the 0-based exit each sample
@@ -195,10 +301,10 @@ def early_exit(network: AnytimeNetwork, variables: Any, x: jax.Array,
   >>> bool(jnp.all(result.flops == aj.exit_flops(network, variables, x)[0]))
   True
   """
-  logits = cast(jax.Array, network.apply(variables, x))
+  logits = jnp.stack(list(iterate_exits(model, *args, states=states, shared=shared)))
   exits = first_confident_exit(logits, threshold, score)
   predictions = jnp.take_along_axis(jnp.argmax(logits, -1), exits[None], axis=0)[0]
-  flops = jnp.asarray(exit_flops(network, variables, x), jnp.float32)[exits]
+  flops = jnp.asarray(exit_flops(model, *args, states=states, shared=shared), jnp.float32)[exits]
   return EarlyExit(predictions, exits, flops)
 
 

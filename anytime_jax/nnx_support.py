@@ -175,7 +175,7 @@ def nnx_stages(modules: Sequence[nnx.Module],
       del rng  # NNX modules draw randomness from the nnx.Rngs in their own state
       # Rebuilt inside the trace: a Variable made outside it cannot be mutated (RNG counts).
       merged = nnx.merge(graphdef, p, jax.tree.map(lambda a: a, state))
-      carry, logits = _stage_call(call(merged, carry), 'the stage')
+      carry, logits = stage_call(call(merged, carry), 'the stage')
       return carry, logits, nnx.state(merged, nnx.Not(nnx.Param))
 
     stages.append(stage)
@@ -184,7 +184,7 @@ def nnx_stages(modules: Sequence[nnx.Module],
   return stages, params, states
 
 
-def _stage_call(output: Any, which: str) -> tuple[Any, jax.Array]:
+def stage_call(output: Any, which: str) -> tuple[Any, jax.Array]:
   if not isinstance(output, tuple) or len(output) != 2:
     got = f'a tuple of {len(output)}' if isinstance(output, tuple) else type(output).__name__
     raise TypeError(f'{which} returned {got}; an NNX stage maps a carry to (carry, logits [B, C]).')
@@ -224,7 +224,7 @@ def nnx_model_stages(model: nnx.Module, *, train: Optional[bool] = None, stages:
                          jax.tree.unflatten(rest_def, rest_now))
       if train is not None:
         merged.train() if train else merged.eval()
-      carry, logits = _stage_call(getattr(merged, stages)[k](carry), f'stage {k}')
+      carry, logits = stage_call(getattr(merged, stages)[k](carry), f'stage {k}')
       return carry, logits, jax.tree.leaves(nnx.split(merged, nnx.Param, ...)[2])  # type: ignore[misc]
     return run
 

@@ -40,7 +40,7 @@ CONTRACT = ('a stage is stage(params_k, state_k, carry) -> (carry, logits_k, sta
             'values, state_k None if the stage keeps none')
 
 
-def _stage_output(output: Any, k: int) -> tuple[Any, jax.Array, Any]:
+def stage_output(output: Any, k: int) -> tuple[Any, jax.Array, Any]:
   if not isinstance(output, tuple) or len(output) != 3:
     got = f'a tuple of {len(output)}' if isinstance(output, tuple) else type(output).__name__
     raise TypeError(f'stage {k} returned {got}; {CONTRACT}.')
@@ -95,7 +95,7 @@ def staged_walk(stages: Sequence[StageOnLeaves], leaves: list[jax.Array], carry:
       full = list(leaves)
       for i, value in zip(idx, values):
         full[i] = value
-      new_carry, logits, new_state = _stage_output(stage(full, state, c), k)
+      new_carry, logits, new_state = stage_output(stage(full, state, c), k)
       return (new_carry, _scalar_loss(exit_loss(k, logits), k)), new_state
 
     idx = _used(lambda full, c=carry, run=run: run(full, c, range(len(full)))[0], leaves)
@@ -212,7 +212,7 @@ def staged_jacobian(
       keyword = {} if shared is None else {'shared': shared_params}
       if rng is not None:
         keyword['rng'] = jax.random.fold_in(rng, k)
-      new_carry, logits, new_state = _stage_output(
+      new_carry, logits, new_state = stage_output(
           stage(stage_params[k], all_states[k], c, **keyword), k)
       return new_carry, logits, [*all_states[:k], new_state, *all_states[k + 1:]]
     return run

@@ -13,7 +13,7 @@ from anytime_jax import models
 
 from tests.networks import small
 
-ANYTIME = ('branched', 'nested_width', 'nested_depth', 'nested_both', 'msdnet')
+ANYTIME = ('branched', 'nested_width', 'nested_depth', 'nested_both', 'msdnet', 'vit')
 SHAPE = (8, 8, 1)  # small images keep the suite fast; 28x28x1 and 32x32x3 are checked below
 
 
@@ -33,7 +33,8 @@ def _setup(name, num_exits=3):
   x = _normal((6, *SHAPE), 1)
   shapes = jax.eval_shape(functools.partial(models.init_variables, network), jax.random.key(0), x)
   variables = jax.tree.map(lambda s: 0.3 * _normal(s.shape, 2), shapes)
-  variables['batch_stats'] = jax.tree.map(lambda v: 1.0 + np.abs(v), variables['batch_stats'])
+  if 'batch_stats' in variables:  # the ViT has none
+    variables['batch_stats'] = jax.tree.map(lambda v: 1.0 + np.abs(v), variables['batch_stats'])
   return network, variables, x
 
 
@@ -161,7 +162,7 @@ def test_early_exit_extremes_and_jit():
   assert np.all(never.exits == 0)
   np.testing.assert_array_equal(never.predictions, logits[0].argmax(-1))
   np.testing.assert_allclose(never.flops, flops[0])
-  always = aj.early_exit(network, variables, x, 1.1)
+  always = aj.early_exit(network, variables, x, threshold=1.1)
   assert np.all(always.exits == network.num_exits - 1)
   np.testing.assert_allclose(np.mean(always.predictions == labels),
                              aj.exit_accuracy(logits, labels)[-1])
@@ -260,17 +261,17 @@ def _toy_images(n, seed=0):
     name if name == 'branched' else pytest.param(name, marks=pytest.mark.slow)
     for name in models.ARCHITECTURES])
 def test_every_model_trains_with_osgd(name):
-  network = models.create(name, num_classes=5, num_exits=3, width=4, num_levels=2, **small(name))
+  network = models.create(name, num_classes=5, num_exits=3, width=4, **small(name, num_levels=2))
   x, y = _toy_images(64)
   variables = models.init_variables(network, jax.random.key(0), x)
-  params, stats = variables['params'], variables['batch_stats']
+  params, stats = variables['params'], variables.get('batch_stats', {})
   tx = aj.osgd(0.1, momentum=0.9)
   opt_state = tx.init(params)
 
   def losses(params, stats):
     logits, new = network.apply({'params': params, 'batch_stats': stats}, x, train=True,
                                 mutable=['batch_stats'])
-    return aj.exit_cross_entropy(logits, y), new['batch_stats']
+    return aj.exit_cross_entropy(logits, y), new.get('batch_stats', {})
 
   @jax.jit
   def step(params, stats, opt_state):
