@@ -158,7 +158,7 @@ def test_early_exit_extremes_and_jit():
   logits = network.apply(variables, x)
   labels = jnp.arange(x.shape[0]) % 5
   flops = aj.exit_flops(network, variables, x)
-  never = jax.jit(aj.early_exit, static_argnums=0)(network, variables, x, 0.0)
+  never = jax.jit(lambda v, x: aj.early_exit(network, v, x, threshold=0.0))(variables, x)
   assert np.all(never.exits == 0)
   np.testing.assert_array_equal(never.predictions, logits[0].argmax(-1))
   np.testing.assert_allclose(never.flops, flops[0])

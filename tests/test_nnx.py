@@ -20,7 +20,7 @@ Y = jnp.arange(6) % 5
 @functools.lru_cache(maxsize=None)
 def _model(name):
   num_exits = 2 if name == 'nested_both' else 3
-  return aj.create_nnx(name, num_classes=5, num_exits=num_exits, width=4, num_levels=2, **small(name),
+  return aj.create_nnx(name, num_classes=5, num_exits=num_exits, width=4, **small(name, num_levels=2),
                        example=X, rngs=nnx.Rngs(0))
 
 

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from anytime_jax import conv as conv_lib
 from anytime_jax.models import msdnet
 from anytime_jax.models import plans
+from anytime_jax.models import vit
 from anytime_jax.models.network import AnytimeNetwork
 from anytime_jax.models.network import Stage
 from anytime_jax.models.network import apply_stage
@@ -31,13 +32,15 @@ from anytime_jax.models.network import stage_variables
 from anytime_jax.models.plans import input_options
 
 ARCHITECTURES = ('branched', 'nested_width', 'nested_depth', 'nested_both', 'independent',
-                 'msdnet')
+                 'msdnet', 'vit')
 
 # Base widths chosen so that every default network's last exit costs tens of
 # MFLOPs on a 28x28 image (see `python -m experiments.describe`); MSDNet's is its
-# authors' CIFAR configuration.
+# authors' CIFAR configuration. The width-nested ViT (``growth='width'``) starts
+# from NESTED_VIT_WIDTH instead: its streams double (16, 16, 32, 64 channels).
 DEFAULT_WIDTH = {'branched': 16, 'nested_width': 4, 'nested_depth': 8,
-                 'nested_both': 2, 'independent': 4, 'msdnet': 16}
+                 'nested_both': 2, 'independent': 4, 'msdnet': 16, 'vit': 64}
+NESTED_VIT_WIDTH = 16
 
 
 def create(name: str, *, num_classes: int, num_exits: int = 4, width: Optional[int] = None,
@@ -48,24 +51,32 @@ def create(name: str, *, num_classes: int, num_exits: int = 4, width: Optional[i
   Args:
     name: one of ``ARCHITECTURES``: ``'branched'``, ``'nested_width'``,
       ``'nested_depth'``, ``'nested_both'``, ``'independent'`` (see
-      :mod:`anytime_jax.models.plans`) or ``'msdnet'`` (see
-      :mod:`anytime_jax.models.msdnet`).
+      :mod:`anytime_jax.models.plans`), ``'msdnet'`` (see
+      :mod:`anytime_jax.models.msdnet`) or ``'vit'`` (an early-exit Vision
+      Transformer, see :mod:`anytime_jax.models.vit`).
     num_classes: classes of every exit.
     num_exits: K, the number of stages and exits.
     width: channels of the first (full-resolution) blocks; each resolution
-      level doubles them (MSDNet: its stem's ``nChannels``). Default:
-      ``DEFAULT_WIDTH[name]``.
+      level doubles them (MSDNet: its stem's ``nChannels``; ViT: the token
+      channels, of stream 0 when width-nested). Default: ``DEFAULT_WIDTH[name]``
+      (``NESTED_VIT_WIDTH`` for ``'vit'`` with ``growth='width'``).
     dtype: computation dtype (parameters stay float32); e.g. ``jnp.bfloat16``.
     conv_weight_gradient: how convolutions compute their weight gradient:
       ``'xla'`` (default) or ``'contraction'`` (see
       :func:`anytime_jax.conv.conv_general_dilated`). Results are equal up to
       float32 rounding; only the speed differs (``python -m experiments.bench``).
+      The ViT has no convolutions and ignores it.
     **options: ``blocks_per_stage`` (branched), ``blocks_per_level`` (nested,
       independent), ``num_levels`` (resolution levels, default 3), ``stem`` (a
       7x7 stride-2 convolution and max-pool first, for ImageNet-sized images;
       :func:`input_options` gives both for an image shape), ``growth``
       (independent: ``'width'``, ``'depth'`` or ``'both'``); MSDNet takes
-      ``num_levels`` and the options of :func:`anytime_jax.models.msdnet.plan`.
+      ``num_levels`` and the options of :func:`anytime_jax.models.msdnet.plan`;
+      the ViT those of :func:`anytime_jax.models.vit.create`: ``growth``
+      (``None``: branched, or ``'width'``), ``blocks_per_stage`` (branched,
+      default 2), ``depth`` (width-nested, default 4), ``num_heads`` (4),
+      ``mlp_ratio`` (4), ``patch_size`` (4), ``dropout`` (0.0) and ``head``
+      (``'per_exit'`` or ``'tied'``).
 
   Returns:
     An :class:`AnytimeNetwork` (a ``flax.linen.Module``).
@@ -76,12 +87,20 @@ def create(name: str, *, num_classes: int, num_exits: int = 4, width: Optional[i
     raise ValueError(f'num_exits must be a positive integer, got {num_exits!r}.')
   if not isinstance(num_classes, int) or num_classes < 2:
     raise ValueError(f'num_classes must be an integer >= 2, got {num_classes!r}.')
-  width = DEFAULT_WIDTH[name] if width is None else width
+  if width is None:
+    nested_vit = name == 'vit' and options.get('growth') == 'width'
+    width = NESTED_VIT_WIDTH if nested_vit else DEFAULT_WIDTH[name]
   if not isinstance(width, int) or width < 1:
     raise ValueError(f'width must be a positive integer, got {width!r}.')
   if conv_weight_gradient not in conv_lib.WEIGHT_GRADIENTS:
     raise ValueError(f'conv_weight_gradient must be one of {conv_lib.WEIGHT_GRADIENTS}, '
                      f'got {conv_weight_gradient!r}.')
+  if name == 'vit':
+    try:
+      return vit.create(num_exits, width, num_classes=num_classes, dtype=dtype, **options)
+    except TypeError as e:
+      raise ValueError(f'Bad option for model {name!r}: {e}. See anytime_jax.models.vit.create.'
+                       ) from e
   builders: dict[str, Callable[..., Any]] = {
       'branched': plans.branched,
       'nested_width': lambda k, w, **o: plans.nested(k, w, grow_width=True, grow_depth=False, **o),
@@ -99,5 +118,6 @@ def create(name: str, *, num_classes: int, num_exits: int = 4, width: Optional[i
                                      for plan in stage_plans))
 
 
-__all__ = ['ARCHITECTURES', 'AnytimeNetwork', 'DEFAULT_WIDTH', 'Stage', 'apply_stage', 'create',
-           'init_variables', 'initial_carry', 'input_options', 'stage_variables']
+__all__ = ['ARCHITECTURES', 'AnytimeNetwork', 'DEFAULT_WIDTH', 'NESTED_VIT_WIDTH', 'Stage',
+           'apply_stage', 'create', 'init_variables', 'initial_carry', 'input_options',
+           'stage_variables']
