@@ -1,5 +1,7 @@
 """Prints every model's parameters and cumulative FLOPs per exit.
 
+The ViT is listed twice: branched (its default) and width-nested (``growth='width'``).
+
 From 128 pixels on a side (e.g. ``--input_shape 224,224,3``) the networks get a
 stem and four resolution levels (``anytime_jax.models.input_options``), as the
 trainer builds them.
@@ -16,19 +18,27 @@ import anytime_jax as aj
 from anytime_jax import models
 
 
+# Every architecture at its defaults, and the ViT's width nesting besides its branched default.
+VARIANTS = ([(name, name, {}) for name in models.ARCHITECTURES]
+            + [('vit growth=width', 'vit', {'growth': 'width'})])
+
+
 def describe(input_shape, num_classes, num_exits):
   """Rows of (model, width, exit, params through that exit, cumulative MFLOPs)."""
   x = jnp.zeros((1, *input_shape), jnp.float32)
   rows = []
-  for name in models.ARCHITECTURES:
-    network = models.create(name, num_classes=num_classes, num_exits=num_exits,
-                            **models.input_options(input_shape))
+  for label, name, options in VARIANTS:
+    # The ViT has no stem or resolution levels; large images want a larger patch_size.
+    levels = {} if name == 'vit' else models.input_options(input_shape)
+    network = models.create(name, num_classes=num_classes, num_exits=num_exits, **levels,
+                            **options)
     variables = jax.eval_shape(lambda: network.init(jax.random.key(0), x))
     flops = aj.exit_flops(network, variables, x)
+    width = models.NESTED_VIT_WIDTH if options else models.DEFAULT_WIDTH[name]
     params = 0
     for k in range(num_exits):
       params += sum(p.size for p in jax.tree.leaves(models.stage_variables(variables, k)['params']))
-      rows.append((name, models.DEFAULT_WIDTH[name], k + 1, params, flops[k] / 1e6))
+      rows.append((label, width, k + 1, params, flops[k] / 1e6))
   return rows
 
 

@@ -102,7 +102,8 @@ def parse_args(argv=None):
   p.add_argument('--distillation_temperature', type=float,
                  default=defaults.distillation_temperature)
   p.add_argument('--growth', default=None, choices=('width', 'depth', 'both'),
-                 help="how the independent networks grow (--model independent; default 'width')")
+                 help="how the independent networks grow (--model independent; default 'width'); "
+                 "--model vit: 'width' nests its streams (default: branched)")
   p.add_argument('--validation_size', type=int, default=defaults.validation_size,
                  help='training examples held out to calibrate early exit (capped at 10%%)')
   p.add_argument('--train_size', type=int, default=None,
@@ -325,8 +326,8 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *,
                      f'{len(dataset.train)} training examples of {config.dataset}.')
   total_steps = steps_per_epoch * config.epochs
 
-  # ImageNet-sized images get a stem and four resolution levels.
-  options = models.input_options(dataset.image_shape)
+  # ImageNet-sized images get a stem and four resolution levels (the ViT has no levels).
+  options = {} if config.model == 'vit' else models.input_options(dataset.image_shape)
   if config.growth is not None:
     options['growth'] = config.growth
   network = models.create(config.model, num_classes=dataset.num_classes,
