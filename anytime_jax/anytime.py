@@ -92,7 +92,7 @@ def _stage(key: tuple, k: int):
     def fn(v, carry):
       params, state, shared = v
       keyword = {} if not key[2] else {'shared': shared}
-      carry, logits, _ = stage_output(key[1][k](params, state, carry, **keyword), k)
+      carry, logits, _ = stage_output(key[1][k](params, state, carry, **keyword), f'stage {k}')
       return carry, _logits(logits, k)
   return jax.jit(fn)
 

@@ -22,7 +22,7 @@ from flax.nnx import bridge
 from anytime_jax import models
 from anytime_jax.losses import cross_entropy
 from anytime_jax.jacobian import Gradients
-from anytime_jax.staged import StageFn, staged_walk
+from anytime_jax.staged import StageFn, stage_output, staged_walk
 
 
 class AnytimeNNX(nnx.Module):
@@ -184,11 +184,12 @@ def nnx_stages(modules: Sequence[nnx.Module],
   return stages, params, states
 
 
+NNX_CONTRACT = 'an NNX stage maps a carry to (carry, logits [B, C])'
+
+
 def stage_call(output: Any, which: str) -> tuple[Any, jax.Array]:
-  if not isinstance(output, tuple) or len(output) != 2:
-    got = f'a tuple of {len(output)}' if isinstance(output, tuple) else type(output).__name__
-    raise TypeError(f'{which} returned {got}; an NNX stage maps a carry to (carry, logits [B, C]).')
-  return output
+  """``output`` if it is ``(carry, logits)``; otherwise an error naming the NNX stage contract."""
+  return stage_output(output, which, 2, NNX_CONTRACT)
 
 
 def stage_modules(model: nnx.Module, stages: str = 'stages') -> Sequence[nnx.Module]:
@@ -225,7 +226,7 @@ def nnx_model_stages(model: nnx.Module, *, train: Optional[bool] = None, stages:
       if train is not None:
         merged.train() if train else merged.eval()
       carry, logits = stage_call(getattr(merged, stages)[k](carry), f'stage {k}')
-      return carry, logits, jax.tree.leaves(nnx.split(merged, nnx.Param, ...)[2])  # type: ignore[misc]
+      return carry, logits, jax.tree.leaves(nnx.split(merged, nnx.Param, ...)[2])
     return run
 
   def rebuild(new_leaves, new_rest):

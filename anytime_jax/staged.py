@@ -40,11 +40,17 @@ CONTRACT = ('a stage is stage(params_k, state_k, carry) -> (carry, logits_k, sta
             'values, state_k None if the stage keeps none')
 
 
-def stage_output(output: Any, k: int) -> tuple[Any, jax.Array, Any]:
-  if not isinstance(output, tuple) or len(output) != 3:
-    got = f'a tuple of {len(output)}' if isinstance(output, tuple) else type(output).__name__
-    raise TypeError(f'stage {k} returned {got}; {CONTRACT}.')
-  return output
+def stage_output(output: Any, which: str, arity: int = 3, contract: str = CONTRACT) -> Any:
+  """``output`` if it is a tuple of ``arity``; otherwise an error naming the stage contract."""
+  if isinstance(output, tuple) and len(output) == arity:
+    return output
+  if isinstance(output, tuple):
+    got = f'a tuple of {len(output)}'
+  elif hasattr(output, 'shape'):
+    got = f'one array of shape {tuple(output.shape)}'
+  else:
+    got = type(output).__name__
+  raise TypeError(f'{which} returned {got}; {contract}.')
 
 
 def _scalar_loss(loss: Any, k: int) -> jax.Array:
@@ -95,10 +101,13 @@ def staged_walk(stages: Sequence[StageOnLeaves], leaves: list[jax.Array], carry:
       full = list(leaves)
       for i, value in zip(idx, values):
         full[i] = value
-      new_carry, logits, new_state = stage_output(stage(full, state, c), k)
+      new_carry, logits, new_state = stage_output(stage(full, state, c), f'stage {k}')
       return (new_carry, _scalar_loss(exit_loss(k, logits), k)), new_state
 
-    idx = _used(lambda full, c=carry, run=run: run(full, c, range(len(full)))[0], leaves)
+    def whole(full: list[jax.Array], c: Any = carry, run: Callable = run) -> Any:
+      return run(full, c, range(len(full)))[0]
+
+    idx = _used(whole, leaves)
     values = [leaves[i] for i in idx]
     if k == 0:  # the input needs no cotangent: differentiate the first stage's params only
       (carry, loss), vjp, state = jax.vjp(lambda v, c=carry, idx=idx: run(v, c, idx), values,
@@ -213,7 +222,7 @@ def staged_jacobian(
       if rng is not None:
         keyword['rng'] = jax.random.fold_in(rng, k)
       new_carry, logits, new_state = stage_output(
-          stage(stage_params[k], all_states[k], c, **keyword), k)
+          stage(stage_params[k], all_states[k], c, **keyword), f'stage {k}')
       return new_carry, logits, [*all_states[:k], new_state, *all_states[k + 1:]]
     return run
 
