@@ -238,7 +238,8 @@ def breakdown_model(name: str, batch_size: int, repeats: int, shape=(28, 28, 1),
   programs = {}
   for mode in conv_modes:
     network, x, y, variables = _example(name, batch_size, shape, width, mode)
-    params, rest = variables['params'], {'batch_stats': variables['batch_stats']}
+    params = variables['params']
+    rest = {c: t for c, t in variables.items() if c != 'params'}  # the ViT has no batch_stats
 
     def summed_loss(params, x, network=network, rest=rest, y=y):
       logits, _ = network.apply({'params': params, **rest}, x, train=True, mutable=['batch_stats'])
