@@ -28,7 +28,7 @@ from anytime_jax.staged import StageFn, stage_output, staged_walk
 class AnytimeNNX(nnx.Module):
   """One of our anytime networks as an NNX module: ``model(x, train=False) -> [K, B, C]``.
 
-  Stage k is ``model.stages[k]`` (a :class:`BridgedStage`), the linen stage of
+  Stage k is ``model.stages[k]`` (a ``BridgedStage``), the linen stage of
   the same network wrapped by ``flax.nnx.bridge.ToNNX``: the same
   computation, parameters and invariants (exit k does not depend on later
   stages; tested bit for bit). Like any NNX model with stages it trains
