@@ -143,6 +143,7 @@ def test_flops_grow_with_width_nesting():
   assert np.all((ratios > 2.5) & (ratios < 4.5)), ratios
 
 
+@pytest.mark.slow  # CI; the quick suite keeps the invariants (training: tests/test_models.py too)
 def test_trains_with_osgd():
   network = _create('width_tied', dropout=0.1)
   rng = np.random.default_rng(0)
