@@ -103,7 +103,9 @@ def accumulate_exits(inner: optax.GradientTransformation, *, every: int, num_exi
     loss_total = state.losses + (0.0 if losses is None else jnp.asarray(losses, jnp.float32))
 
     def combine(_):
-      mean = jax.tree.map(lambda t: t / every, total)
+      # The inner chain sees the mean in the per-exit gradients' own dtype (float32 sums
+      # underneath), as it would see one large batch's gradients.
+      mean = jax.tree.map(lambda t, u: (t / every).astype(u.dtype), total, updates)
       args = dict(extra_args, losses=loss_total / every) if losses is not None else extra_args
       out, inner_state = inner.update(mean, state.inner, params, **args)
       return out, AccumulateExitsState(jnp.zeros((), jnp.int32),
@@ -111,7 +113,8 @@ def accumulate_exits(inner: optax.GradientTransformation, *, every: int, num_exi
                                        jnp.zeros_like(loss_total), inner_state)
 
     def keep(_):
-      out = jax.tree.map(lambda u: jnp.zeros(u.shape[1:], u.dtype), updates)
+      # Zeros shaped and typed like the inner chain's updates, whatever dtypes it returns.
+      out = jax.tree.map(lambda u: jnp.zeros(u.shape, u.dtype), jax.eval_shape(combine, None)[0])
       return out, AccumulateExitsState(state.mini_step + 1, total, loss_total, state.inner)
 
     return jax.lax.cond(state.mini_step + 1 == every, combine, keep, None)

@@ -22,8 +22,13 @@ Conventions shared by every factory here:
 * ``diagnostics=True`` (needs ``num_exits``) keeps the last weights in the
   state (:class:`CombinationDiagnostics`, found by :func:`find_diagnostics`).
 
-Inner solvers run on device with a fixed iteration count, so every method
-stays inside ``jit``. Each method cites its paper.
+Inner solvers run on device inside ``jit`` and stop on a tolerance of their
+method's own optimality condition, with a maximum iteration count as a
+safeguard (both keyword options); with ``diagnostics=True`` the residual and
+the iterations used are kept. Finite gradients give finite weights (a group no
+exit reaches gets a zero update); non-finite gradients propagate to the
+update, so that a training loop's divergence check sees them. Each method
+cites its paper.
 """
 
 from __future__ import annotations
@@ -38,10 +43,47 @@ import optax
 from anytime_jax import gram as gram_lib
 from anytime_jax.gram import Granularity, PyTree
 
-Weighting = Callable[[jax.Array], jax.Array]
-"""``weighting(gram [K, K]) -> weights [K]``, applied to every group's float32 Gram matrix."""
+Weighting = Callable[[jax.Array], Any]
+"""``weighting(gram [K, K]) -> weights [K]`` (or a :class:`Solution`), applied to every
+group's float32 Gram matrix."""
 StatefulWeighting = Callable[..., tuple[jax.Array, Any]]
 """``weighting(grams [G, K, K], state, **extra_args) -> (weights [G, K], state)``."""
+
+
+class Solution(NamedTuple):
+  """A weighting's answer with how well it solved its method's condition.
+
+  A weighting passed to :func:`gram_weighting` may return one instead of the
+  bare weights; ``diagnostics=True`` then keeps the last three fields per group
+  (:class:`CombinationDiagnostics`).
+
+  Attributes:
+    weights: ``[K]`` the weight of each exit's gradient.
+    residual: scalar, the method's own optimality residual (documented with
+      each solver; 0 for closed forms).
+    iterations: scalar int32, iterations the solver used (0 for closed forms
+      and the exact active-set solvers).
+    fallback: scalar bool, whether the method's own direction was replaced by
+      its documented fallback (IMTL-G).
+
+  Example:
+
+  >>> import jax.numpy as jnp, numpy as np, anytime_jax as aj
+  >>> gram = jnp.array([[1.0, -1.0], [-1.0, 2.0]])  # g1 = [1, 0], g2 = [-1, 1]
+  >>> s = aj.combinations.nash_mtl_weights(gram)
+  >>> np.asarray(s.weights).round(4), bool(s.residual < 1e-5), int(s.iterations) < 10
+  (array([3.0055, 2.1252], dtype=float32), True, True)
+  """
+  weights: jax.Array
+  residual: jax.Array
+  iterations: jax.Array
+  fallback: jax.Array
+
+
+def _solution(weights: jax.Array, residual: Any = 0.0, iterations: Any = 0,
+              fallback: Any = False) -> Solution:
+  return Solution(weights, jnp.asarray(residual, jnp.float32), jnp.asarray(iterations, jnp.int32),
+                  jnp.asarray(fallback, bool))
 
 
 class CombinationDiagnostics(NamedTuple):
@@ -54,6 +96,11 @@ class CombinationDiagnostics(NamedTuple):
     grad_norms: ``[K]`` norm of each exit's gradient over all parameters.
     cosine: ``[K, K]`` cosine similarity between the exits' gradients;
       negative entries are conflicts.
+    residual: ``[G]`` the solver's residual of the method's optimality
+      condition in each group (0 for closed forms; see each method).
+    iterations: ``[G]`` the iterations its solver used (0 for closed forms).
+    fallback: ``[G]`` whether the method fell back to its documented
+      alternative direction in the group (IMTL-G).
 
   Example:
 
@@ -64,11 +111,16 @@ class CombinationDiagnostics(NamedTuple):
   >>> d = aj.find_diagnostics(state)
   >>> np.asarray(d.weights).round(4), bool(d.negative_weight)  # [G, K]
   (array([[0.6, 0.4]], dtype=float32), False)
+  >>> bool(d.residual[0] < 1e-5), bool(d.fallback[0])
+  (True, False)
   """
   weights: jax.Array
   reached: jax.Array
   grad_norms: jax.Array
   cosine: jax.Array
+  residual: Optional[jax.Array] = None
+  iterations: Optional[jax.Array] = None
+  fallback: Optional[jax.Array] = None
 
   @property
   def negative_weight(self) -> jax.Array:
@@ -116,13 +168,14 @@ def find_diagnostics(opt_state: Any) -> Optional[CombinationDiagnostics]:
   return found[0] if found else None
 
 
-def _diagnostics(grams: jax.Array, weights: jax.Array) -> CombinationDiagnostics:
+def _diagnostics(grams: jax.Array, solved: Solution) -> CombinationDiagnostics:
   total = jnp.sum(grams, axis=0)
   grad_norms = jnp.sqrt(jnp.maximum(jnp.diagonal(total), 0.0))
   denominator = jnp.outer(grad_norms, grad_norms)
   cosine = jnp.where(denominator > 0, total / jnp.where(denominator > 0, denominator, 1.0), 0.0)
   reached = jnp.diagonal(grams, axis1=1, axis2=2) > 0
-  return CombinationDiagnostics(weights, reached, grad_norms, cosine)
+  return CombinationDiagnostics(solved.weights, reached, grad_norms, cosine, solved.residual,
+                                solved.iterations, solved.fallback)
 
 
 GroupCombine = Callable[[PyTree, jax.Array, gram_lib.GroupIds, int], PyTree]
@@ -169,7 +222,7 @@ def combination(
     zeros = jnp.zeros((groups, num_exits), jnp.float32)
     return DiagnosedState(inner, CombinationDiagnostics(
         zeros, zeros.astype(bool), jnp.zeros(num_exits, jnp.float32),
-        jnp.zeros((num_exits, num_exits), jnp.float32)))
+        jnp.zeros((num_exits, num_exits), jnp.float32), *_closed_form(zeros)[1:]))
 
   def update_fn(updates, state, params=None, **extra_args):
     updates = gram_lib.average_over(updates, axis_name)
@@ -179,10 +232,12 @@ def combination(
                        f'gradients with K={k} exits; build it with num_exits={k}.')
     inner = state.inner if diagnostics else state
     if init_state is None:
-      weights = jax.vmap(weighting)(grams)
+      solved = jax.vmap(weighting)(grams)
     else:
-      weights, inner = weighting(grams, inner, **extra_args)
-    weights = weights.astype(jnp.float32)
+      solved, inner = weighting(grams, inner, **extra_args)
+    if not isinstance(solved, Solution):
+      solved = _closed_form(solved)
+    weights = solved.weights.astype(jnp.float32)
     if combine is None:
       out = gram_lib.combine(updates, weights, ids)
     else:
@@ -192,7 +247,7 @@ def combination(
         raise ValueError(f'diagnostics were sized for {state.diagnostics.weights.shape} '
                          f'(groups, exits) at init but the update has {weights.shape}; init with '
                          'the same parameters you update.')
-      return out, DiagnosedState(inner, _diagnostics(grams, weights))
+      return out, DiagnosedState(inner, _diagnostics(grams, solved._replace(weights=weights)))
     return out, inner
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -210,8 +265,9 @@ def gram_weighting(
   """An optax transformation summing exit gradients with Gram-derived weights.
 
   Args:
-    weighting: without ``init_state``, ``weighting(gram [K, K]) -> [K]``,
-      applied to every group's Gram matrix (float32). An exit that does not
+    weighting: without ``init_state``, ``weighting(gram [K, K]) -> [K]`` (or a
+      :class:`Solution`, whose residual, iterations and fallback flag
+      ``diagnostics`` keep), applied to every group's Gram matrix (float32). An exit that does not
       reach a group has a zero row and column there. With ``init_state``,
       ``weighting(grams [G, K, K], state, **extra_args) -> (weights [G, K],
       state)``, called once per update with every group's Gram matrix and the
@@ -248,6 +304,13 @@ def gram_weighting(
 
 # ----- solvers shared by the methods -----
 
+def _closed_form(weights: jax.Array) -> Solution:
+  """``[G, K]`` weights of a method without a solver, as a :class:`Solution` per group."""
+  groups = weights.shape[0]
+  return Solution(weights, jnp.zeros(groups, jnp.float32), jnp.zeros(groups, jnp.int32),
+                  jnp.zeros(groups, bool))
+
+
 def _normalized(gram: jax.Array) -> jax.Array:
   """``G / trace(G)``: eigenvalues in [0, 1]; every weighting below is scale-free."""
   return gram / jnp.maximum(jnp.trace(gram), jnp.finfo(gram.dtype).tiny)
@@ -258,94 +321,269 @@ def _reached(gram: jax.Array) -> jax.Array:
   return jnp.diagonal(gram) > 0
 
 
+def _unit(gram: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """``(C, n)`` with ``G = diag(n) C diag(n)``: C has a unit diagonal on the exits that reach
+  the group (zero rows elsewhere), n the gradients' norms (1 where zero).
+
+  Solving in C rather than G keeps float32 accurate when the gradients' norms differ by
+  orders of magnitude (a norm ratio of 1e6 is 1e12 between G's eigenvalues).
+  """
+  reached = _reached(gram)
+  norms = jnp.where(reached, jnp.sqrt(jnp.where(reached, jnp.diagonal(gram), 1.0)), 1.0)
+  unit = gram / norms[:, None] / norms[None, :]
+  return jnp.where(reached[:, None] & reached[None, :], unit, 0.0), norms
+
+
+def _iterate(step: Callable[[Any], Any], residual: Callable[[Any], jax.Array], start: Any,
+             tol: Union[float, jax.Array], max_iterations: int) -> tuple[Any, jax.Array, jax.Array]:
+  """``carry = step(carry)`` until ``residual(carry) <= tol`` or ``max_iterations`` steps.
+
+  A ``jax.lax.while_loop``: jittable, not reverse-differentiable (nothing here needs
+  gradients through the weights). A NaN residual stops at once, so non-finite input
+  comes out non-finite rather than looping to the cap.
+
+  Returns:
+    ``(carry, residual, iterations)``.
+  """
+  def cond(state):
+    _, r, i = state
+    return (r > tol) & (i < max_iterations)
+
+  def body(state):
+    carry, _, i = state
+    carry = step(carry)
+    return carry, residual(carry), i + 1
+
+  return jax.lax.while_loop(cond, body, (start, residual(start), jnp.zeros((), jnp.int32)))
+
+
 def _fista(grad_fn: Callable[[jax.Array], jax.Array], project: Callable[[jax.Array], jax.Array],
-           start: jax.Array, step: Union[float, jax.Array], iterations: int) -> jax.Array:
-  """Accelerated projected gradient (Beck & Teboulle 2009) with a fixed step and count."""
-  def body(_, carry):
+           start: jax.Array, step: Union[float, jax.Array],
+           residual: Callable[[jax.Array], jax.Array], tol: Union[float, jax.Array],
+           max_iterations: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Accelerated projected gradient (Beck & Teboulle 2009) with adaptive restart
+  (O'Donoghue & Candes 2015), until ``residual(x) <= tol``; ``(x, residual, iterations)``."""
+  def body(carry):
     x, y, t = carry
     x_next = project(y - step * grad_fn(y))
+    restart = jnp.vdot(y - x_next, x_next - x) > 0  # momentum points uphill: drop it
+    t = jnp.where(restart, 1.0, t)
     t_next = (1 + jnp.sqrt(1 + 4 * t ** 2)) / 2
     return x_next, x_next + (t - 1) / t_next * (x_next - x), t_next
-  return jax.lax.fori_loop(0, iterations, body, (start, start, jnp.ones((), start.dtype)))[0]
+
+  (x, _, _), r, i = _iterate(body, lambda carry: residual(carry[0]),
+                             (start, start, jnp.ones((), start.dtype)), tol, max_iterations)
+  return x, r, i
+
+
+def _symmetric_solve(matrix: jax.Array, rhs: jax.Array, rtol: float = 1e-6) -> jax.Array:
+  """Least-norm solution of a symmetric (possibly singular, indefinite) system, by eigh."""
+  values, vectors = jnp.linalg.eigh(matrix)
+  keep = jnp.abs(values) > rtol * jnp.max(jnp.abs(values))
+  inverse = jnp.where(keep, 1.0 / jnp.where(keep, values, 1.0), 0.0)
+  return (vectors * inverse) @ (vectors.T @ rhs)
 
 
 EXACT_BOX_QP_MAX_EXITS = 8
+"""Up to this many exits, :func:`box_qp` and :func:`min_norm_weights` are exact (every active
+set, ``2 ** K`` small solves); beyond it they iterate to a tolerance."""
 
 
-def _box_qp_by_active_sets(gram: jax.Array, lower: jax.Array) -> jax.Array:
-  """``argmin_{v >= lower} v^T G v`` exactly: every free set, the best feasible solution.
+def _qp_by_active_sets(unit: jax.Array, linear: jax.Array, lower: jax.Array,
+                       allowed: jax.Array, total: Optional[tuple[jax.Array, jax.Array]] = None
+                       ) -> jax.Array:
+  """``argmin x^T C x / 2 + linear^T x`` over ``x >= lower`` (``x_k = lower_k`` where not
+  ``allowed``), with ``m^T x = rho`` if ``total = (m, rho)``, exactly.
 
-  For each of the ``2 ** K`` free sets F (the rest held at their bound), the
-  minimizer over F is ``v_F = -G_FF^+ G_FA lower_A``; the optimum is the
-  feasible one with the smallest objective (one always is: the optimum's own
-  free set, or a larger active set with the same objective).
+  For each of the ``2 ** K`` free sets F (the rest held at their bound) the
+  minimizer on F solves a small KKT system; the optimum is the feasible one
+  with the smallest objective (some free set of the optimum gives a
+  non-singular system). ``C`` is a unit-diagonal Gram matrix (:func:`_unit`),
+  so float32 resolves the systems whatever the gradients' norms.
   """
-  g = _normalized(gram)
-  k = g.shape[-1]
-  free_sets = ((jnp.arange(2 ** k)[:, None] >> jnp.arange(k)) & 1).astype(g.dtype)
+  k = unit.shape[-1]
+  free_sets = ((jnp.arange(2 ** k)[:, None] >> jnp.arange(k)) & 1).astype(bool)
+  dtype = unit.dtype
 
   def solve(free):
-    held = lower * (1 - free)
-    values, vectors = jnp.linalg.eigh(g * free[:, None] * free[None, :])
-    keep = values > 1e-7 * jnp.max(jnp.abs(values))
-    inverse = jnp.where(keep, 1.0 / jnp.where(keep, values, 1.0), 0.0)
-    v = ((vectors * inverse) @ vectors.T @ (-(g @ held) * free)) * free + held
-    feasible = jnp.all(v >= lower - 1e-6 * (1 + jnp.abs(lower)))
-    return v, jnp.where(feasible, v @ g @ v, jnp.inf)
+    free = free & allowed
+    f = free.astype(dtype)
+    held = jnp.where(free, 0.0, lower)
+    system = unit * f[:, None] * f[None, :] + jnp.diag(1.0 - f)
+    rhs = -(linear + unit @ held) * f
+    if total is None:
+      x = _symmetric_solve(system, rhs) * f + held
+      balanced = True
+    else:
+      m, rho = total
+      border = jnp.concatenate([m * f, jnp.zeros(1, dtype)])
+      system = jnp.concatenate([jnp.concatenate([system, (m * f)[None]]), border[:, None]], 1)
+      x = _symmetric_solve(system, jnp.concatenate([rhs, (rho - m @ held)[None]]))[:k] * f + held
+      balanced = jnp.abs(m @ x - rho) <= 1e-4 * jnp.abs(rho) + 1e-30
+    feasible = balanced & jnp.all(x >= lower - 1e-5 * (jnp.max(jnp.abs(x)) + jnp.abs(lower)))
+    if total is not None:
+      feasible = feasible & jnp.any(free)
+    return x, jnp.where(feasible, x @ unit @ x / 2 + linear @ x, jnp.inf)
 
   candidates, objectives = jax.vmap(solve)(free_sets)
   return jnp.maximum(candidates[jnp.argmin(objectives)], lower)
 
 
-def box_qp(gram: jax.Array, lower: jax.Array, iterations: int = 500) -> jax.Array:
+def _box_residual(unit: jax.Array, x: jax.Array, lower: jax.Array) -> jax.Array:
+  """KKT residual of ``min x^T C x / 2, x >= lower``: the projected gradient step's length
+  ``|x - max(x - C x, lower)|``, relative to ``|x|`` (both max-norms)."""
+  step = x - jnp.maximum(x - unit @ x, lower)
+  return jnp.max(jnp.abs(step)) / jnp.maximum(jnp.max(jnp.abs(x)), jnp.finfo(x.dtype).tiny)
+
+
+def box_qp(gram: jax.Array, lower: jax.Array, *, tol: float = 1e-5,
+           max_iterations: int = 2000) -> Solution:
   """``argmin_{v >= lower} v^T G v``.
 
   The dual of projecting ``J^T lower`` onto the dual cone of the rows of ``J``
   ``{x : J x >= 0}``: the projection is ``J^T v`` (Quinton & Rey 2024, Prop. 1).
-  Exact for ``K <= EXACT_BOX_QP_MAX_EXITS`` (every active set, ``2 ** K`` small
-  solves); for more exits, ``iterations`` steps of accelerated projected
-  gradient, which converges slowly on nearly collinear exits (errors of a few
-  percent at 500 steps, measured for K=4).
+  Solved on the unit-diagonal ``C = D^-1 G D^-1`` (``D`` the gradients' norms,
+  ``v = D^-1 u``, ``u >= D lower``), so the answer does not depend on how
+  differently the exits' gradients are scaled. Exact for
+  ``K <= EXACT_BOX_QP_MAX_EXITS`` (every active set, ``2 ** K`` small solves);
+  for more exits, accelerated projected gradient with restarts until the
+  residual is at most ``tol``, at most ``max_iterations`` steps. An exit with a
+  zero gradient keeps ``v_k = lower_k``.
+
+  Args:
+    gram: ``[K, K]`` Gram matrix.
+    lower: ``[K]`` lower bounds.
+    tol: tolerance on the residual, the length of a projected gradient step in
+      ``u`` relative to ``max |u|`` (:func:`_box_residual`); default 1e-5.
+    max_iterations: the safeguard on the iterations beyond 8 exits; default 2000.
+
+  Returns:
+    A :class:`Solution`: ``v`` as the weights, the residual, the iterations.
+
+  Example:
+
+  >>> import jax.numpy as jnp, numpy as np, anytime_jax as aj
+  >>> gram = jnp.array([[1.0, -1.0], [-1.0, 2.0]])  # g1 = [1, 0], g2 = [-1, 1]
+  >>> np.asarray(aj.combinations.box_qp(gram, jnp.array([1.0, 0.0])).weights).round(4)
+  array([1. , 0.5], dtype=float32)
   """
+  unit, norms = _unit(gram)
+  reached = _reached(gram)
+  bound = lower * norms
   if gram.shape[-1] <= EXACT_BOX_QP_MAX_EXITS:
-    return _box_qp_by_active_sets(gram, lower)
-  g = _normalized(gram)  # gradient 2 g v has Lipschitz constant <= 2
-  return _fista(lambda v: 2 * g @ v, lambda v: jnp.maximum(v, lower), lower, 0.5, iterations)
+    u = _qp_by_active_sets(unit, jnp.zeros_like(bound), bound, reached)
+    iterations: Any = 0
+  else:
+    step = 1.0 / jnp.maximum(jnp.sum(reached), 1).astype(gram.dtype)  # 1 / trace(C) <= 1 / L
+    u, _, iterations = _fista(lambda u: unit @ u, lambda u: jnp.maximum(u, bound), bound, step,
+                              lambda u: _box_residual(unit, u, bound), tol, max_iterations)
+  return _solution(u / norms, _box_residual(unit, u, bound), iterations)
 
 
 def project_to_simplex(v: jax.Array, support: Optional[jax.Array] = None) -> jax.Array:
   """Euclidean projection of ``v`` ``[K]`` onto the probability simplex (sort-based).
 
   With ``support`` (``[K]`` bool), onto the face of the simplex on those
-  coordinates; the others come back zero.
+  coordinates; the others come back zero, and an empty support gives zeros.
+
+  Example:
+
+  >>> import jax.numpy as jnp, anytime_jax as aj
+  >>> aj.combinations.project_to_simplex(jnp.array([0.5, 2.0, -1.0]))
+  Array([0., 1., 0.], dtype=float32)
   """
-  if support is not None:
-    v = jnp.where(support, v, -1e9)
-  u = jnp.sort(v)[::-1]
-  cumulative = jnp.cumsum(u) - 1.0
-  index = jnp.arange(1, v.shape[-1] + 1, dtype=v.dtype)
-  rho = jnp.sum(u - cumulative / index > 0)
+  if support is None:
+    support = jnp.ones(v.shape, bool)
+  k = v.shape[-1]
+  u = jnp.sort(jnp.where(support, v, -jnp.inf))[::-1]
+  count = jnp.sum(support)
+  index = jnp.arange(1, k + 1)
+  cumulative = jnp.cumsum(jnp.where(index <= count, u, 0.0)) - 1.0
+  rho = jnp.maximum(jnp.sum((index <= count) & (u - cumulative / index > 0)), 1)
   theta = cumulative[rho - 1] / rho.astype(v.dtype)
-  return jnp.maximum(v - theta, 0.0)
+  return jnp.where(support, jnp.maximum(v - theta, 0.0), 0.0)
 
 
 def _simplex_start(support: jax.Array) -> jax.Array:
-  """The centre of the simplex face on ``support`` (all of it when the support is empty)."""
-  support = jnp.where(jnp.any(support), support, True)
-  return support / jnp.sum(support).astype(jnp.float32)
+  """The centre of the simplex face on ``support`` (zeros when the support is empty)."""
+  return support / jnp.maximum(jnp.sum(support), 1).astype(jnp.float32)
 
 
-def min_norm_weights(gram: jax.Array, iterations: int = 200) -> jax.Array:
-  """The point of the simplex minimizing ``a^T G a`` (MGDA), by accelerated projected gradient.
+def _simplex_residual(g: jax.Array, w: jax.Array, shift: jax.Array, support: jax.Array
+                      ) -> jax.Array:
+  """KKT residual of ``min |J^T (w + shift)|^2`` over the simplex face on ``support``.
 
-  Only exits with a non-zero gradient in the group enter the hull: a group
-  that one exit reaches moves along that exit's gradient.
+  With ``d = J^T (w + shift)`` the optimality condition is ``<g_k, d> >= <d, J^T w>`` for
+  every exit k on the face; the residual is the largest shortfall, each divided by
+  ``|g_k| |d|`` (a cosine, so exits of any scale count alike).
+  """
+  gradient = g @ (w + shift)
+  length = jnp.sqrt(jnp.maximum((w + shift) @ gradient, 0.0))
+  norms = jnp.sqrt(jnp.maximum(jnp.diagonal(g), 0.0))
+  shortfall = jnp.maximum(w @ gradient - gradient, 0.0)
+  scale = norms * length
+  ratio = jnp.where(scale > 0, shortfall / jnp.where(scale > 0, scale, 1.0), 0.0)
+  return jnp.max(jnp.where(support, ratio, 0.0))
+
+
+def _simplex_qp(g: jax.Array, shift: jax.Array, support: jax.Array, tol: Union[float, jax.Array],
+                max_iterations: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """``argmin |J^T (w + shift)|^2`` over the simplex face on ``support``; ``(w, residual,
+  iterations)``. Exact (active sets on the unit-diagonal Gram matrix) up to
+  ``EXACT_BOX_QP_MAX_EXITS`` exits, accelerated projected gradient to ``tol`` beyond."""
+  if g.shape[-1] <= EXACT_BOX_QP_MAX_EXITS:
+    unit, norms = _unit(g)
+    inverse = jnp.where(support, 1.0 / norms, 0.0)  # w = D^-1 x: sum_k x_k / n_k = 1
+    top = jnp.maximum(jnp.max(inverse), jnp.finfo(g.dtype).tiny)
+    x = _qp_by_active_sets(unit, (g @ shift) / norms, jnp.zeros_like(norms), support,
+                           (inverse / top, 1.0 / top))
+    w = x / norms
+    w = jnp.where(support, w, 0.0) / jnp.maximum(jnp.sum(jnp.where(support, w, 0.0)),
+                                                 jnp.finfo(g.dtype).tiny)
+    iterations: Any = jnp.zeros((), jnp.int32)
+  else:
+    step = 1.0 / jnp.maximum(jnp.trace(g), jnp.finfo(g.dtype).tiny)
+    w, _, iterations = _fista(lambda a: g @ (a + shift), lambda a: project_to_simplex(a, support),
+                              _simplex_start(support).astype(g.dtype), step,
+                              lambda a: _simplex_residual(g, a, shift, support), tol,
+                              max_iterations)
+  return w, _simplex_residual(g, w, shift, support), iterations
+
+
+def min_norm_weights(gram: jax.Array, *, tol: float = 1e-5, max_iterations: int = 2000
+                     ) -> Solution:
+  """The point of the simplex minimizing ``a^T G a`` (MGDA).
+
+  Only exits with a non-zero gradient in the group enter the hull: a group that
+  one exit reaches moves along that exit's gradient, and a group no exit
+  reaches gets zero weights. Up to ``EXACT_BOX_QP_MAX_EXITS`` exits the
+  minimum is exact (every active set, solved on the unit-diagonal Gram matrix
+  so that gradients of any relative scale are resolved); beyond, accelerated
+  projected gradient with restarts on the trace-normalized ``G`` (MGDA is
+  scale-invariant) until the residual is at most ``tol``, at most
+  ``max_iterations`` steps.
+
+  Args:
+    gram: ``[K, K]`` Gram matrix.
+    tol: tolerance on the residual, the largest shortfall of ``<g_k, d>`` below
+      ``|d|^2`` divided by ``|g_k| |d|`` (``d`` the direction; 0 at the
+      optimum); default 1e-5.
+    max_iterations: the safeguard on the iterations beyond 8 exits; default 2000.
+
+  Returns:
+    A :class:`Solution` with the weights ``[K]``.
+
+  Example:
+
+  >>> import jax.numpy as jnp, numpy as np, anytime_jax as aj
+  >>> gram = jnp.array([[1.0, -1.0], [-1.0, 2.0]])  # g1 = [1, 0], g2 = [-1, 1]
+  >>> np.asarray(aj.combinations.min_norm_weights(gram).weights).round(4)
+  array([0.6, 0.4], dtype=float32)
   """
   g = _normalized(gram)
-  support = _reached(gram)
-  start = _simplex_start(support).astype(gram.dtype)
-  return _fista(lambda a: 2 * g @ a, lambda a: project_to_simplex(a, support), start, 0.5,
-                iterations)
+  w, residual, iterations = _simplex_qp(g, jnp.zeros(g.shape[-1], g.dtype), _reached(gram), tol,
+                                        max_iterations)
+  return _solution(w, residual, iterations)
 
 
 # ----- the methods -----
@@ -453,16 +691,21 @@ def pcgrad(*, seed: int = 0, granularity: Granularity = 'exits',
                         diagnostics=diagnostics, num_exits=num_exits)
 
 
-def mgda(*, iterations: int = 200, granularity: Granularity = 'exits',
+def mgda(*, tol: float = 1e-5, max_iterations: int = 2000, granularity: Granularity = 'exits',
          axis_name: Optional[Hashable] = None, diagnostics: bool = False,
          num_exits: Optional[int] = None) -> optax.GradientTransformationExtraArgs:
   """MGDA (Sener & Koltun, *Multi-Task Learning as Multi-Objective Optimization*, NeurIPS 2018).
 
   The direction is the min-norm point of the convex hull of the exit
-  gradients, ``sum_k a_k g_k`` with ``a`` on the simplex, found by accelerated
-  projected gradient on the Gram matrix (:func:`min_norm_weights`, any K).
-  Its norm is at most that of the smallest gradient, so MGDA wants a larger
-  learning rate than the summed loss.
+  gradients, ``sum_k a_k g_k`` with ``a`` on the simplex (:func:`min_norm_weights`:
+  exact up to 8 exits, iterated to ``tol`` beyond). It improves every exit
+  whenever some direction does. Its norm is at most that of the smallest
+  gradient, so MGDA wants a larger learning rate than the summed loss.
+
+  Args:
+    tol: tolerance on :func:`min_norm_weights`' residual (more than 8 exits); default 1e-5.
+    max_iterations: the solver's safeguard (more than 8 exits); default 2000.
+    granularity, axis_name, diagnostics, num_exits: as in :func:`gram_weighting`.
 
   Example:
 
@@ -473,11 +716,12 @@ def mgda(*, iterations: int = 200, granularity: Granularity = 'exits',
   >>> np.asarray(updates['w']).round(4)  # the min-norm point of the hull: 0.6 g1 + 0.4 g2
   array([0.2, 0.4], dtype=float32)
   """
-  return gram_weighting(lambda g: min_norm_weights(g, iterations), granularity=granularity,
-                        axis_name=axis_name, diagnostics=diagnostics, num_exits=num_exits)
+  return gram_weighting(lambda g: min_norm_weights(g, tol=tol, max_iterations=max_iterations),
+                        granularity=granularity, axis_name=axis_name, diagnostics=diagnostics,
+                        num_exits=num_exits)
 
 
-def upgrad(*, iterations: int = 500, granularity: Granularity = 'exits',
+def upgrad(*, tol: float = 1e-5, max_iterations: int = 2000, granularity: Granularity = 'exits',
            axis_name: Optional[Hashable] = None, diagnostics: bool = False,
            num_exits: Optional[int] = None) -> optax.GradientTransformationExtraArgs:
   """UPGrad (Quinton & Rey, *Jacobian Descent for Multi-Objective Optimization*, 2024).
@@ -485,8 +729,9 @@ def upgrad(*, iterations: int = 500, granularity: Granularity = 'exits',
   Each exit gradient is projected onto the dual cone of all exit gradients
   (the directions that increase no exit's loss), and the projections are
   averaged: weights ``(1/K) sum_i argmin_{v >= e_i} v^T G v``
-  (:func:`box_qp`: exact up to 8 exits, else ``iterations`` steps of
-  accelerated projected gradient).
+  (:func:`box_qp`: exact up to 8 exits, else accelerated projected gradient
+  to ``tol``, at most ``max_iterations`` steps; the reported residual is the
+  largest of the K problems').
 
   Example:
 
@@ -499,19 +744,22 @@ def upgrad(*, iterations: int = 500, granularity: Granularity = 'exits',
   """
   def weights(gram):
     eye = jnp.eye(gram.shape[-1], dtype=gram.dtype)
-    return jnp.mean(jax.vmap(lambda e: box_qp(gram, e, iterations))(eye), axis=0)
+    each = jax.vmap(lambda e: box_qp(gram, e, tol=tol, max_iterations=max_iterations))(eye)
+    return _solution(jnp.mean(each.weights, axis=0), jnp.max(each.residual),
+                     jnp.max(each.iterations))
   return gram_weighting(weights, granularity=granularity, axis_name=axis_name,
                         diagnostics=diagnostics, num_exits=num_exits)
 
 
-def dualproj(*, iterations: int = 500, granularity: Granularity = 'exits',
+def dualproj(*, tol: float = 1e-5, max_iterations: int = 2000, granularity: Granularity = 'exits',
              axis_name: Optional[Hashable] = None, diagnostics: bool = False,
              num_exits: Optional[int] = None) -> optax.GradientTransformationExtraArgs:
   """DualProj (Quinton & Rey 2024): the mean gradient projected onto the dual cone.
 
   Weights ``argmin_{v >= 1/K} v^T G v`` (:func:`box_qp`: exact up to 8
-  exits, else ``iterations`` steps of accelerated projected gradient): the
-  closest direction to the mean gradient that increases no exit's loss.
+  exits, else accelerated projected gradient to ``tol``, at most
+  ``max_iterations`` steps): the closest direction to the mean gradient that
+  increases no exit's loss.
 
   Example:
 
@@ -524,47 +772,93 @@ def dualproj(*, iterations: int = 500, granularity: Granularity = 'exits',
   """
   def weights(gram):
     k = gram.shape[-1]
-    return box_qp(gram, jnp.full(k, 1.0 / k, gram.dtype), iterations)
+    return box_qp(gram, jnp.full(k, 1.0 / k, gram.dtype), tol=tol, max_iterations=max_iterations)
   return gram_weighting(weights, granularity=granularity, axis_name=axis_name,
                         diagnostics=diagnostics, num_exits=num_exits)
 
 
-def cagrad_weights(gram: jax.Array, c: Union[float, jax.Array] = 0.5, iterations: int = 2000,
-                   smoothing: float = 1e-6) -> jax.Array:
+def cagrad_weights(gram: jax.Array, c: Union[float, jax.Array] = 0.5, *, tol: float = 1e-4,
+                   max_iterations: int = 64) -> Solution:
   """CAGrad's weights: ``1/K + lambda w``, then divided by ``1 + c^2``.
 
-  ``w`` minimizes ``w^T G g0 + c |g0| |G w|`` over the simplex of the exits
-  that reach the group (``g0`` the mean gradient), by accelerated projected
-  gradient on the trace-normalized Gram matrix with the norm smoothed as
-  ``sqrt(q + smoothing)``; ``lambda = c |g0| / |g_w|``.
+  ``w`` minimizes ``F(w) = w^T G g0 + r |g_w|`` over the simplex of the exits
+  that reach the group (``g0`` the mean gradient, ``g_w = J^T w``, ``r = c
+  |g0|``), on the trace-normalized Gram matrix (CAGrad is scale-invariant);
+  ``lambda = r / |g_w|``. Since ``|g_w| = min_s (|g_w|^2 / s + s) / 2``, ``F``'s
+  minimum is that of a convex function of one variable ``s``, each value a
+  min-norm problem on the simplex (exact up to 8 exits); ``s`` is bisected
+  (geometrically, between the min-norm point's norm and the largest
+  gradient's) until the residual is at most ``tol``, at most
+  ``max_iterations`` bisections.
+
+  Args:
+    gram: ``[K, K]`` Gram matrix.
+    c: the radius of the ball around ``g0``, relative to ``|g0|``.
+    tol: tolerance on the residual: with ``d = g0 + r g_w / |g_w|``, optimality
+      is ``<g_k, d> >= F(w)`` for every exit (the worst exit improves by
+      ``F(w)``, which bounds the best possible improvement from above); the
+      residual is the largest shortfall divided by ``|g_k| |d|``; default 1e-4.
+    max_iterations: the safeguard on the bisections; default 64.
+
+  Returns:
+    A :class:`Solution` with the weights ``[K]``.
   """
   k = gram.shape[-1]
   g = _normalized(gram)
   support = _reached(gram)
-  mean = jnp.full(k, 1.0 / k, gram.dtype)
-  radius = c * jnp.sqrt(jnp.maximum(mean @ g @ mean, 0.0))
+  tiny = jnp.finfo(g.dtype).tiny
+  mean = jnp.full(k, 1.0 / k, g.dtype)
   linear = g @ mean
+  radius = c * jnp.sqrt(jnp.maximum(mean @ linear, 0.0))
+  norms = jnp.sqrt(jnp.maximum(jnp.diagonal(g), 0.0))
+  safe_radius = jnp.where(radius > 0, radius, 1.0)
 
-  def grad_fn(w):
-    return linear + radius * (g @ w) / jnp.sqrt(w @ g @ w + smoothing)
+  def solve(s):  # argmin_w |g_w|^2 / (2 s) + <g0, g_w> / r: the min-norm point of g_w + s g0 / r
+    return _simplex_qp(g, s / safe_radius * mean, support, tol, 2000)[0]
 
-  step = 1.0 / (1.0 + radius / jnp.sqrt(smoothing))  # the smoothed objective's curvature bound
-  w = _fista(grad_fn, lambda a: project_to_simplex(a, support),
-             _simplex_start(support).astype(gram.dtype), step, iterations)
+  def residual(w):
+    gw = g @ w
+    norm_w = jnp.sqrt(jnp.maximum(w @ gw, 0.0))
+    unit = jnp.where(norm_w > 0, gw / jnp.where(norm_w > 0, norm_w, 1.0), 0.0)
+    rows = linear + radius * unit  # <g_k, d>
+    value = linear @ w + radius * norm_w  # F(w)
+    length = jnp.sqrt(jnp.maximum(mean @ linear + 2 * radius * (mean @ unit) + radius ** 2, 0.0))
+    scale = norms * length
+    ratio = jnp.where(scale > 0, jnp.maximum(value - rows, 0.0) / jnp.where(scale > 0, scale, 1.0),
+                      0.0)
+    return jnp.where((radius > 0) & (norm_w > 0), jnp.max(jnp.where(support, ratio, 0.0)), 0.0)
+
+  def bisect(carry):
+    low, high, _ = carry
+    middle = jnp.sqrt(low * high)
+    w = solve(middle)
+    above = w @ g @ w > middle ** 2  # F's derivative in s is negative: the optimum is above
+    return jnp.where(above, middle, low), jnp.where(above, high, middle), w
+
+  high = jnp.max(jnp.where(support, norms, 0.0))
+  min_norm = _simplex_qp(g, jnp.zeros(k, g.dtype), support, tol, 2000)[0]
+  low = jnp.maximum(jnp.sqrt(jnp.maximum(min_norm @ g @ min_norm, 0.0)), 1e-9 * high)
+  start = _simplex_start(support).astype(g.dtype)
+  (_, _, w), r, iterations = _iterate(bisect, lambda carry: residual(carry[2]),
+                                      (jnp.maximum(low, tiny), jnp.maximum(high, tiny), start),
+                                      tol, max_iterations)
   norm_w = jnp.sqrt(jnp.maximum(w @ g @ w, 0.0))
   lam = jnp.where(norm_w > 0, radius / jnp.where(norm_w > 0, norm_w, 1.0), 0.0)
-  return (mean + lam * w) / (1 + c ** 2)
+  return _solution((mean + lam * w) / (1 + c ** 2), r, iterations)
 
 
-def cagrad(*, c: float = 0.5, iterations: int = 2000, granularity: Granularity = 'exits',
-           axis_name: Optional[Hashable] = None, diagnostics: bool = False,
-           num_exits: Optional[int] = None) -> optax.GradientTransformationExtraArgs:
+def cagrad(*, c: float = 0.5, tol: float = 1e-4, max_iterations: int = 64,
+           granularity: Granularity = 'exits', axis_name: Optional[Hashable] = None,
+           diagnostics: bool = False, num_exits: Optional[int] = None
+           ) -> optax.GradientTransformationExtraArgs:
   """CAGrad (Liu, Liu, Jin, Stone, Liu, *Conflict-Averse Gradient Descent for Multi-task
   Learning*, NeurIPS 2021).
 
   The direction maximizes the worst exit's improvement within a ball of
   radius ``c |g0|`` around the mean gradient ``g0``; rescaled by ``1/(1+c^2)``
-  as in the authors' code (``rescale=1``). See :func:`cagrad_weights`.
+  as in the authors' code (``rescale=1``). See :func:`cagrad_weights` for the
+  solver, its tolerance ``tol`` (default 1e-4) and ``max_iterations`` (64).
+  It improves every exit whenever some direction in the ball does.
 
   Example:
 
@@ -575,8 +869,9 @@ def cagrad(*, c: float = 0.5, iterations: int = 2000, granularity: Granularity =
   >>> np.asarray(updates['w']).round(4)  # the mean pulled toward the exit that gains least
   array([0.2, 0.4], dtype=float32)
   """
-  return gram_weighting(lambda g: cagrad_weights(g, c, iterations), granularity=granularity,
-                        axis_name=axis_name, diagnostics=diagnostics, num_exits=num_exits)
+  return gram_weighting(lambda g: cagrad_weights(g, c, tol=tol, max_iterations=max_iterations),
+                        granularity=granularity, axis_name=axis_name, diagnostics=diagnostics,
+                        num_exits=num_exits)
 
 
 def _pinv_psd(gram: jax.Array, rtol: float = 1e-6) -> jax.Array:
@@ -587,20 +882,46 @@ def _pinv_psd(gram: jax.Array, rtol: float = 1e-6) -> jax.Array:
   return (vectors * inverse) @ vectors.T
 
 
-def imtl_g_weights(gram: jax.Array) -> jax.Array:
-  """IMTL-G's weights: ``a = G^+ n / |1^T G^+ n|`` with ``n_k = |g_k|``.
+def imtl_g_weights(gram: jax.Array) -> Solution:
+  """IMTL-G's weights: ``a = G^+ n / |1^T G^+ n|`` with ``n_k = |g_k|``, or MGDA's if that
+  does not improve every exit.
 
   Then ``d = J^T a`` has the same, positive projection on every exit's unit
-  gradient (``(G a)_k / n_k`` equal for all k; exactly so when ``n`` lies in
-  ``G``'s range). The paper normalizes by ``1^T G^+ n`` so that the weights
-  sum to 1; for ill-conditioned ``G`` that sum can be negative, which would
-  turn the direction uphill for every exit. Dividing by its absolute value
-  keeps the paper's direction whenever the sum is positive and descent on
-  every exit when it is not.
+  gradient (``(G a)_k / n_k`` equal for all k) when ``n`` lies in ``G``'s
+  range. Computed as ``D^-1 C^+ 1`` with ``C = D^-1 G D^-1`` (``D = diag n``;
+  the same when ``G`` is invertible), so that gradients of very different
+  norms are resolved. The paper normalizes by ``1^T G^+ n`` so that the
+  weights sum to 1; for ill-conditioned ``G`` that sum can be negative, which
+  would turn the direction uphill for every exit: we divide by its absolute
+  value. Where the closed form still leaves an exit without improvement
+  (rank-deficient ``G`` with ``n`` outside its range), the weights are
+  MGDA's (:func:`min_norm_weights`), which improve every exit whenever some
+  direction does, with ``fallback`` set. The residual is the spread of the
+  projections, ``(max - min) / max``, of the direction returned.
+
+  Example:
+
+  >>> import jax.numpy as jnp, numpy as np, anytime_jax as aj
+  >>> gram = jnp.array([[1.0, -2.0, 0.0], [-2.0, 5.0, 2.0], [0.0, 2.0, 4.0]])  # rank 2
+  >>> s = aj.combinations.imtl_g_weights(gram)  # rows [1, 0], [-2, 1], [0, 2]
+  >>> np.asarray(gram @ s.weights).round(4), bool(s.fallback)  # every exit improves
+  (array([0.3018, 0.5286, 2.2643], dtype=float32), False)
   """
-  v = _pinv_psd(gram) @ jnp.sqrt(jnp.maximum(jnp.diagonal(gram), 0.0))
+  unit, norms = _unit(gram)
+  reached = _reached(gram)
+  v = jnp.where(reached, _pinv_psd(unit) @ reached.astype(gram.dtype) / norms, 0.0)
   total = jnp.abs(jnp.sum(v))
-  return jnp.where(total > 1e-12, v / jnp.where(total > 1e-12, total, 1.0), 0.0)
+  a = jnp.where(total > 0, v / jnp.where(total > 0, total, 1.0), 0.0)
+  def extremes(a):  # the largest and smallest projection (G a)_k / n_k over the reached exits
+    projections = (gram @ a) / norms
+    return (jnp.max(jnp.where(reached, projections, -jnp.inf)),
+            jnp.min(jnp.where(reached, projections, jnp.inf)))
+
+  fallback = jnp.any(reached) & ~(extremes(a)[1] > 0)
+  a = jnp.where(fallback, min_norm_weights(gram).weights, a)
+  top, bottom = extremes(a)
+  spread = jnp.where(top > 0, (top - bottom) / jnp.where(top > 0, top, 1.0), 0.0)
+  return _solution(a, spread, 0, fallback)
 
 
 def imtl_g(*, granularity: Granularity = 'exits', axis_name: Optional[Hashable] = None,
@@ -665,42 +986,77 @@ def aligned_mtl(*, scale: Literal['sum', 'mean'] = 'sum', granularity: Granulari
                         axis_name=axis_name, diagnostics=diagnostics, num_exits=num_exits)
 
 
-def nash_mtl_weights(gram: jax.Array, iterations: int = 50, ridge: float = 1e-6,
-                     max_weight: Optional[float] = None) -> jax.Array:
+def _newton(gram: jax.Array, curvature: Callable[[jax.Array], jax.Array],
+            gradient: Callable[[jax.Array], jax.Array], residual: Callable[[jax.Array], jax.Array],
+            start: jax.Array, tol: Union[float, jax.Array], max_iterations: int
+            ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Damped Newton on ``w^T G w / 2 - sum_k h(w_k)`` over ``w > 0``, until ``residual <= tol``.
+
+  ``gradient(w)`` is the potential's gradient and ``curvature(w)`` the
+  diagonal ``-h''(w)`` of its Hessian ``G + diag(-h'')``. The Newton system is
+  solved scaled by ``S = diag(curvature)^-1/2`` (``S G S + I``, whose diagonal
+  is at least 1), so that weights of very different sizes are resolved. Steps
+  are damped by ``1 / (1 + decrement)`` and stop at 90 % of the way to the
+  boundary of the positive orthant. Returns ``(w, residual, iterations)``.
+  """
+  k = gram.shape[-1]
+
+  def step(w):
+    grad = gradient(w)
+    scale = jax.lax.rsqrt(curvature(w))
+    system = scale[:, None] * gram * scale[None, :] + jnp.eye(k, dtype=gram.dtype)
+    direction = scale * jnp.linalg.solve(system, scale * grad)
+    decrement = jnp.sqrt(jnp.maximum(grad @ direction, 0.0))
+    limit = jnp.min(jnp.where(direction > 0, w / jnp.where(direction > 0, direction, 1.0),
+                              jnp.inf))
+    return w - jnp.minimum(1.0 / (1.0 + decrement), 0.9 * limit) * direction
+
+  return _iterate(step, residual, start, tol, max_iterations)
+
+
+def nash_mtl_weights(gram: jax.Array, *, tol: float = 1e-5, max_iterations: int = 50,
+                     ridge: float = 1e-6, max_weight: Optional[float] = None) -> Solution:
   """Nash-MTL's weights: ``a > 0`` with ``a_k (G a)_k = 1`` for every k.
 
   ``G`` is normalized by its Frobenius norm (as in the authors' code) and given
   a ridge ``ridge * I`` so that a solution exists for rank-deficient
   gradients. The solution minimizes ``a^T G a / 2 - sum_k log a_k``, a
-  self-concordant function: ``iterations`` damped Newton steps
-  (step ``1 / (1 + decrement)``), which stay positive and converge
-  quadratically once close. Opposing exits drive the weights up (about 1000
-  for two exactly opposed gradients); ``max_weight`` caps each weight.
+  self-concordant function: damped Newton steps (:func:`_newton`, step
+  ``1 / (1 + decrement)``), which stay positive and converge quadratically
+  once close, from ``a_k = G_kk^-1/2``. Opposing exits drive the weights up
+  (about 1000 for two exactly opposed gradients), where float32 resolves the
+  equation only to about 1e-2: the solver then stops at ``max_iterations``
+  and reports the residual. ``max_weight`` caps each weight.
+
+  Args:
+    gram: ``[K, K]`` Gram matrix.
+    tol: tolerance on the residual ``max_k |a_k (G a)_k - 1|``; default 1e-5.
+    max_iterations: the safeguard on the Newton steps; default 50.
+    ridge: added to the normalized ``G``'s diagonal.
+    max_weight: caps each weight (after solving), if given.
+
+  Returns:
+    A :class:`Solution` with the weights ``[K]``.
   """
   k = gram.shape[-1]
   g = gram / jnp.maximum(jnp.linalg.norm(gram), jnp.finfo(gram.dtype).tiny)
   g = g + ridge * jnp.eye(k, dtype=g.dtype)
-
-  def newton(_, a):
-    grad = g @ a - 1.0 / a
-    hessian = g + jnp.diag(1.0 / a ** 2)
-    direction = jnp.linalg.solve(hessian, grad)
-    decrement = jnp.sqrt(jnp.maximum(grad @ direction, 0.0))
-    return a - direction / (1.0 + decrement)
-
-  start = 1.0 / jnp.sqrt(jnp.diagonal(g))
-  a = jax.lax.fori_loop(0, iterations, newton, start)
-  return a if max_weight is None else jnp.minimum(a, max_weight)
+  a, residual, iterations = _newton(
+      g, lambda a: 1.0 / a ** 2, lambda a: g @ a - 1.0 / a,
+      lambda a: jnp.max(jnp.abs(a * (g @ a) - 1.0)), 1.0 / jnp.sqrt(jnp.diagonal(g)), tol,
+      max_iterations)
+  return _solution(a if max_weight is None else jnp.minimum(a, max_weight), residual, iterations)
 
 
-def nash_mtl(*, iterations: int = 50, max_weight: Optional[float] = None,
+def nash_mtl(*, max_weight: Optional[float] = None, tol: float = 1e-5, max_iterations: int = 50,
              granularity: Granularity = 'exits', axis_name: Optional[Hashable] = None,
              diagnostics: bool = False, num_exits: Optional[int] = None
              ) -> optax.GradientTransformationExtraArgs:
   """Nash-MTL (Navon, Shamsian, Achituve, Maron, Kawaguchi, Chechik, Fetaya, *Multi-Task
   Learning as a Bargaining Game*, ICML 2022): the Nash bargaining solution
-  ``G a = 1 / a`` (:func:`nash_mtl_weights`), solved exactly each step, each
-  weight capped at ``max_weight`` if given (the authors' sequential convex
+  ``G a = 1 / a`` (:func:`nash_mtl_weights`: Newton to ``tol``, default 1e-5,
+  at most ``max_iterations``, default 50), solved each step, each weight
+  capped at ``max_weight`` if given (the authors' sequential convex
   approximation, update interval and gradient-norm clipping are not
   reproduced; clip with ``optax.clip_by_global_norm`` after it).
 
@@ -715,9 +1071,9 @@ def nash_mtl(*, iterations: int = 50, max_weight: Optional[float] = None,
   """
   if max_weight is not None and not max_weight > 0:
     raise ValueError(f'nash_mtl(max_weight=...) must be positive, got {max_weight!r}.')
-  return gram_weighting(lambda g: nash_mtl_weights(g, iterations, max_weight=max_weight),
-                        granularity=granularity, axis_name=axis_name, diagnostics=diagnostics,
-                        num_exits=num_exits)
+  return gram_weighting(
+      lambda g: nash_mtl_weights(g, tol=tol, max_iterations=max_iterations, max_weight=max_weight),
+      granularity=granularity, axis_name=axis_name, diagnostics=diagnostics, num_exits=num_exits)
 
 
 def config_weights(gram: jax.Array) -> jax.Array:
@@ -762,45 +1118,50 @@ def config(*, granularity: Granularity = 'exits', axis_name: Optional[Hashable] 
                         diagnostics=diagnostics, num_exits=num_exits)
 
 
-def fairgrad_weights(gram: jax.Array, alpha: Union[float, jax.Array] = 1.0,
-                     iterations: int = 100) -> jax.Array:
+def fairgrad_weights(gram: jax.Array, alpha: Union[float, jax.Array] = 1.0, *,
+                     tol: float = 1e-5, max_iterations: int = 100) -> Solution:
   """FairGrad's weights: ``w > 0`` with ``(G w)_k = w_k^(-1/alpha)`` for every k.
 
-  As the authors' code, on the raw Gram matrix (the solution scales with the
-  gradients). The equations are the stationarity conditions of the convex
-  ``w^T G w / 2 - sum_k h(w_k)`` with ``h' (w) = w^(-1/alpha)``: ``iterations``
-  Newton steps damped by ``1 / (1 + decrement)`` and kept positive. Exits that
-  do not reach the group get weight 0. ``alpha = 1`` is Nash-MTL's equation
-  (on the unnormalized Gram matrix).
+  As the authors' code, on the raw Gram matrix: the solution scales with the
+  gradients, as ``w(s G) = s^(-alpha/(1+alpha)) w(G)``, so it is solved on the
+  trace-normalized ``G`` and scaled back. The equations are the stationarity
+  conditions of the convex ``w^T G w / 2 - sum_k h(w_k)`` with ``h'(w) =
+  w^(-1/alpha)``: damped Newton steps (:func:`_newton`) from the solution for
+  the diagonal of ``G``, kept positive. Exits that do not reach the group get
+  weight 0. ``alpha = 1`` is Nash-MTL's equation (on the unnormalized Gram
+  matrix).
+
+  Args:
+    gram: ``[K, K]`` Gram matrix.
+    alpha: the fairness exponent (positive).
+    tol: tolerance on the residual ``max_k |(G w)_k w_k^(1/alpha) - 1|``; default 1e-5.
+    max_iterations: the safeguard on the Newton steps; default 100.
+
+  Returns:
+    A :class:`Solution` with the weights ``[K]``.
   """
   reached = _reached(gram)
-  k = gram.shape[-1]
+  scale = jnp.maximum(jnp.trace(gram), jnp.finfo(gram.dtype).tiny)
   # An unreached exit gets the equation w = w^(-1/alpha), solved by 1, then weight 0.
-  g = gram + jnp.diag(jnp.where(reached, 0.0, 1.0)).astype(gram.dtype)
+  g = gram / scale + jnp.diag(jnp.where(reached, 0.0, 1.0)).astype(gram.dtype)
   power = -1.0 / alpha
-
-  def newton(_, w):
-    grad = g @ w - w ** power
-    hessian = g + jnp.diag(-power * w ** (power - 1.0))
-    direction = jnp.linalg.solve(hessian, grad)
-    decrement = jnp.sqrt(jnp.maximum(grad @ direction, 0.0))
-    step = 1.0 / (1.0 + decrement)
-    # Never leave the positive orthant: at most 90 % of the way to the boundary.
-    limit = jnp.min(jnp.where(direction > 0, w / jnp.where(direction > 0, direction, 1.0),
-                              jnp.inf))
-    return w - jnp.minimum(step, 0.9 * limit) * direction
-
-  w = jax.lax.fori_loop(0, iterations, newton, jnp.ones(k, gram.dtype))
-  return jnp.where(reached, w, 0.0)
+  start = jnp.diagonal(g) ** (-alpha / (1.0 + alpha))  # solves G_kk w_k = w_k^(-1/alpha)
+  w, residual, iterations = _newton(
+      g, lambda w: -power * w ** (power - 1.0), lambda w: g @ w - w ** power,
+      lambda w: jnp.max(jnp.abs((g @ w) * w ** (-power) - 1.0)), start, tol, max_iterations)
+  return _solution(jnp.where(reached, w * scale ** (-alpha / (1.0 + alpha)), 0.0), residual,
+                   iterations)
 
 
-def fairgrad(*, alpha: float = 1.0, iterations: int = 100, granularity: Granularity = 'exits',
-             axis_name: Optional[Hashable] = None, diagnostics: bool = False,
-             num_exits: Optional[int] = None) -> optax.GradientTransformationExtraArgs:
+def fairgrad(*, alpha: float = 1.0, tol: float = 1e-5, max_iterations: int = 100,
+             granularity: Granularity = 'exits', axis_name: Optional[Hashable] = None,
+             diagnostics: bool = False, num_exits: Optional[int] = None
+             ) -> optax.GradientTransformationExtraArgs:
   """FairGrad (Ban & Ji, *Fair Resource Allocation in Multi-Task Learning*, ICML 2024):
   alpha-fair weights, ``G w = w^(-1/alpha)`` (:func:`fairgrad_weights`; the
   authors solve it with ``scipy.optimize.least_squares``, we by damped Newton
-  on device). Larger ``alpha`` favours the exits that gain least.
+  on device, to ``tol``, default 1e-5, at most ``max_iterations``, default
+  100). Larger ``alpha`` favours the exits that gain least.
 
   Example:
 
@@ -813,9 +1174,9 @@ def fairgrad(*, alpha: float = 1.0, iterations: int = 100, granularity: Granular
   """
   if not alpha > 0:
     raise ValueError(f'fairgrad(alpha=...) must be positive, got {alpha!r}.')
-  return gram_weighting(lambda g: fairgrad_weights(g, alpha, iterations),
-                        granularity=granularity, axis_name=axis_name, diagnostics=diagnostics,
-                        num_exits=num_exits)
+  return gram_weighting(
+      lambda g: fairgrad_weights(g, alpha, tol=tol, max_iterations=max_iterations),
+      granularity=granularity, axis_name=axis_name, diagnostics=diagnostics, num_exits=num_exits)
 
 
 class GradVacState(NamedTuple):

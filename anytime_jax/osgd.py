@@ -62,7 +62,8 @@ def gram_schmidt_coefficients(gram: jax.Array, eps: float | jax.Array = 1e-5,
       norms = jnp.sum(cg * coeffs, axis=1)
       proj = (cg @ a) / jnp.where(norms > 0, norms, 1.0)
       a = a - (earlier * proj) @ coeffs
-    alive = a @ g @ a > eps * diag[k] + tiny
+    # Written so that NaN counts as alive: non-finite gradients propagate, never vanish.
+    alive = ~(a @ g @ a <= eps * diag[k] + tiny)
     return coeffs.at[k].set(jnp.where(alive, a, 0.0))
 
   coeffs = jax.lax.fori_loop(0, num_exits, step, jnp.zeros_like(g))
@@ -121,7 +122,7 @@ def gram_schmidt_vectors(rows: jax.Array, eps: float = 1e-5,
       for v in kept.values():
         norm = jnp.vdot(v, v)
         u = u - jnp.where(norm > 0, jnp.vdot(v, u) / jnp.where(norm > 0, norm, 1.0), 0.0) * v
-    alive = jnp.vdot(u, u) > eps * jnp.vdot(rows[k], rows[k]) + tiny
+    alive = ~(jnp.vdot(u, u) <= eps * jnp.vdot(rows[k], rows[k]) + tiny)  # NaN stays (as above)
     kept[k] = jnp.where(alive, u, 0.0)
   return jnp.stack([kept[k] for k in range(rows.shape[0])])
 
