@@ -15,13 +15,11 @@ import flax.linen as nn
 from flax import nnx
 
 from anytime_jax import nnx_support
-from anytime_jax.models.network import apply_stage, initial_carry, stage_variables
-from anytime_jax.staged import stage_output
+from anytime_jax.staged import first_carry, linen_num_stages, stage_output
 
 Model = Any
 """What the inference functions run: one of our linen networks (or any linen
-module whose ``stages`` keep their variables under ``stages_k``) with its
-``variables``; any NNX model holding its stages in ``model.stages``; or a
+module holding its stages in ``stages``) with its ``variables``; any NNX model holding its stages in ``model.stages``; or a
 sequence of plain stages ``stage(params_k, state_k, carry) -> (carry,
 logits_k, state_k)`` with their ``params`` (and keyword ``states``,
 ``shared`` as for :func:`anytime_jax.staged_jacobian`)."""
@@ -47,12 +45,7 @@ def _program(model: Model, args: tuple, states: Any, shared: Any) -> _Program:
                     f'for plain stages, got {len(args)} arguments after the model.')
   variables, x = args
   if isinstance(model, nn.Module):
-    if not hasattr(model, 'stages'):
-      raise TypeError(f'{type(model).__name__} has no stages: anytime inference runs linen '
-                      'networks built from stages (anytime_jax.models.create), NNX models with '
-                      'stages, or plain stage functions.')
-    return _Program(('linen', model), [stage_variables(variables, k)
-                                       for k in range(len(model.stages))], x)
+    return _Program(('linen', model), [variables] * linen_num_stages(model, variables), x)
   if not isinstance(model, Sequence) or not all(callable(s) for s in model):
     raise TypeError(f'cannot run {type(model).__name__} as an anytime network: pass a linen '
                     'network and its variables, an NNX model with stages, or a sequence of '
@@ -79,7 +72,7 @@ def _stage(key: tuple, k: int):
   kind = key[0]
   if kind == 'linen':
     def fn(v, carry):
-      carry, logits, _ = apply_stage(key[1], v, k, carry)
+      carry, logits = key[1].apply(v, carry, method=lambda m, c: m.stages[k](c, train=False))
       return carry, _logits(logits, k)
   elif kind == 'nnx':
     def fn(v, carry):
@@ -98,7 +91,7 @@ def _stage(key: tuple, k: int):
 
 
 def _first_carry(key: tuple, x: Any) -> Any:
-  return initial_carry(x) if key[0] == 'linen' else x
+  return first_carry(key[1], x) if key[0] == 'linen' else x
 
 
 def iterate_exits(model: Model, *args: Any, states: Any = None, shared: Any = None

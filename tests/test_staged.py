@@ -100,7 +100,7 @@ def test_custom_loss_fn():
 
 def test_staged_rejects_variables_without_params():
   network, variables, x, y = _setup('branched')
-  with pytest.raises(ValueError, match='lack params for stage 0'):
+  with pytest.raises(ValueError, match="variables lack 'params'"):
     aj.staged_exit_jacobian(network, {'batch_stats': variables['batch_stats']}, x, y)
 
 

@@ -120,6 +120,65 @@ def test_linen_modules_in_plain_stages_with_a_shared_head():
   assert not np.allclose(with_dropout[0], with_dropout[2])
 
 
+# A linen module whose stages call one head and one embedding defined in setup, with batch
+# norm and dropout: one parameter each, found from the computation.
+
+class LinenStage(nn.Module):
+  embed: nn.Module
+  head: nn.Module
+
+  @nn.compact
+  def __call__(self, h, train):
+    h = nn.BatchNorm(use_running_average=not train)(nn.Dense(D)(self.embed(h)))
+    h = nn.Dropout(0.5, deterministic=not train)(jnp.tanh(h))
+    return h, self.head(h)
+
+
+class LinenNet(nn.Module):
+  def setup(self):
+    self.embed, self.head = nn.Dense(D), nn.Dense(C)
+    self.stages = [LinenStage(self.embed, self.head) for _ in range(K)]
+
+  def __call__(self, x, train=False):
+    logits = []
+    for stage in self.stages:
+      x, out = stage(x, train)
+      logits.append(out)
+    return jnp.stack(logits)
+
+
+@pytest.mark.parametrize('train', [False, True])
+def test_linen_module_with_shared_submodules(train):
+  network = LinenNet()
+  variables = network.init(jax.random.key(0), X)
+  assert set(variables['params']) == {'embed', 'head', 'stages_0', 'stages_1', 'stages_2'}
+  rng = jax.random.key(3) if train else None
+
+  def whole(params):  # the stages composed, differentiated as one function
+    v, h, losses = {**variables, 'params': params}, X, []
+    for k in range(K):
+      rngs = None if rng is None else {'dropout': jax.random.fold_in(rng, k)}
+      method = lambda m, c, k=k: m.stages[k](c, train)
+      if train:
+        (h, logits), new = network.apply(v, h, method=method, rngs=rngs, mutable=['batch_stats'])
+        v = {**v, **new}
+      else:
+        h, logits = network.apply(v, h, method=method)
+      losses.append(_exit_loss(k, logits))
+    return jnp.stack(losses), v['batch_stats']
+
+  grads, losses, aux = jax.jit(lambda v: aj.staged_exit_jacobian(network, v, X, Y, train=train,
+                                                                 rng=rng))(variables)
+  want, want_losses, want_stats = aj.exit_jacobian(whole, variables['params'], has_aux=True)
+  _close(grads, want)
+  _close(aux['batch_stats'], want_stats)
+  assert all(np.any(grads['head']['kernel'][k]) for k in range(K))
+  logits = jnp.stack(list(aj.iterate_exits(network, variables, X)))
+  np.testing.assert_allclose(logits, network.apply(variables, X), rtol=1e-5, atol=1e-6)
+  flops = aj.exit_flops(network, variables, X)
+  assert all(a < b for a, b in zip(flops, flops[1:]))
+
+
 # Equinox: stage modules and a shared head as filtered pytrees.
 
 class EqxStage(eqx.Module):
