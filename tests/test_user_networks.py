@@ -183,39 +183,49 @@ def test_linen_module_with_shared_submodules(train):
 
 class EqxStage(eqx.Module):
   linear: eqx.nn.Linear
+  dropout: eqx.nn.Dropout
 
-  def __call__(self, h, head):
+  def __call__(self, h, head, key):
     h = jnp.tanh(jax.vmap(self.linear)(h))
+    h = self.dropout(h, key=key, inference=key is None)
     return h, jax.vmap(head)(h)
 
 
-def test_equinox_stages_with_a_shared_head():
+@pytest.mark.parametrize('rng', [None, jax.random.key(5)])
+def test_equinox_stages_with_a_shared_head_dropout_and_state(rng):
   keys = jax.random.split(jax.random.key(0), K + 1)
-  modules = [EqxStage(eqx.nn.Linear(D, D, key=keys[k])) for k in range(K)]
+  modules = [EqxStage(eqx.nn.Linear(D, D, key=keys[k]), eqx.nn.Dropout(0.5)) for k in range(K)]
   head = eqx.nn.Linear(D, C, key=keys[K])
   params, statics = zip(*[eqx.partition(m, eqx.is_array) for m in modules])
   head_params, head_static = eqx.partition(head, eqx.is_array)
 
   def stage_k(k):
-    def stage(p, state, h, shared):
-      h, logits = eqx.combine(p, statics[k])(h, eqx.combine(shared, head_static))
-      return h, logits, state
+    def stage(p, state, h, shared, rng=None):  # state: a running mean of the activations
+      h, logits = eqx.combine(p, statics[k])(h, eqx.combine(shared, head_static), rng)
+      return h, logits, 0.9 * state + 0.1 * jnp.mean(h)
     return stage
 
   stages = [stage_k(k) for k in range(K)]
 
   def whole(ps):
     stage_params, shared = ps
-    h, losses = X, []
+    h, losses, states = X, [], []
     for k in range(K):
-      h, logits, _ = stages[k](stage_params[k], None, h, shared)
+      key = None if rng is None else jax.random.fold_in(rng, k)
+      h, logits, state = stages[k](stage_params[k], 0.0, h, shared, key)
       losses.append(_exit_loss(k, logits))
-    return jnp.stack(losses)
+      states.append(state)
+    return jnp.stack(losses), states
 
-  grads, _, _ = aj.staged_jacobian(stages, list(params), X, _exit_loss, shared=head_params)
-  _close(grads, aj.exit_jacobian(whole, (list(params), head_params)).grads)
-  logits = list(aj.iterate_exits(stages, list(params), X, shared=head_params))
+  grads, _, states = aj.staged_jacobian(stages, list(params), X, _exit_loss, [0.0] * K,
+                                        shared=head_params, rng=rng)
+  want, _, want_states = aj.exit_jacobian(whole, (list(params), head_params), has_aux=True)
+  _close(grads, want)
+  np.testing.assert_allclose(states, want_states, rtol=1e-6)
+  logits = list(aj.iterate_exits(stages, list(params), X, states=[0.0] * K, shared=head_params))
   assert [l.shape for l in logits] == [(B, C)] * K
+  flops = aj.exit_flops(stages, list(params), X, states=[0.0] * K, shared=head_params)
+  assert all(a < b for a, b in zip(flops, flops[1:]))
 
 
 # NNX: an early-exit network whose stages hold one embedding and one head, with dropout and
