@@ -55,7 +55,10 @@ class AnytimeNNX(nnx.Module):
       module = bridge.ToNNX(stage, rngs=rngs)
       bridge.lazy_init(module, carry)
       carry, _ = module(carry)
-      module.to_nnx__rngs = None  # our stages draw no randomness once initialized
+      if not getattr(stage, 'dropout', 0.0):
+        # Drawing no randomness, it needs no RNG state: keeps the model's state arrays only, so
+        # code that closes over them inside a trace (jax.grad of a merged copy) stays valid.
+        module.to_nnx__rngs = None
       stages.append(BridgedStage(module))
     self.stages = nnx.List(stages)
 

@@ -61,13 +61,14 @@ def create_train_state(network: AnytimeNetwork, tx: optax.GradientTransformation
 
 
 def summed_loss_gradient(network: AnytimeNetwork, variables: Any, x: jax.Array, y: jax.Array,
-                         *, reduction: Literal['sum', 'mean'] = 'sum') -> Gradients:
+                         *, reduction: Literal['sum', 'mean'] = 'sum',
+                         rng: Optional[jax.Array] = None) -> Gradients:
   """The ordinary gradient of the summed (or averaged) exit losses, in train mode.
 
   Returns :class:`anytime_jax.Gradients` ``(grads, losses [K], aux)`` with
   plain ``[*leaf.shape]`` gradients and ``aux`` the updated non-parameter
   collections: the summed-loss counterpart of
-  :func:`anytime_jax.staged_exit_jacobian`.
+  :func:`anytime_jax.staged_exit_jacobian`. ``rng`` is the dropout key.
 
   Example:
 
@@ -90,7 +91,7 @@ def summed_loss_gradient(network: AnytimeNetwork, variables: Any, x: jax.Array, 
     raise ValueError(f'reduction must be one of {REDUCTIONS}, got {reduction!r}.')
 
   def loss(params):
-    losses, rest = _train_losses(network, params, variables, x, y)
+    losses, rest = _train_losses(network, params, variables, x, y, rng)
     total = jnp.sum(losses) if reduction == 'sum' else jnp.mean(losses)
     return total, (losses, rest)
 
@@ -99,20 +100,23 @@ def summed_loss_gradient(network: AnytimeNetwork, variables: Any, x: jax.Array, 
 
 
 def _train_losses(network: AnytimeNetwork, params: Any, variables: Any, x: jax.Array,
-                  y: jax.Array) -> tuple[jax.Array, Any]:
+                  y: jax.Array, rng: Optional[jax.Array] = None) -> tuple[jax.Array, Any]:
   """``[K]`` exit losses in train mode and the updated non-parameter collections."""
   rest = {c: t for c, t in variables.items() if c != 'params'}
-  logits, new = network.apply({'params': params, **rest}, x, train=True, mutable=list(rest))
+  rngs = None if rng is None else {'dropout': rng}
+  logits, new = network.apply({'params': params, **rest}, x, train=True, mutable=list(rest),
+                              rngs=rngs)
   return exit_cross_entropy(logits, y), {**rest, **new}
 
 
 def vmapped_exit_jacobian(network: AnytimeNetwork, variables: Any, x: jax.Array,
-                          y: jax.Array) -> Gradients:
+                          y: jax.Array, rng: Optional[jax.Array] = None) -> Gradients:
   """Per-exit gradients by :func:`anytime_jax.exit_jacobian` (the plain vmap path).
 
-  Same contract as :func:`anytime_jax.staged_exit_jacobian` in train mode.
+  Same contract as :func:`anytime_jax.staged_exit_jacobian` in train mode;
+  ``rng`` is the whole network's dropout key.
   """
-  return exit_jacobian(lambda p: _train_losses(network, p, variables, x, y),
+  return exit_jacobian(lambda p: _train_losses(network, p, variables, x, y, rng),
                        variables['params'], has_aux=True)
 
 
@@ -135,6 +139,7 @@ def make_train_step(network: AnytimeNetwork, tx: optax.GradientTransformation, *
                     per_exit: bool = True, engine: Literal['staged', 'vmap'] = 'staged',
                     reduction: Literal['sum', 'mean'] = 'sum',
                     distillation: Optional[Distillation] = None,
+                    dropout_key: Optional[jax.Array] = None,
                     ) -> Callable[[TrainState, jax.Array, jax.Array], tuple[TrainState, Metrics]]:
   """Builds ``step(state, x, y) -> (state, metrics)``, to be jitted by the caller.
 
@@ -154,6 +159,9 @@ def make_train_step(network: AnytimeNetwork, tx: optax.GradientTransformation, *
       statistics discarded); per-exit gradients from the staged engine only,
       so it composes with every combination (``aj.sum_exits()`` for the summed
       losses).
+    dropout_key: for networks with dropout: step t draws from
+      ``fold_in(dropout_key, t)``, so a resumed run draws what it would have
+      (the staged engine folds in the stage too; each engine its own masks).
 
   Returns:
     The step function; metrics hold ``loss`` (sum of exit losses, distillation
@@ -183,22 +191,24 @@ def make_train_step(network: AnytimeNetwork, tx: optax.GradientTransformation, *
                      '(per_exit=True, engine="staged"); for the summed losses use '
                      'tx = optax.chain(aj.sum_exits(), ...).')
 
-  def gradients(params, batch_stats, x, y):
+  def gradients(params, batch_stats, x, y, rng):
     variables = {'params': params, 'batch_stats': batch_stats}
     if not per_exit:
-      return summed_loss_gradient(network, variables, x, y, reduction=reduction)
+      return summed_loss_gradient(network, variables, x, y, reduction=reduction, rng=rng)
     if distillation is not None:
-      logits, _ = network.apply(variables, x, train=True, mutable=['batch_stats'])
+      rngs = None if rng is None else {'dropout': jax.random.fold_in(rng, -1)}
+      logits, _ = network.apply(variables, x, train=True, mutable=['batch_stats'], rngs=rngs)
       loss_fn = functools.partial(distillation_loss, weight=distillation.weight,
                                   temperature=distillation.temperature)
       return staged_exit_jacobian(network, variables, x, (y, logits[-1]), train=True,
-                                  loss_fn=loss_fn)
+                                  loss_fn=loss_fn, rng=rng)
     if engine == 'staged':
-      return staged_exit_jacobian(network, variables, x, y, train=True)
-    return vmapped_exit_jacobian(network, variables, x, y)
+      return staged_exit_jacobian(network, variables, x, y, train=True, rng=rng)
+    return vmapped_exit_jacobian(network, variables, x, y, rng)
 
   def step(state: TrainState, x: jax.Array, y: jax.Array):
-    grads, exit_losses, rest = gradients(state.params, state.batch_stats, x, y)
+    rng = None if dropout_key is None else jax.random.fold_in(dropout_key, state.step)
+    grads, exit_losses, rest = gradients(state.params, state.batch_stats, x, y, rng)
     # Per-exit transformations that weight by loss (AdaLoss) read the losses.
     extra = {'losses': exit_losses} if per_exit else {}
     updates, opt_state = tx.update(grads, state.opt_state, state.params, **extra)

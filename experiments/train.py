@@ -54,6 +54,7 @@ class Config:
   num_exits: int = 4
   width: Optional[int] = None
   growth: Optional[str] = None  # independent networks: 'width' (default), 'depth' or 'both'
+  dropout: float = 0.0  # --model vit only
   dtype: str = 'float32'  # computation: 'float32' or 'bfloat16' (parameters stay float32)
   gradient_equilibrium: bool = False  # Li et al. 2019, before the combination
   distillation: float = 0.0  # weight of distillation from the last exit (0: off)
@@ -104,6 +105,8 @@ def parse_args(argv=None):
   p.add_argument('--growth', default=None, choices=('width', 'depth', 'both'),
                  help="how the independent networks grow (--model independent; default 'width'); "
                  "--model vit: 'width' nests its streams (default: branched)")
+  p.add_argument('--dropout', type=float, default=defaults.dropout,
+                 help='--model vit: dropout rate after the embedding, attention and MLP')
   p.add_argument('--validation_size', type=int, default=defaults.validation_size,
                  help='training examples held out to calibrate early exit (capped at 10%%)')
   p.add_argument('--train_size', type=int, default=None,
@@ -160,6 +163,10 @@ def parse_args(argv=None):
     args.profile_steps = (first, last)
   if args.image_size is not None and args.image_size < 8:
     raise SystemExit(f'error: --image_size must be at least 8, got {args.image_size}')
+  if args.dropout and args.model != 'vit':
+    raise SystemExit(f'error: --dropout is an option of --model vit, not of {args.model}')
+  if not 0 <= args.dropout < 1:
+    raise SystemExit(f'error: --dropout must be in [0, 1), got {args.dropout}')
   if args.eval_every < 0:
     raise SystemExit(f'error: --eval_every must be 0 or positive, got {args.eval_every}')
   if not args.learning_rate > 0:
@@ -330,6 +337,8 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *,
   options = {} if config.model == 'vit' else models.input_options(dataset.image_shape)
   if config.growth is not None:
     options['growth'] = config.growth
+  if config.dropout:
+    options['dropout'] = config.dropout
   network = models.create(config.model, num_classes=dataset.num_classes,
                           num_exits=config.num_exits, width=config.width,
                           dtype=DTYPES[config.dtype], **options)
@@ -339,9 +348,11 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *,
                          replicated)
   distillation = (aj.Distillation(config.distillation, config.distillation_temperature)
                   if config.distillation > 0 else None)
+  # Apart from the initialization's key; each step folds in its number, so a resumed run repeats.
+  dropout_key = jax.random.fold_in(jax.random.key(config.seed), 1) if config.dropout else None
   train_step = jax.jit(aj.make_train_step(network, tx, per_exit=per_exit,
                                           reduction=optimizers.reduction(config.optimizer),
-                                          distillation=distillation),
+                                          distillation=distillation, dropout_key=dropout_key),
                        donate_argnums=0)
   eval_step = jax.jit(
       lambda s, x, y: (network.apply({'params': s.params, 'batch_stats': s.batch_stats}, x), y),

@@ -193,11 +193,18 @@ def test_a_damaged_latest_checkpoint_is_skipped_and_said(tmp_path, data_dir):
     ('--epochs', '0', '--epochs must be a positive integer'),
     ('--batch_size', '-3', '--batch_size must be a positive integer'),
     ('--learning_rate', '-1', '--learning_rate must be positive'),
+    ('--dropout', '0.1', '--dropout is an option of --model vit, not of nested_width'),
 ])
 def test_bad_flags_are_rejected_with_the_valid_values(flag, value, expected):
   with pytest.raises(SystemExit) as e:
     train.parse_args([flag, value])
   assert expected in str(e.value.code)
+
+
+def test_dropout_needs_a_rate_below_one():
+  with pytest.raises(SystemExit, match=r'--dropout must be in \[0, 1\)'):
+    train.parse_args(['--model', 'vit', '--dropout', '1.0'])
+  assert train.parse_args(['--model', 'vit', '--dropout', '0.1'])[0].dropout == 0.1
 
 
 def test_missing_dataset_message(tmp_path):

@@ -102,6 +102,35 @@ def test_dropout_follows_the_key_in_train_mode_only():
   assert not np.allclose(g0.losses, g1.losses)
 
 
+@pytest.mark.parametrize('engine', ['staged', pytest.param('vmap', marks=pytest.mark.slow),
+                                    pytest.param('summed', marks=pytest.mark.slow)])
+def test_the_training_step_draws_dropout_from_its_key_and_step(engine):
+  network, variables = _setup('branched', dropout=0.25)
+  tx = optax.sgd(0.1) if engine == 'summed' else aj.osgd(0.1)
+  state = aj.TrainState(jnp.zeros((), jnp.int32), variables['params'], {}, tx.init(
+      variables['params']))
+  options = {'per_exit': engine != 'summed', 'engine': 'vmap' if engine == 'vmap' else 'staged'}
+  step = {seed: jax.jit(aj.make_train_step(network, tx, dropout_key=jax.random.key(seed),
+                                           **options)) for seed in (0, 1)}
+  losses = [step[seed](state, X, Y)[1]['exit_losses'] for seed in (0, 0, 1)]
+  np.testing.assert_array_equal(losses[0], losses[1])
+  assert not np.allclose(losses[0], losses[2])
+  later = step[0](state._replace(step=jnp.ones((), jnp.int32)), X, Y)[1]['exit_losses']
+  assert not np.allclose(losses[0], later)  # each step its own masks
+
+
+def test_our_nnx_vit_trains_with_dropout():
+  from flax import nnx
+  model = aj.create_nnx('vit', num_classes=5, num_exits=3, width=4, num_heads=2, dropout=0.25,
+                        **VARIANTS['branched'], example=X, rngs=nnx.Rngs(0))
+  twin = nnx.clone(model)
+  step = nnx.jit(lambda m: aj.nnx_staged_exit_jacobian(m, X, Y).losses)
+  first = step(model)
+  np.testing.assert_array_equal(first, step(twin))  # the same Rngs state, the same masks
+  assert not np.allclose(first, step(model))  # the model's RNG counts moved on
+  np.testing.assert_array_equal(model(X), model(X))  # eval: no dropout
+
+
 @pytest.mark.parametrize('variant', ['branched_tied', 'width_tied'])
 def test_tied_head_gets_every_exits_gradient(variant):
   network, variables = _setup(variant)
