@@ -15,8 +15,17 @@ if it has none) and ``carry`` whatever later stages read (any pytree). Stages
 that draw randomness (dropout) also take a keyword ``rng``: pass ``rng=`` to
 :func:`staged_jacobian` and stage k receives ``jax.random.fold_in(rng, k)``.
 :func:`staged_jacobian` takes such stages; :func:`linen_stages` turns one of our
-networks (or any linen module built from ``Stage`` s) into them, and
-``anytime_jax.nnx_stages`` does the same for Flax NNX modules.
+networks into them, and ``anytime_jax.nnx_stages`` does the same for Flax NNX
+modules.
+
+Parameters several stages use (a tied head, a shared embedding) must get, for
+each exit, the sum of their uses by the stages it reaches. Underneath every
+front end, :func:`staged_walk` gives each stage all parameter leaves, reads
+from the stage's jaxpr which of them it uses and differentiates it with
+respect to those only, so such a parameter is one leaf with every use summed:
+whole linen modules (:func:`staged_exit_jacobian`) and NNX models
+(``anytime_jax.nnx_staged_exit_jacobian``) need nothing declared, plain stages
+declare them with ``shared=``.
 """
 
 from __future__ import annotations
