@@ -1119,12 +1119,14 @@ def config(*, granularity: Granularity = 'exits', axis_name: Optional[Hashable] 
 
 
 def fairgrad_weights(gram: jax.Array, alpha: Union[float, jax.Array] = 1.0, *,
-                     tol: float = 1e-5, max_iterations: int = 100) -> Solution:
+                     tol: float = 1e-5, max_iterations: int = 100, ridge: float = 1e-6
+                     ) -> Solution:
   """FairGrad's weights: ``w > 0`` with ``(G w)_k = w_k^(-1/alpha)`` for every k.
 
   As the authors' code, on the raw Gram matrix: the solution scales with the
   gradients, as ``w(s G) = s^(-alpha/(1+alpha)) w(G)``, so it is solved on the
-  trace-normalized ``G`` and scaled back. The equations are the stationarity
+  trace-normalized ``G`` (plus ``ridge * I``, so that a solution exists when
+  some exits' gradients cancel, as for Nash-MTL) and scaled back. The equations are the stationarity
   conditions of the convex ``w^T G w / 2 - sum_k h(w_k)`` with ``h'(w) =
   w^(-1/alpha)``: damped Newton steps (:func:`_newton`) from the solution for
   the diagonal of ``G``, kept positive. Exits that do not reach the group get
@@ -1136,6 +1138,7 @@ def fairgrad_weights(gram: jax.Array, alpha: Union[float, jax.Array] = 1.0, *,
     alpha: the fairness exponent (positive).
     tol: tolerance on the residual ``max_k |(G w)_k w_k^(1/alpha) - 1|``; default 1e-5.
     max_iterations: the safeguard on the Newton steps; default 100.
+    ridge: added to the trace-normalized ``G``'s diagonal; default 1e-6.
 
   Returns:
     A :class:`Solution` with the weights ``[K]``.
@@ -1143,7 +1146,7 @@ def fairgrad_weights(gram: jax.Array, alpha: Union[float, jax.Array] = 1.0, *,
   reached = _reached(gram)
   scale = jnp.maximum(jnp.trace(gram), jnp.finfo(gram.dtype).tiny)
   # An unreached exit gets the equation w = w^(-1/alpha), solved by 1, then weight 0.
-  g = gram / scale + jnp.diag(jnp.where(reached, 0.0, 1.0)).astype(gram.dtype)
+  g = gram / scale + jnp.diag(jnp.where(reached, ridge, 1.0)).astype(gram.dtype)
   power = -1.0 / alpha
   start = jnp.diagonal(g) ** (-alpha / (1.0 + alpha))  # solves G_kk w_k = w_k^(-1/alpha)
   w, residual, iterations = _newton(
@@ -1172,7 +1175,7 @@ def fairgrad(*, alpha: float = 1.0, tol: float = 1e-5, max_iterations: int = 100
   >>> np.asarray(updates['w']).round(4)  # weights 2.174, 1.496: (G w)_k = w_k^(-1/2)
   array([0.6782, 1.4958], dtype=float32)
   """
-  if not alpha > 0:
+  if isinstance(alpha, (int, float)) and not alpha > 0:  # (an injected alpha is an array)
     raise ValueError(f'fairgrad(alpha=...) must be positive, got {alpha!r}.')
   return gram_weighting(
       lambda g: fairgrad_weights(g, alpha, tol=tol, max_iterations=max_iterations),

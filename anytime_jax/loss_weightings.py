@@ -224,9 +224,10 @@ def dwa(*, num_exits: int, temperature: float = 2.0, decay: float = 0.0,
   >>> np.asarray(updates['w']).round(4)  # 2 softmax([0.5, 1]): 0.7551 g1 + 1.2449 g2
   array([-0.4898,  1.2449], dtype=float32)
   """
-  if not temperature > 0:
+  # Checked when given as numbers; optax.inject_hyperparams passes arrays.
+  if isinstance(temperature, (int, float)) and not temperature > 0:
     raise ValueError(f'dwa(temperature=...) must be positive, got {temperature!r}.')
-  if not 0.0 <= decay < 1.0:
+  if isinstance(decay, (int, float)) and not 0.0 <= decay < 1.0:
     raise ValueError(f'dwa(decay=...) must be in [0, 1), got {decay!r}.')
 
   def weighting(losses, state):

@@ -101,18 +101,21 @@ def cagrad_certificate(rows, weights, c=0.5):
   ``worst`` is the worst exit's improvement ``min_k <g_k, d>`` of the unscaled
   direction ``d = (1 + c^2) J' weights``; ``bound = F(w) >= max`` over the ball of
   that worst improvement (weak duality, ``w`` recovered from the weights), so
-  ``bound - worst >= 0`` is the suboptimality and ``worst > 0`` is descent.
+  ``bound - worst >= 0`` is the suboptimality and ``worst > 0`` is descent (over the
+  exits with a non-zero gradient).
   """
   rows = np.asarray(rows, np.float64)
   k = len(rows)
   mean = np.full(k, 1 / k)
   g0 = mean @ rows
   radius = c * np.linalg.norm(g0)
+  reached = np.linalg.norm(rows, axis=1) > 0  # an exit with a zero gradient cannot improve
   d = (1 + c ** 2) * (np.asarray(weights, np.float64) @ rows)
   lam_w = (1 + c ** 2) * np.asarray(weights, np.float64) - mean
   w = lam_w / lam_w.sum() if abs(lam_w.sum()) > 0 else mean
   g_w = w @ rows
-  return np.min(rows @ d), g0 @ g_w + radius * np.linalg.norm(g_w)
+  worst = np.min(rows[reached] @ d) if reached.any() else 0.0
+  return worst, g0 @ g_w + radius * np.linalg.norm(g_w)
 
 
 def cagrad_optimum(rows, c=0.5):
@@ -132,7 +135,7 @@ def cagrad_optimum(rows, c=0.5):
   phi = lambda s: value(simplex_qp(gram, s / radius * b, support))
   low, high = -30.0, np.log(np.sqrt(np.max(np.diag(gram)))) + 1
   ratio = (np.sqrt(5) - 1) / 2
-  for _ in range(120):
+  for _ in range(60):
     a, b_ = high - ratio * (high - low), low + ratio * (high - low)
     if phi(np.exp(a)) < phi(np.exp(b_)):
       high = b_

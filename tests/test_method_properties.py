@@ -5,6 +5,10 @@ rank-deficient, duplicated, opposed, zero and badly scaled exits (norm ratios up
 1 to 8, bfloat16) and checks every method against its own optimality condition in float64.
 """
 
+import functools
+import inspect
+import pathlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,6 +17,7 @@ import pytest
 
 import anytime_jax as aj
 from anytime_jax import combinations
+from experiments import optimizers
 from tests import reference
 
 
@@ -94,3 +99,261 @@ def test_issue36_accumulating_bfloat16_exit_gradients_with_float32_parameters():
   one, _ = aj.orthogonalize().update(jac, None, params)
   assert out['w'].dtype == one['w'].dtype
   np.testing.assert_allclose(np.asarray(out['w'], np.float32), np.asarray(one['w'], np.float32))
+
+
+# ----- the harness: every public combination and weighting, on hard exits -----
+
+FACTORIES = {
+    'sum': aj.sum_exits, 'mean': aj.mean_exits, 'osgd': aj.orthogonalize, 'pcgrad': aj.pcgrad,
+    'mgda': aj.mgda, 'upgrad': aj.upgrad, 'dualproj': aj.dualproj, 'cagrad': aj.cagrad,
+    'imtl_g': aj.imtl_g, 'aligned_mtl': aj.aligned_mtl, 'nash_mtl': aj.nash_mtl,
+    'gradvac': aj.gradvac, 'config': aj.config, 'fairgrad': aj.fairgrad, 'adaloss': aj.adaloss,
+    'uncertainty_weighting': aj.uncertainty_weighting, 'dwa': aj.dwa, 'famo': aj.famo,
+}
+NEEDS_NUM_EXITS = ('adaloss', 'gradvac', 'uncertainty_weighting', 'dwa', 'famo')
+# Public factories that are not combinations of their own (each is checked through the ones it
+# builds on): a user weighting's wrapper, OSGD chained with SGD, and SGD's tail.
+NOT_COMBINATIONS = {'gram_weighting', 'osgd', 'sgd_tail'}
+# The methods whose direction depends on the order of the exits (Gram-Schmidt's order, PCGrad's
+# and GradVac's random orders): no permutation equivariance.
+ORDERED = ('osgd', 'pcgrad', 'gradvac')
+# Directions that improve every exit whenever one exists (CAGrad: whenever one exists in its ball).
+DESCENT = ('mgda', 'upgrad', 'dualproj', 'imtl_g', 'nash_mtl', 'fairgrad', 'config', 'cagrad')
+FAMILIES = ('random', 'rank_deficient', 'duplicated', 'opposed', 'zero_rows', 'scaled')
+DIM = 6
+
+
+def _make(name, k, **options):
+  if name in NEEDS_NUM_EXITS:
+    options['num_exits'] = k
+  return FACTORIES[name](**options)
+
+
+def draw(rng, family, k):
+  """``[k, DIM]`` exit gradients of one hard family, in float64."""
+  rows = rng.normal(size=(k, DIM))
+  if k == 1:
+    return rows * (0.0 if family == 'zero_rows' else 10 ** rng.uniform(-3, 3))
+  if family == 'rank_deficient':  # K rows in a plane
+    rows = rng.normal(size=(k, 2)) @ rng.normal(size=(2, DIM))
+  elif family == 'duplicated':
+    rows[-1] = rows[0]
+  elif family == 'opposed':
+    rows[1] = -rng.uniform(0.5, 2.0) * rows[0]
+  elif family == 'zero_rows':
+    rows[rng.choice(k, size=max(1, k // 2), replace=False)] = 0.0
+  elif family == 'scaled':  # norm ratios up to 1e6
+    exponents = rng.uniform(0, 6, size=k)
+    exponents[rng.permutation(k)[:2]] = (0.0, 6.0)
+    rows *= 10 ** exponents[:, None]
+  return rows
+
+
+def draws(count, ks, seed):
+  """``count`` draws per family, K cycling through ``ks``: ``(family, rows)`` pairs."""
+  rng = np.random.default_rng(seed)
+  return [(family, draw(rng, family, ks[(i * len(FAMILIES) + j) % len(ks)]))
+          for i in range(count) for j, family in enumerate(FAMILIES)]
+
+
+def _jacobian(rows, dtype=jnp.float32):
+  """Two reached leaves and one that no exit reaches."""
+  rows = jnp.asarray(rows, dtype)
+  k = rows.shape[0]
+  return {'w': rows[:, :4].reshape(k, 2, 2), 'b': rows[:, 4:], 'unused': jnp.zeros((k, 3), dtype)}
+
+
+def _params():
+  return {'w': jnp.zeros((2, 2)), 'b': jnp.zeros(2), 'unused': jnp.zeros(3)}
+
+
+def _direction(out):
+  return np.concatenate([np.ravel(np.asarray(out['w'], np.float64)),
+                         np.asarray(out['b'], np.float64)])
+
+
+def _losses(k):
+  return jnp.linspace(1.0, 2.0, k)
+
+
+def _best_cosine(rows):
+  """How well MGDA's exact direction improves the worst exit: ``min_k cos(g_k, d*)`` over the
+  reached exits (positive iff a direction improving every exit exists)."""
+  norms = np.linalg.norm(rows, axis=1)
+  reached = norms > 0
+  if not reached.any():
+    return 0.0
+  d = reference.simplex_qp(rows @ rows.T, support=reached) @ rows
+  if np.linalg.norm(d) == 0:
+    return 0.0
+  return np.min(rows[reached] @ d / (norms[reached] * np.linalg.norm(d)))
+
+
+def check_optimality(name, rows, d):
+  """The method's own optimality condition, against an independent float64 reference."""
+  gram = rows @ rows.T
+  gram32 = jnp.asarray(gram, jnp.float32)
+  norms = np.linalg.norm(rows, axis=1)
+  reached = norms > 0
+  k = len(rows)
+  scale = np.linalg.norm(rows, axis=1).max()
+  if name in ('sum', 'mean'):
+    expected = rows.sum(0) / (1 if name == 'sum' else k)
+  elif name == 'osgd':
+    expected = reference.osgd_direction(rows)
+  elif name == 'mgda':
+    expected = reference.simplex_qp(gram, support=reached) @ rows
+  elif name == 'dualproj':
+    expected = reference.box_qp(gram, np.full(k, 1 / k)) @ rows
+  elif name == 'upgrad':
+    expected = np.mean([reference.box_qp(gram, e) for e in np.eye(k)], 0) @ rows
+  elif name == 'cagrad':
+    worst, _ = reference.cagrad_certificate(rows, np.linalg.lstsq(rows.T, d, rcond=None)[0])
+    best = reference.cagrad_optimum(rows)
+    if best > 0:  # some direction in its ball improves every exit
+      assert worst > 0, (worst, best)
+    # float32 weights resolve an exit's improvement to about 1e-7 |g_max|^2: the floor here.
+    assert worst >= best - 2e-2 * abs(best) - 1e-7 * scale ** 2, (worst, best)
+    return
+  elif name == 'nash_mtl':
+    solved = jax.jit(combinations.nash_mtl_weights)(gram32)
+    a = np.asarray(solved.weights, np.float64)
+    normalized = gram / max(np.linalg.norm(gram), 1e-300) + 1e-6 * np.eye(k)
+    residual = np.max(np.abs(a * (normalized @ a) - 1))
+    assert residual <= max(1e-3, 10 * float(solved.residual)), (residual, solved)
+    return
+  elif name == 'fairgrad':
+    solved = jax.jit(combinations.fairgrad_weights)(gram32, 2.0)
+    w = np.asarray(solved.weights, np.float64)
+    trace = max(np.trace(gram), 1e-300)  # the equation it solves: with a ridge of 1e-6 trace(G)
+    ratio = ((gram + 1e-6 * trace * np.eye(k)) @ w)[reached] * w[reached] ** 0.5
+    residual = np.max(np.abs(ratio - 1), initial=0.0)
+    assert residual <= max(1e-3, 10 * float(solved.residual)), (residual, solved)
+    return
+  elif name == 'imtl_g':
+    solved = jax.jit(combinations.imtl_g_weights)(gram32)
+    if not bool(solved.fallback) and np.linalg.matrix_rank(rows[reached], 1e-9 * scale) == reached.sum():
+      projections = (rows @ d)[reached] / norms[reached]
+      np.testing.assert_allclose(projections, projections.max(), rtol=1e-2)
+    return
+  elif name == 'config':
+    units = rows[reached] / norms[reached, None]
+    g_v = np.linalg.pinv(units, rcond=1e-6) @ np.ones(reached.sum()) if reached.any() else 0 * d
+    length = np.linalg.norm(g_v)
+    expected = (np.sum(rows @ g_v) * g_v / length ** 2) if length > 0 else 0 * d
+  elif name == 'pcgrad':
+    expected = None  # its random order: checked against the algorithm in test_combinations
+  else:
+    return  # the loss weightings, Aligned-MTL and GradVac: checked by hand in test_combinations
+  if expected is not None:
+    np.testing.assert_allclose(d, expected, rtol=2e-3, atol=2e-3 * np.abs(expected).max()
+                               + 1e-6 * scale)
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled(name, k):
+  """The method for K exits and its jitted update, compiled once per (method, K, dtype)."""
+  tx = _make(name, k)
+  return tx, jax.jit(tx.update)
+
+
+def check_method(name, family, rows, eager_too=False):
+  k = len(rows)
+  tx, update = _compiled(name, k)
+  params = _params()
+  jac = _jacobian(rows)
+  out, _ = update(jac, tx.init(params), params, losses=_losses(k))
+  d = _direction(out)
+  where = f'{name} on {family} (K={k}): {d}'
+  assert np.all(np.isfinite(d)), where
+  np.testing.assert_array_equal(out['unused'], 0.0, err_msg=where)  # no exit reaches it
+  if not np.any(rows):
+    np.testing.assert_array_equal(d, 0.0, err_msg=where)
+  check_optimality(name, rows, d)
+  if name in DESCENT and name != 'cagrad':  # CAGrad's descent: in check_optimality
+    norms = np.linalg.norm(rows, axis=1)
+    if _best_cosine(rows) > 1e-3:
+      cosines = (rows @ d)[norms > 0] / (norms[norms > 0] * np.linalg.norm(d))
+      assert np.all(cosines > -1e-4), (where, cosines)
+  if name not in ORDERED and k > 1:
+    order = np.random.default_rng(k).permutation(k)
+    permuted, _ = update(_jacobian(rows[order]), tx.init(params), params,
+                         losses=_losses(k)[order])
+    # Aligned-MTL drops G's eigenvalues below 1e-6 of the largest; at norm ratios near 1e3 and
+    # beyond, float32's eigh puts some of them on either side depending on the exits' order.
+    rtol = 5e-2 if name == 'aligned_mtl' and family == 'scaled' else 1e-3
+    np.testing.assert_allclose(_direction(permuted), d, rtol=rtol, atol=rtol * np.abs(d).max()
+                               + 1e-6 * np.abs(rows).max(), err_msg=where)
+  if eager_too:  # once per method: bfloat16 in and out, and the eager update equals the jitted
+    low, _ = update(_jacobian(rows, jnp.bfloat16), tx.init(params), params, losses=_losses(k))
+    assert all(leaf.dtype == jnp.bfloat16 for leaf in jax.tree.leaves(low)), where
+    assert np.all(np.isfinite(_direction(low))), where
+    eager, _ = tx.update(jac, tx.init(params), params, losses=_losses(k))
+    np.testing.assert_allclose(_direction(eager), d, rtol=1e-4, atol=1e-5 * np.abs(d).max()
+                               + 1e-6 * np.abs(rows).max(), err_msg=where)
+
+
+@pytest.mark.parametrize('name', FACTORIES)
+def test_every_method_on_hard_exits(name):
+  for i, (family, rows) in enumerate(draws(1, (1, 3, 8, 4, 2, 6), seed=0)):
+    check_method(name, family, rows, eager_too=i == 1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name', FACTORIES)
+def test_every_method_on_hard_exits_deeper(name):
+  for i, (family, rows) in enumerate(draws(6, tuple(range(1, 9)), seed=1)):
+    check_method(name, family, rows, eager_too=family == 'scaled' and i < 12)
+
+
+def test_every_public_combination_is_in_the_harness_the_trainer_and_the_api_reference():
+  public = {name for name in aj.__all__ if inspect.isfunction(getattr(aj, name))
+            and getattr(aj, name).__module__ in ('anytime_jax.combinations', 'anytime_jax.osgd',
+                                                  'anytime_jax.loss_weightings')
+            and 'GradientTransformation' in str(inspect.signature(getattr(aj, name))
+                                                .return_annotation)}
+  combinations_ = public - NOT_COMBINATIONS
+  assert combinations_ == {f.__name__ for f in FACTORIES.values()}
+  # The trainer runs the summed baselines as sum_exits / mean_exits when it needs per-exit
+  # gradients (optimizers.make); every other combination is in its registry.
+  trainer = {factory.__name__ for factory, _ in optimizers.PER_EXIT.values()}
+  assert combinations_ - trainer == {'sum_exits', 'mean_exits'}
+  api = (pathlib.Path(__file__).parent.parent / 'docs' / 'api.md').read_text()
+  assert not [name for name in public if f'\n   {name}\n' not in api]
+
+
+@pytest.mark.parametrize('name', FACTORIES)
+def test_a_jitted_update_keeps_the_state_and_inject_hyperparams_works(name):
+  k = 3
+  rows = draws(1, (k,), seed=3)[0][1]
+  tx = _make(name, k, diagnostics=True, num_exits=k)
+  params = _params()
+  state = tx.init(params)
+  _, after = jax.jit(tx.update)(_jacobian(rows), state, params, losses=_losses(k))
+  assert jax.tree.structure(after) == jax.tree.structure(state)
+  for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(after)):
+    assert (jnp.shape(a), jnp.result_type(a)) == (jnp.shape(b), jnp.result_type(b))
+  static = {'num_exits', 'diagnostics', 'seed', 'max_iterations'} & set(  # static by nature
+      inspect.signature(FACTORIES[name]).parameters)
+  injected = optax.inject_hyperparams(FACTORIES[name], static_args=tuple(static))(
+      **({'num_exits': k} if name in NEEDS_NUM_EXITS else {}))
+  out, _ = jax.jit(injected.update)(_jacobian(rows), injected.init(params), params,
+                                    losses=_losses(k))
+  plain, _ = _make(name, k).update(_jacobian(rows), _make(name, k).init(params), params,
+                                   losses=_losses(k))
+  np.testing.assert_allclose(_direction(out), _direction(plain), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize('name', FACTORIES)
+def test_accumulating_two_micro_batches_equals_their_mean(name):
+  k = 3
+  (_, first), (_, second) = draws(1, (k,), seed=4)[:2]
+  params = _params()
+  big = _make(name, k)
+  expected, _ = big.update(_jacobian((first + second) / 2), big.init(params), params,
+                           losses=_losses(k))
+  tx = aj.accumulate_exits(_make(name, k), every=2, num_exits=k)
+  state = tx.init(params)
+  for rows in (first, second):
+    out, state = tx.update(_jacobian(rows), state, params, losses=_losses(k))
+  np.testing.assert_allclose(_direction(out), _direction(expected), rtol=1e-4, atol=1e-5)
