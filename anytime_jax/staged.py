@@ -30,10 +30,12 @@ declare them with ``shared=``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable, Sequence
 from typing import Any, Optional
 
+import flax.errors
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -284,6 +286,16 @@ def linen_stages(network: AnytimeNetwork, variables: Any, *, train: bool = True
   return stages, params, states
 
 
+@contextlib.contextmanager
+def dropout_key_named(fix: str):
+  """Re-raises flax's missing-PRNG error with the argument that supplies the key."""
+  try:
+    yield
+  except flax.errors.InvalidRngError as e:
+    raise ValueError(f'the network draws randomness (dropout) but got no key: {fix}. '
+                     f'({e})') from e
+
+
 def first_carry(network: nn.Module, x: Any) -> Any:
   """What stage 0 of a linen network reads: our networks' carry dict, a user's ``x`` itself."""
   return initial_carry(x) if isinstance(network, AnytimeNetwork) else x
@@ -329,12 +341,13 @@ def linen_model_stages(network: nn.Module, variables: Any, *, train: bool,
         return stage_output(module.stages[k](c, train=train), f'stage {k}', 2,
                             'a linen stage maps a carry to (carry, logits [B, C])')
 
-      if train and state_now:
-        (carry, logits), updates = network.apply(v, carry, method=method, rngs=rngs,
-                                                 mutable=list(state_now))
-        return carry, logits, {**state_now, **updates}
-      carry, logits = network.apply(v, carry, method=method, rngs=rngs)
-      return carry, logits, state_now
+      with dropout_key_named('pass rng=key (in a training step: dropout_key=)'):
+        if train and state_now:
+          (carry, logits), updates = network.apply(v, carry, method=method, rngs=rngs,
+                                                   mutable=list(state_now))
+          return carry, logits, {**state_now, **updates}
+        carry, logits = network.apply(v, carry, method=method, rngs=rngs)
+        return carry, logits, state_now
     return run
 
   def rebuild(jac: list[jax.Array]) -> Any:

@@ -6,6 +6,7 @@ import functools
 from collections.abc import Callable
 from typing import Any, Literal, NamedTuple, Optional
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
@@ -13,8 +14,8 @@ import optax
 from anytime_jax.combinations import find_diagnostics
 from anytime_jax.jacobian import Gradients, exit_jacobian
 from anytime_jax.losses import Distillation, distillation_loss, exit_cross_entropy
-from anytime_jax.models.network import AnytimeNetwork, init_variables
-from anytime_jax.staged import staged_exit_jacobian
+from anytime_jax.models.network import init_variables
+from anytime_jax.staged import dropout_key_named, staged_exit_jacobian
 
 Metrics = dict[str, jax.Array]
 ENGINES = ('staged', 'vmap')
@@ -40,9 +41,15 @@ class TrainState(NamedTuple):
   opt_state: Any
 
 
-def create_train_state(network: AnytimeNetwork, tx: optax.GradientTransformation,
+def create_train_state(network: nn.Module, tx: optax.GradientTransformation,
                        rng: jax.Array, x: jax.Array) -> TrainState:
-  """Initializes variables from an example batch ``x`` ``[B, H, W, C]`` and the optimizer.
+  """Initializes variables from an example batch ``x`` and the optimizer.
+
+  ``network`` is one of ours or any linen anytime network: a module whose
+  ``__call__(x, train=False)`` returns the stacked exit logits ``[K, B, C]``
+  (``init`` runs it) and which holds its stages in ``stages`` (see
+  :func:`anytime_jax.staged_exit_jacobian`); ``x`` is an input batch (ours:
+  images ``[B, H, W, C]``).
 
   Example:
 
@@ -60,7 +67,7 @@ def create_train_state(network: AnytimeNetwork, tx: optax.GradientTransformation
                     tx.init(params))
 
 
-def summed_loss_gradient(network: AnytimeNetwork, variables: Any, x: jax.Array, y: jax.Array,
+def summed_loss_gradient(network: nn.Module, variables: Any, x: jax.Array, y: jax.Array,
                          *, reduction: Literal['sum', 'mean'] = 'sum',
                          rng: Optional[jax.Array] = None) -> Gradients:
   """The ordinary gradient of the summed (or averaged) exit losses, in train mode.
@@ -99,17 +106,18 @@ def summed_loss_gradient(network: AnytimeNetwork, variables: Any, x: jax.Array, 
   return Gradients(grads, losses, rest)
 
 
-def _train_losses(network: AnytimeNetwork, params: Any, variables: Any, x: jax.Array,
+def _train_losses(network: nn.Module, params: Any, variables: Any, x: jax.Array,
                   y: jax.Array, rng: Optional[jax.Array] = None) -> tuple[jax.Array, Any]:
   """``[K]`` exit losses in train mode and the updated non-parameter collections."""
   rest = {c: t for c, t in variables.items() if c != 'params'}
   rngs = None if rng is None else {'dropout': rng}
-  logits, new = network.apply({'params': params, **rest}, x, train=True, mutable=list(rest),
-                              rngs=rngs)
+  with dropout_key_named('pass make_train_step(..., dropout_key=key)'):
+    logits, new = network.apply({'params': params, **rest}, x, train=True, mutable=list(rest),
+                                rngs=rngs)
   return exit_cross_entropy(logits, y), {**rest, **new}
 
 
-def vmapped_exit_jacobian(network: AnytimeNetwork, variables: Any, x: jax.Array,
+def vmapped_exit_jacobian(network: nn.Module, variables: Any, x: jax.Array,
                           y: jax.Array, rng: Optional[jax.Array] = None) -> Gradients:
   """Per-exit gradients by :func:`anytime_jax.exit_jacobian` (the plain vmap path).
 
@@ -135,7 +143,7 @@ def _check_updates_fit(updates: Any, params: Any, per_exit: bool) -> None:
           f'{jax.tree_util.keystr(path)} of shape {jnp.shape(p)}: {hint}.')
 
 
-def make_train_step(network: AnytimeNetwork, tx: optax.GradientTransformation, *,
+def make_train_step(network: nn.Module, tx: optax.GradientTransformation, *,
                     per_exit: bool = True, engine: Literal['staged', 'vmap'] = 'staged',
                     reduction: Literal['sum', 'mean'] = 'sum',
                     distillation: Optional[Distillation] = None,
@@ -144,7 +152,8 @@ def make_train_step(network: AnytimeNetwork, tx: optax.GradientTransformation, *
   """Builds ``step(state, x, y) -> (state, metrics)``, to be jitted by the caller.
 
   Args:
-    network: the anytime network.
+    network: the anytime network: ours, or any linen module as described in
+      :func:`create_train_state`.
     tx: per-exit transformations (``per_exit=True``, e.g. :func:`anytime_jax.osgd`)
       take ``[K, ...]`` gradients; others (``optax.sgd``) take the gradient of
       the summed or averaged losses.
@@ -197,7 +206,8 @@ def make_train_step(network: AnytimeNetwork, tx: optax.GradientTransformation, *
       return summed_loss_gradient(network, variables, x, y, reduction=reduction, rng=rng)
     if distillation is not None:
       rngs = None if rng is None else {'dropout': jax.random.fold_in(rng, -1)}
-      logits, _ = network.apply(variables, x, train=True, mutable=['batch_stats'], rngs=rngs)
+      with dropout_key_named('pass make_train_step(..., dropout_key=key)'):
+        logits, _ = network.apply(variables, x, train=True, mutable=['batch_stats'], rngs=rngs)
       loss_fn = functools.partial(distillation_loss, weight=distillation.weight,
                                   temperature=distillation.temperature)
       return staged_exit_jacobian(network, variables, x, (y, logits[-1]), train=True,

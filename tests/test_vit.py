@@ -119,6 +119,17 @@ def test_the_training_step_draws_dropout_from_its_key_and_step(engine):
   assert not np.allclose(losses[0], later)  # each step its own masks
 
 
+def test_a_missing_dropout_key_names_the_argument():
+  network, variables = _setup('branched', dropout=0.25)
+  with pytest.raises(ValueError, match='got no key: pass rng=key'):
+    aj.staged_exit_jacobian(network, variables, X, Y)
+  state = aj.TrainState(jnp.zeros((), jnp.int32), variables['params'], {}, optax.sgd(0.1).init(
+      variables['params']))
+  step = aj.make_train_step(network, optax.sgd(0.1), per_exit=False)
+  with pytest.raises(ValueError, match=r'dropout_key=key'):
+    step(state, X, Y)
+
+
 def test_our_nnx_vit_trains_with_dropout():
   from flax import nnx
   model = aj.create_nnx('vit', num_classes=5, num_exits=3, width=4, num_heads=2, dropout=0.25,
