@@ -226,8 +226,10 @@ def nnx_model_stages(model: nnx.Module, *, train: Optional[bool] = None, stages:
       # Rebuilt inside the trace: a Variable made outside it cannot be mutated (RNG counts).
       merged = nnx.merge(graphdef, jax.tree.unflatten(params_def, full),
                          jax.tree.unflatten(rest_def, rest_now))
-      if train is not None:
-        merged.train() if train else merged.eval()
+      if train:
+        merged.train()
+      elif train is not None:
+        merged.eval()
       carry, logits = stage_call(getattr(merged, stages)[k](carry), f'stage {k}')
       return carry, logits, jax.tree.leaves(nnx.split(merged, nnx.Param, ...)[2])
     return run
