@@ -176,7 +176,20 @@ def parse_args(argv=None):
   return config, args
 
 
-def _split_validation(dataset: data.Dataset, size: int, seed: int,
+def build_network(config: Config, dataset: data.Dataset) -> models.AnytimeNetwork:
+  """The network ``config`` names, for ``dataset``'s images and classes."""
+  # ImageNet-sized images get a stem and four resolution levels (the ViT has no levels).
+  options = {} if config.model == 'vit' else models.input_options(dataset.image_shape)
+  if config.growth is not None:
+    options['growth'] = config.growth
+  if config.dropout:
+    options['dropout'] = config.dropout
+  return models.create(config.model, num_classes=dataset.num_classes,
+                       num_exits=config.num_exits, width=config.width,
+                       dtype=DTYPES[config.dtype], **options)
+
+
+def split_validation(dataset: data.Dataset, size: int, seed: int,
                       train_size: Optional[int] = None):
   """Holds out ``size`` training examples (fixed by the seed) as a validation split.
 
@@ -321,7 +334,7 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *,
                         workers=data_workers)
   except (data.DatasetUnavailableError, ValueError) as e:
     raise SystemExit(f'error: {e}') from None
-  dataset, validation = _split_validation(dataset, config.validation_size, config.seed,
+  dataset, validation = split_validation(dataset, config.validation_size, config.seed,
                                           config.train_size)
   augmentation = (config.augment if config.augment is not None else
                   config.dataset.startswith('cifar') or config.dataset not in data.DATASETS)
@@ -333,15 +346,7 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *,
                      f'{len(dataset.train)} training examples of {config.dataset}.')
   total_steps = steps_per_epoch * config.epochs
 
-  # ImageNet-sized images get a stem and four resolution levels (the ViT has no levels).
-  options = {} if config.model == 'vit' else models.input_options(dataset.image_shape)
-  if config.growth is not None:
-    options['growth'] = config.growth
-  if config.dropout:
-    options['dropout'] = config.dropout
-  network = models.create(config.model, num_classes=dataset.num_classes,
-                          num_exits=config.num_exits, width=config.width,
-                          dtype=DTYPES[config.dtype], **options)
+  network = build_network(config, dataset)
   tx, per_exit = optimizers.make(config.optimizer, config, total_steps, steps_per_epoch)
   example = jnp.zeros((1, *dataset.image_shape), jnp.float32)
   state = jax.device_put(aj.create_train_state(network, tx, jax.random.key(config.seed), example),

@@ -287,14 +287,14 @@ def test_validation_is_held_out_of_training_and_train_size_takes_from_the_rest()
   images = np.arange(n, dtype=np.uint8).reshape(n, 1, 1, 1)  # every image unique
   split = data.Split(images, np.arange(n, dtype=np.int32) % 10)
   dataset = data.Dataset('toy', split, split, 10, np.zeros(1, np.float32), np.ones(1, np.float32))
-  train_part, validation = train._split_validation(dataset, 15, seed=3)
+  train_part, validation = train.split_validation(dataset, 15, seed=3)
   ids = lambda s: set(s.images.ravel().tolist())
   assert len(validation) == 15 and len(train_part.train) == 185
   assert not ids(validation) & ids(train_part.train)
-  small, same_validation = train._split_validation(dataset, 15, seed=3, train_size=50)
+  small, same_validation = train.split_validation(dataset, 15, seed=3, train_size=50)
   assert len(small.train) == 50 and ids(small.train) <= ids(train_part.train)
   assert ids(same_validation) == ids(validation)  # train_size never moves the validation split
-  assert ids(train._split_validation(dataset, 15, seed=4)[1]) != ids(validation)
+  assert ids(train.split_validation(dataset, 15, seed=4)[1]) != ids(validation)
 
 
 def _free_port():
