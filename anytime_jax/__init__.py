@@ -69,6 +69,10 @@ from anytime_jax.training import TrainState
 from anytime_jax.training import create_train_state
 from anytime_jax.training import make_train_step
 from anytime_jax.training import summed_loss_gradient
+from anytime_jax.training import weighted_loss_gradient
+from anytime_jax.amortize import AmortizedState
+from anytime_jax.amortize import amortize
+from anytime_jax.amortize import find_amortized
 
 # Anytime inference.
 from anytime_jax.anytime import EarlyExit
@@ -139,6 +143,10 @@ __all__ = [
     'create_train_state',
     'make_train_step',
     'summed_loss_gradient',
+    'weighted_loss_gradient',
+    'AmortizedState',
+    'amortize',
+    'find_amortized',
     # Anytime inference.
     'EarlyExit',
     'budgeted_batch_curve',

@@ -11,11 +11,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from anytime_jax.amortize import find_amortized
 from anytime_jax.combinations import find_diagnostics
 from anytime_jax.jacobian import Gradients, exit_jacobian
 from anytime_jax.losses import Distillation, distillation_loss, exit_cross_entropy
 from anytime_jax.models.network import init_variables
-from anytime_jax.staged import dropout_key_named, staged_exit_jacobian
+from anytime_jax.staged import dropout_key_named, linen_num_stages, staged_exit_jacobian
 
 Metrics = dict[str, jax.Array]
 ENGINES = ('staged', 'vmap')
@@ -97,10 +98,26 @@ def summed_loss_gradient(network: nn.Module, variables: Any, x: jax.Array, y: ja
   if reduction not in REDUCTIONS:
     raise ValueError(f'reduction must be one of {REDUCTIONS}, got {reduction!r}.')
 
+  num_exits = linen_num_stages(network, variables)
+  weights = jnp.full((num_exits,), 1.0 if reduction == 'sum' else 1.0 / num_exits)
+  return weighted_loss_gradient(network, variables, x, y, weights, rng=rng)
+
+
+def weighted_loss_gradient(network: nn.Module, variables: Any, x: jax.Array, y: jax.Array,
+                           weights: jax.Array, *, rng: Optional[jax.Array] = None) -> Gradients:
+  """The gradient of ``sum_k weights[k] L_k``, in train mode: one backward pass.
+
+  With a ``'global'`` combination's weights it is the combination's update
+  (what :func:`anytime_jax.amortize` trains with between refreshes).
+
+  Returns :class:`anytime_jax.Gradients` ``(grads, losses [K], aux)`` as
+  :func:`summed_loss_gradient` does; ``weights`` ``[K]`` are not differentiated.
+  """
+  weights = jax.lax.stop_gradient(weights)
+
   def loss(params):
     losses, rest = _train_losses(network, params, variables, x, y, rng)
-    total = jnp.sum(losses) if reduction == 'sum' else jnp.mean(losses)
-    return total, (losses, rest)
+    return jnp.sum(weights.astype(losses.dtype) * losses), (losses, rest)
 
   grads, (losses, rest) = jax.grad(loss, has_aux=True)(variables['params'])
   return Gradients(grads, losses, rest)
@@ -216,13 +233,30 @@ def make_train_step(network: nn.Module, tx: optax.GradientTransformation, *,
       return staged_exit_jacobian(network, variables, x, y, train=True, rng=rng)
     return vmapped_exit_jacobian(network, variables, x, y, rng)
 
-  def step(state: TrainState, x: jax.Array, y: jax.Array):
-    rng = None if dropout_key is None else jax.random.fold_in(dropout_key, state.step)
-    grads, exit_losses, rest = gradients(state.params, state.batch_stats, x, y, rng)
+  def update(state, computed):
+    grads, exit_losses, rest = computed
     # Per-exit transformations that weight by loss (AdaLoss) read the losses.
     extra = {'losses': exit_losses} if per_exit else {}
     updates, opt_state = tx.update(grads, state.opt_state, state.params, **extra)
     _check_updates_fit(updates, state.params, per_exit)
+    return updates, opt_state, exit_losses, rest
+
+  def step(state: TrainState, x: jax.Array, y: jax.Array):
+    rng = None if dropout_key is None else jax.random.fold_in(dropout_key, state.step)
+    amortized = find_amortized(state.opt_state)
+    per_exit_update = lambda: update(state, gradients(state.params, state.batch_stats, x, y, rng))
+    if amortized is None:
+      updates, opt_state, exit_losses, rest = per_exit_update()
+    else:
+      if not per_exit or distillation is not None or engine != 'staged':
+        raise ValueError('an amortized combination (aj.amortize) needs per_exit=True and the '
+                         'staged engine, without distillation.')
+      variables = {'params': state.params, 'batch_stats': state.batch_stats}
+      # Both programs are compiled; the device picks one (no host round trip).
+      updates, opt_state, exit_losses, rest = jax.lax.cond(
+          amortized.refresh, per_exit_update,
+          lambda: update(state, weighted_loss_gradient(network, variables, x, y,
+                                                       amortized.weights, rng=rng)))
     params = optax.apply_updates(state.params, updates)
     metrics = {'loss': jnp.sum(exit_losses), 'exit_losses': exit_losses}
     diagnostics = find_diagnostics(opt_state)
