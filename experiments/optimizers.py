@@ -61,13 +61,23 @@ def make(name: str, config, total_steps: int, steps_per_epoch: int):
   ``config.gradient_equilibrium`` the per-exit gradients are rescaled first
   (:func:`anytime_jax.gradient_equilibrium`); it and ``config.distillation``
   need per-exit gradients, so the summed-loss baselines then run as
-  ``aj.sum_exits()`` / ``aj.mean_exits()`` (the same step).
+  ``aj.sum_exits()`` / ``aj.mean_exits()`` (the same step). With
+  ``config.refresh_every`` N > 1 a global combination's weights are refreshed
+  every N steps (:func:`anytime_jax.amortize`).
   """
   lr = schedule(config, total_steps, steps_per_epoch)
   tail = aj.sgd_tail(lr, momentum=config.momentum, weight_decay=config.weight_decay)
   per_exit_needed = config.gradient_equilibrium or config.distillation > 0
   if name in PER_EXIT:
     head = combination(name, config.num_exits)
+    if config.refresh_every > 1:
+      if PER_EXIT[name][1].get('granularity') != 'global' or per_exit_needed:
+        raise ValueError(f'--refresh_every needs a global combination (osgd_global, pcgrad, '
+                         f'mgda, ...) without --gradient_equilibrium or --distillation; got '
+                         f'{name}.')
+      head = aj.amortize(head, every=config.refresh_every, num_exits=config.num_exits)
+  elif config.refresh_every > 1:
+    raise ValueError(f'--refresh_every amortizes a combination\'s weights; {name} has none.')
   elif name in _SUMMED and per_exit_needed:
     head = aj.sum_exits() if _SUMMED[name] == 'sum' else aj.mean_exits()
   elif name in _SUMMED:

@@ -55,6 +55,7 @@ class Config:
   width: Optional[int] = None
   growth: Optional[str] = None  # independent networks: 'width' (default), 'depth' or 'both'
   dropout: float = 0.0  # --model vit only
+  refresh_every: int = 1  # a global combination's weights refreshed every N steps (aj.amortize)
   dtype: str = 'float32'  # computation: 'float32' or 'bfloat16' (parameters stay float32)
   gradient_equilibrium: bool = False  # Li et al. 2019, before the combination
   distillation: float = 0.0  # weight of distillation from the last exit (0: off)
@@ -105,6 +106,9 @@ def parse_args(argv=None):
   p.add_argument('--growth', default=None, choices=('width', 'depth', 'both'),
                  help="how the independent networks grow (--model independent; default 'width'); "
                  "--model vit: 'width' nests its streams (default: branched)")
+  p.add_argument('--refresh_every', type=int, default=defaults.refresh_every, metavar='N',
+                 help="refresh a global combination's weights every N steps and train on the "
+                 'weighted loss between (1: every step)')
   p.add_argument('--dropout', type=float, default=defaults.dropout,
                  help='--model vit: dropout rate after the embedding, attention and MLP')
   p.add_argument('--validation_size', type=int, default=defaults.validation_size,
@@ -148,7 +152,8 @@ def parse_args(argv=None):
   args = p.parse_args(argv)
   _choices('model', args.model, models.ARCHITECTURES)
   _choices('optimizer', args.optimizer, optimizers.OPTIMIZERS)
-  for name in ('epochs', 'batch_size', 'num_exits', 'checkpoint_every', 'log_every'):
+  for name in ('epochs', 'batch_size', 'num_exits', 'checkpoint_every', 'log_every',
+               'refresh_every'):
     if getattr(args, name) < 1:
       raise SystemExit(f'error: --{name} must be a positive integer, got {getattr(args, name)}')
   if args.train_size is not None and args.train_size < 1:
@@ -347,7 +352,10 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *,
   total_steps = steps_per_epoch * config.epochs
 
   network = build_network(config, dataset)
-  tx, per_exit = optimizers.make(config.optimizer, config, total_steps, steps_per_epoch)
+  try:
+    tx, per_exit = optimizers.make(config.optimizer, config, total_steps, steps_per_epoch)
+  except ValueError as e:
+    raise SystemExit(f'error: {e}') from None
   example = jnp.zeros((1, *dataset.image_shape), jnp.float32)
   state = jax.device_put(aj.create_train_state(network, tx, jax.random.key(config.seed), example),
                          replicated)

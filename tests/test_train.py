@@ -201,6 +201,22 @@ def test_bad_flags_are_rejected_with_the_valid_values(flag, value, expected):
   assert expected in str(e.value.code)
 
 
+@pytest.mark.slow
+def test_trains_with_amortized_weights(tmp_path, data_dir):
+  out = _train([*SMALL, '--optimizer', 'osgd_global', '--refresh_every', '4', '--epochs', '1',
+                '--data_dir', data_dir, '--workdir', str(tmp_path)])
+  exits = json.loads((tmp_path / 'results.json').read_text())['exits']
+  assert len(exits) == 3 and 'negative weight' in out.stdout + out.stderr
+
+
+def test_refresh_every_needs_a_global_combination(tmp_path, data_dir):
+  with pytest.raises(SystemExit, match='--refresh_every needs a global combination'):
+    train.main([*SMALL, '--optimizer', 'osgd', '--refresh_every', '4', '--data_dir', data_dir,
+                '--workdir', str(tmp_path)])
+  with pytest.raises(SystemExit, match='--refresh_every must be a positive integer'):
+    train.parse_args(['--refresh_every', '0'])
+
+
 def test_dropout_needs_a_rate_below_one():
   with pytest.raises(SystemExit, match=r'--dropout must be in \[0, 1\)'):
     train.parse_args(['--model', 'vit', '--dropout', '1.0'])
