@@ -1018,33 +1018,46 @@ def nash_mtl_weights(gram: jax.Array, *, tol: float = 1e-5, max_iterations: int 
                      ridge: float = 1e-6, max_weight: Optional[float] = None) -> Solution:
   """Nash-MTL's weights: ``a > 0`` with ``a_k (G a)_k = 1`` for every k.
 
-  ``G`` is normalized by its Frobenius norm (as in the authors' code) and given
-  a ridge ``ridge * I`` so that a solution exists for rank-deficient
-  gradients. The solution minimizes ``a^T G a / 2 - sum_k log a_k``, a
-  self-concordant function: damped Newton steps (:func:`_newton`, step
-  ``1 / (1 + decrement)``), which stay positive and converge quadratically
-  once close, from ``a_k = G_kk^-1/2``. Opposing exits drive the weights up
-  (about 1000 for two exactly opposed gradients), where float32 resolves the
-  equation only to about 1e-2: the solver then stops at ``max_iterations``
-  and reports the residual. ``max_weight`` caps each weight.
+  ``G`` is normalized by its Frobenius norm (as in the authors' code). The
+  direction ``J^T a`` does not change when one exit's gradient is rescaled
+  (its weight takes the inverse factor), so the equations are solved on the
+  unit-diagonal ``C = D^-1 G D^-1`` (``D`` the gradients' norms) and mapped
+  back, the same solution in exact arithmetic and one float32 resolves at any
+  ratio of gradient norms. ``C`` gets a ridge ``ridge * I``, so that a
+  solution exists for rank-deficient gradients; the ridge is thereby relative
+  to each exit's own squared norm. The solution minimizes ``a^T C a / 2 -
+  sum_k log a_k``, a self-concordant function: damped Newton steps
+  (:func:`_newton`, step ``1 / (1 + decrement)``), which stay positive and
+  converge quadratically once close, from ``a = 1``. Opposing exits drive the
+  weights up (about 1000 for two exactly opposed gradients), where float32
+  resolves the equation only to about 1e-2: the solver then stops at
+  ``max_iterations`` and reports the residual. ``max_weight`` caps each weight.
 
   Args:
     gram: ``[K, K]`` Gram matrix.
-    tol: tolerance on the residual ``max_k |a_k (G a)_k - 1|``; default 1e-5.
+    tol: tolerance on the residual ``max_k |a_k (C a)_k - 1|`` (ridge included);
+      default 1e-5.
     max_iterations: the safeguard on the Newton steps; default 50.
-    ridge: added to the normalized ``G``'s diagonal.
+    ridge: added to the unit-diagonal ``C``'s diagonal; default 1e-6.
     max_weight: caps each weight (after solving), if given.
 
   Returns:
     A :class:`Solution` with the weights ``[K]``.
   """
   k = gram.shape[-1]
-  g = gram / jnp.maximum(jnp.linalg.norm(gram), jnp.finfo(gram.dtype).tiny)
-  g = g + ridge * jnp.eye(k, dtype=g.dtype)
+  tiny = jnp.finfo(gram.dtype).tiny
+  unit, norms = _unit(gram)
+  reached = _reached(gram)
+  # An exit that does not reach the group gets the equation a^2 = 1, then weight 0.
+  c = unit / jnp.maximum(jnp.linalg.norm(unit), tiny) + jnp.diag(jnp.where(reached, ridge, 1.0))
   a, residual, iterations = _newton(
-      g, lambda a: 1.0 / a ** 2, lambda a: g @ a - 1.0 / a,
-      lambda a: jnp.max(jnp.abs(a * (g @ a) - 1.0)), 1.0 / jnp.sqrt(jnp.diagonal(g)), tol,
+      c, lambda a: 1.0 / a ** 2, lambda a: c @ a - 1.0 / a,
+      lambda a: jnp.max(jnp.abs(a * (c @ a) - 1.0)), jnp.ones(k, gram.dtype), tol,
       max_iterations)
+  # Back to G / |G|_F: a_G = D'^-1 a with D' = D sqrt(|C|_F / |G|_F).
+  scale = jnp.sqrt(jnp.maximum(jnp.linalg.norm(gram), tiny) / jnp.maximum(jnp.linalg.norm(unit),
+                                                                           tiny))
+  a = jnp.where(reached, a / norms * scale, 0.0)
   return _solution(a if max_weight is None else jnp.minimum(a, max_weight), residual, iterations)
 
 
@@ -1125,8 +1138,11 @@ def fairgrad_weights(gram: jax.Array, alpha: Union[float, jax.Array] = 1.0, *,
 
   As the authors' code, on the raw Gram matrix: the solution scales with the
   gradients, as ``w(s G) = s^(-alpha/(1+alpha)) w(G)``, so it is solved on the
-  trace-normalized ``G`` (plus ``ridge * I``, so that a solution exists when
-  some exits' gradients cancel, as for Nash-MTL) and scaled back. The equations are the stationarity
+  trace-normalized ``G`` (plus ``ridge`` times its diagonal, so that a solution
+  exists when some exits' gradients cancel; relative to each exit's own squared
+  norm, so that it never outweighs a short gradient) and scaled back. Solved
+  exactly, ``<g_k, d> = w_k^(-1/alpha) > 0``: the direction improves every
+  exit. The equations are the stationarity
   conditions of the convex ``w^T G w / 2 - sum_k h(w_k)`` with ``h'(w) =
   w^(-1/alpha)``: damped Newton steps (:func:`_newton`) from the solution for
   the diagonal of ``G``, kept positive. Exits that do not reach the group get
@@ -1136,9 +1152,10 @@ def fairgrad_weights(gram: jax.Array, alpha: Union[float, jax.Array] = 1.0, *,
   Args:
     gram: ``[K, K]`` Gram matrix.
     alpha: the fairness exponent (positive).
-    tol: tolerance on the residual ``max_k |(G w)_k w_k^(1/alpha) - 1|``; default 1e-5.
+    tol: tolerance on the residual ``max_k |(G w)_k w_k^(1/alpha) - 1|`` (ridge
+      included); default 1e-5.
     max_iterations: the safeguard on the Newton steps; default 100.
-    ridge: added to the trace-normalized ``G``'s diagonal; default 1e-6.
+    ridge: ``G``'s diagonal times ``ridge`` is added to it; default 1e-6.
 
   Returns:
     A :class:`Solution` with the weights ``[K]``.
@@ -1146,7 +1163,7 @@ def fairgrad_weights(gram: jax.Array, alpha: Union[float, jax.Array] = 1.0, *,
   reached = _reached(gram)
   scale = jnp.maximum(jnp.trace(gram), jnp.finfo(gram.dtype).tiny)
   # An unreached exit gets the equation w = w^(-1/alpha), solved by 1, then weight 0.
-  g = gram / scale + jnp.diag(jnp.where(reached, ridge, 1.0)).astype(gram.dtype)
+  g = gram / scale + jnp.diag(jnp.where(reached, ridge * jnp.diagonal(gram) / scale, 1.0))
   power = -1.0 / alpha
   start = jnp.diagonal(g) ** (-alpha / (1.0 + alpha))  # solves G_kk w_k = w_k^(-1/alpha)
   w, residual, iterations = _newton(
