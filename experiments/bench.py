@@ -3,7 +3,8 @@
   python -m experiments.bench [--models a,b] [--batch_size 64] [--repeats 15] [--json PATH]
   python -m experiments.bench --quick          # under a minute
   python -m experiments.bench --breakdown      # where a training step's time goes
-  python -m experiments.bench --methods        # every exit-gradient combination's cost
+  python -m experiments.bench --methods        # every exit-gradient combination's cost, and
+                                               # each iterative one against fixed iterations
 
 Every timing is the median over repetitions run round-robin (one of each path
 in turn, so that machine noise hits them alike), reported as a ratio to the
@@ -19,7 +20,9 @@ import os
 import json
 import pathlib
 import statistics
+import subprocess
 import time
+import types
 
 import jax
 import jax.numpy as jnp
@@ -273,21 +276,52 @@ def breakdown_model(name: str, batch_size: int, repeats: int, shape=(28, 28, 1),
   return {'model': name, 'batch_size': batch_size, 'pipeline': pipeline, 'parts': parts}
 
 
+# The methods whose weights come from an iterative solver (IMTL-G: its fallback), and the
+# last revision before their solvers stopped on a tolerance (issue #36): --methods times each
+# against its fixed-iteration self there, in the same run.
+ITERATIVE = ('mgda', 'upgrad', 'dualproj', 'cagrad', 'imtl_g', 'nash_mtl', 'fairgrad')
+FIXED_ITERATIONS_REVISION = '4dc87fd'
+
+
+def _combinations_at(revision: str):
+  """``anytime_jax.combinations`` as it was at a git revision (on today's Gram core), or None."""
+  root = pathlib.Path(__file__).resolve().parent.parent
+  try:
+    source = subprocess.run(['git', 'show', f'{revision}:anytime_jax/combinations.py'], cwd=root,
+                            capture_output=True, text=True, check=True).stdout
+  except (OSError, subprocess.CalledProcessError):
+    return None
+  module = types.ModuleType(f'combinations_at_{revision}')
+  exec(compile(source, f'{revision}:anytime_jax/combinations.py', 'exec'), module.__dict__)
+  return module
+
+
 def bench_methods(name: str, batch_size: int, repeats: int, shape=(28, 28, 1), width=None) -> dict:
-  """Each combination's update on one step's per-exit gradients, against computing them."""
+  """Each combination's update on one step's per-exit gradients, against computing them, and
+  each iterative one against its fixed-iteration version (``FIXED_ITERATIONS_REVISION``)."""
   network, x, y, variables = _example(name, batch_size, shape, width)
   staged = jax.jit(lambda v: staged_exit_jacobian(network, v, x, y))
   jac, losses, _ = staged(variables)
   params = variables['params']
   programs = {'per_exit_gradients': lambda: staged(variables)}
+  old = _combinations_at(FIXED_ITERATIONS_REVISION)
+
+  def program(head):
+    update = jax.jit(lambda j, s: head.update(j, s, params, losses=losses)[0])
+    return lambda s=head.init(params): update(jac, s)
+
   for method in optimizers.PER_EXIT:
-    head = optimizers.combination(method, network.num_exits)
-    update = jax.jit(lambda j, s, head=head: head.update(j, s, params, losses=losses)[0])
-    programs[method] = lambda u=update, s=head.init(params): u(jac, s)
+    programs[method] = program(optimizers.combination(method, network.num_exits))
+    if method in ITERATIVE and old is not None:
+      factory, options = optimizers.PER_EXIT[method]
+      programs[f'{method} (fixed)'] = program(getattr(old, factory.__name__)(
+          **options, num_exits=network.num_exits, diagnostics=True))
   t = _time_round_robin(programs, repeats)
   base = t.pop('per_exit_gradients')
   return {'model': name, 'batch_size': batch_size, 'per_exit_gradients': base,
-          'methods': {m: {'seconds': sec, 'over_gradients': sec / base} for m, sec in t.items()}}
+          'methods': {m: {'seconds': sec, 'over_gradients': sec / base,
+                          'over_fixed': sec / t[f'{m} (fixed)'] if f'{m} (fixed)' in t else None}
+                      for m, sec in t.items() if not m.endswith(' (fixed)')}}
 
 
 def bench_loop(name: str, batch_size: int, steps: int, data_dir: str,
@@ -374,10 +408,12 @@ def format_methods(rows: list[dict]) -> str:
   cells = []
   for r in rows:
     cells.append([r['model'], '(per-exit gradients)', f"{1e3 * r['per_exit_gradients']:.1f}",
-                  '100%'])
-    cells += [[r['model'], method, f"{1e3 * m['seconds']:.2f}", f"{100 * m['over_gradients']:.1f}%"]
+                  '100%', ''])
+    cells += [[r['model'], method, f"{1e3 * m['seconds']:.2f}", f"{100 * m['over_gradients']:.1f}%",
+               '' if m.get('over_fixed') is None else f"{m['over_fixed']:.2f}x"]
               for method, m in r['methods'].items()]
-  return _markdown(['model', 'method', 'update ms', '/ per-exit gradients'], cells)
+  return _markdown(['model', 'method', 'update ms', '/ per-exit gradients',
+                    f'/ fixed iterations ({FIXED_ITERATIONS_REVISION})'], cells)
 
 
 def format_breakdown(rows: list[dict]) -> str:
