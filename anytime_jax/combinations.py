@@ -480,11 +480,14 @@ def box_qp(gram: jax.Array, lower: jax.Array, *, tol: float = 1e-5,
   return _solution(u / norms, _box_residual(unit, u, bound), iterations)
 
 
-def project_to_simplex(v: jax.Array, support: Optional[jax.Array] = None) -> jax.Array:
+def project_to_simplex(v: jax.Array, support: Optional[jax.Array] = None,
+                       weights: Optional[jax.Array] = None) -> jax.Array:
   """Euclidean projection of ``v`` ``[K]`` onto the probability simplex (sort-based).
 
   With ``support`` (``[K]`` bool), onto the face of the simplex on those
   coordinates; the others come back zero, and an empty support gives zeros.
+  With ``weights`` (``[K]``, positive), onto ``{x >= 0, sum_k weights_k x_k = 1}``:
+  ``x = max(v - theta weights, 0)``, the breakpoints ``v_k / weights_k`` sorted.
 
   Example:
 
@@ -494,14 +497,15 @@ def project_to_simplex(v: jax.Array, support: Optional[jax.Array] = None) -> jax
   """
   if support is None:
     support = jnp.ones(v.shape, bool)
-  k = v.shape[-1]
-  u = jnp.sort(jnp.where(support, v, -jnp.inf))[::-1]
+  m = jnp.where(support, 1.0 if weights is None else weights, 1.0).astype(v.dtype)
+  order = jnp.argsort(-jnp.where(support, v / m, -jnp.inf))
   count = jnp.sum(support)
-  index = jnp.arange(1, k + 1)
-  cumulative = jnp.cumsum(jnp.where(index <= count, u, 0.0)) - 1.0
-  rho = jnp.maximum(jnp.sum((index <= count) & (u - cumulative / index > 0)), 1)
-  theta = cumulative[rho - 1] / rho.astype(v.dtype)
-  return jnp.where(support, jnp.maximum(v - theta, 0.0), 0.0)
+  inside = jnp.arange(1, v.shape[-1] + 1) <= count
+  ms, vs = m[order], v[order]
+  theta = ((jnp.cumsum(jnp.where(inside, ms * vs, 0.0)) - 1.0)
+           / jnp.maximum(jnp.cumsum(jnp.where(inside, ms * ms, 0.0)), jnp.finfo(v.dtype).tiny))
+  rho = jnp.maximum(jnp.sum(inside & (vs - theta * ms > 0)), 1)
+  return jnp.where(support, jnp.maximum(v - theta[rho - 1] * m, 0.0), 0.0)
 
 
 def _simplex_start(support: jax.Array) -> jax.Array:
@@ -530,7 +534,8 @@ def _simplex_qp(g: jax.Array, shift: jax.Array, support: jax.Array, tol: Union[f
                 max_iterations: int) -> tuple[jax.Array, jax.Array, jax.Array]:
   """``argmin |J^T (w + shift)|^2`` over the simplex face on ``support``; ``(w, residual,
   iterations)``. Exact (active sets on the unit-diagonal Gram matrix) up to
-  ``EXACT_BOX_QP_MAX_EXITS`` exits, accelerated projected gradient to ``tol`` beyond."""
+  ``EXACT_BOX_QP_MAX_EXITS`` exits, accelerated projected gradient to ``tol`` beyond (on the
+  same unit-diagonal matrix, projecting onto the simplex in its coordinates)."""
   if g.shape[-1] <= EXACT_BOX_QP_MAX_EXITS:
     unit, norms = _unit(g)
     inverse = jnp.where(support, 1.0 / norms, 0.0)  # w = D^-1 x: sum_k x_k / n_k = 1
@@ -541,12 +546,16 @@ def _simplex_qp(g: jax.Array, shift: jax.Array, support: jax.Array, tol: Union[f
     w = jnp.where(support, w, 0.0) / jnp.maximum(jnp.sum(jnp.where(support, w, 0.0)),
                                                  jnp.finfo(g.dtype).tiny)
     iterations: Any = jnp.zeros((), jnp.int32)
-  else:
-    step = 1.0 / jnp.maximum(jnp.trace(g), jnp.finfo(g.dtype).tiny)
-    w, _, iterations = _fista(lambda a: g @ (a + shift), lambda a: project_to_simplex(a, support),
-                              _simplex_start(support).astype(g.dtype), step,
-                              lambda a: _simplex_residual(g, a, shift, support), tol,
-                              max_iterations)
+  else:  # in x = D w, where the curvature is the unit-diagonal C: sum_k x_k / n_k = 1
+    unit, norms = _unit(g)
+    inverse = jnp.where(support, 1.0 / norms, 0.0)
+    step = 1.0 / jnp.maximum(jnp.sum(support), 1).astype(g.dtype)  # 1 / trace(C) <= 1 / L
+    x, _, iterations = _fista(
+        lambda x: unit @ x + (g @ shift) / norms,
+        lambda x: project_to_simplex(x, support, inverse),
+        _simplex_start(support).astype(g.dtype) * norms, step,
+        lambda x: _simplex_residual(g, x / norms, shift, support), tol, max_iterations)
+    w = x / norms
   return w, _simplex_residual(g, w, shift, support), iterations
 
 
@@ -559,7 +568,7 @@ def min_norm_weights(gram: jax.Array, *, tol: float = 1e-5, max_iterations: int 
   reaches gets zero weights. Up to ``EXACT_BOX_QP_MAX_EXITS`` exits the
   minimum is exact (every active set, solved on the unit-diagonal Gram matrix
   so that gradients of any relative scale are resolved); beyond, accelerated
-  projected gradient with restarts on the trace-normalized ``G`` (MGDA is
+  projected gradient with restarts on the same unit-diagonal matrix (MGDA is
   scale-invariant) until the residual is at most ``tol``, at most
   ``max_iterations`` steps.
 

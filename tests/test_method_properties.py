@@ -399,3 +399,21 @@ def test_accumulating_two_micro_batches_equals_their_mean(name):
   for rows in (first, second):
     out, state = tx.update(_jacobian(rows), state, params, losses=_losses(k))
   np.testing.assert_allclose(_direction(out), _direction(expected), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize('scale', [1.0, 1e3])
+def test_beyond_eight_exits_the_solvers_iterate_to_their_tolerance(scale):
+  rng = np.random.default_rng(6)
+  rows = rng.normal(size=(10, 16)) * scale ** rng.uniform(0, 1, size=(10, 1))
+  gram = jnp.asarray(rows @ rows.T, jnp.float32)
+  norms = np.linalg.norm(rows, axis=1)
+  for solved, tol in ((jax.jit(combinations.min_norm_weights)(gram), 1e-5),
+                      (jax.jit(combinations.box_qp)(gram, jnp.full(10, 0.1)), 1e-5),
+                      (jax.jit(combinations.cagrad_weights)(gram), 1e-4)):
+    assert 0 < int(solved.iterations) and float(solved.residual) <= tol, solved
+  a = np.asarray(combinations.min_norm_weights(gram).weights, np.float64)
+  d = a @ rows  # MGDA's KKT conditions in float64: <g_k, d> >= |d|^2 for every exit
+  assert np.min((rows @ d - d @ d) / (norms * np.linalg.norm(d))) > -2e-5
+  v = np.asarray(combinations.box_qp(gram, jnp.full(10, 0.1)).weights, np.float64)
+  np.testing.assert_allclose(v @ rows, reference.box_qp(rows @ rows.T, np.full(10, 0.1)) @ rows,
+                             rtol=1e-3, atol=1e-4 * np.abs(v @ rows).max())
