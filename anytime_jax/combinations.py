@@ -809,6 +809,10 @@ def cagrad_weights(gram: jax.Array, c: Union[float, jax.Array] = 0.5, *, tol: fl
       residual is the largest shortfall divided by ``|g_k| |d|``; default 1e-4.
     max_iterations: the safeguard on the bisections; default 64.
 
+  Where no direction of the ball improves every exit and the exits' hull holds
+  the origin, ``|g_w|`` can fall below what float32 resolves; the bisection
+  then stops at ``max_iterations`` short of the optimum, with a residual of 1.
+
   Returns:
     A :class:`Solution` with the weights ``[K]``.
   """
@@ -835,7 +839,9 @@ def cagrad_weights(gram: jax.Array, c: Union[float, jax.Array] = 0.5, *, tol: fl
     scale = norms * length
     ratio = jnp.where(scale > 0, jnp.maximum(value - rows, 0.0) / jnp.where(scale > 0, scale, 1.0),
                       0.0)
-    return jnp.where((radius > 0) & (norm_w > 0), jnp.max(jnp.where(support, ratio, 0.0)), 0.0)
+    # g_w = 0 (to float32) leaves d's direction open: not certified, so report 1 rather than 0.
+    shortfall = jnp.where(norm_w > 0, jnp.max(jnp.where(support, ratio, 0.0)), 1.0)
+    return jnp.where(radius > 0, shortfall, 0.0)
 
   def bisect(carry):
     low, high, _ = carry
