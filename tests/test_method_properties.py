@@ -351,9 +351,17 @@ def test_every_public_combination_is_in_the_harness_the_trainer_and_the_api_refe
 
 
 @pytest.mark.parametrize('name', FACTORIES)
-def test_non_finite_gradients_propagate_under_every_granularity(name):
+def test_zero_in_zero_out_and_non_finite_gradients_propagate_under_every_granularity(name):
   rows = draws(1, (3,), seed=5)[0][1]
   params = _params()
+  for granularity in ('exits', 'leaf', 'global'):
+    tx = _make(name, 3, granularity=granularity)
+    for given in (rows, 0 * rows):
+      out, _ = tx.update(_jacobian(given), tx.init(params), params, losses=_losses(3))
+      assert np.all(np.isfinite(_direction(out))), (granularity, out)
+      np.testing.assert_array_equal(out['unused'], 0.0)
+      if not np.any(given):
+        np.testing.assert_array_equal(_direction(out), 0.0)
   for bad in (np.nan, np.inf):
     rows[1, 0] = bad
     for granularity in ('exits', 'leaf', 'global'):
