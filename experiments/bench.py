@@ -399,6 +399,59 @@ def format_loop(rows: list[dict]) -> str:
                     for r in rows for what, rate in r['images_per_second'].items()])
 
 
+AMORTIZE_EVERY = (1, 4, 8, 16)
+PERIOD = 16  # steps per timed call: whole periods for every N in AMORTIZE_EVERY
+
+
+def bench_amortized(name: str, batch_size: int, repeats: int, shape=(28, 28, 1),
+                    width=None) -> dict:
+  """OSGD's step with its weights refreshed every N steps (``aj.amortize``), over SGD's step.
+
+  Every timed call runs ``PERIOD`` steps from the same state, so each N's refreshes and weighted
+  steps are averaged as training meets them; ``osgd_global`` is the unamortized method. The
+  host's step count picks each step's program (``refresh=``); ``every_8_cond`` lets
+  ``lax.cond`` pick on the device instead.
+  """
+  network, x, y, _ = _example(name, batch_size, shape, width)
+  num_exits = network.num_exits
+
+  def osgd_global():
+    return aj.orthogonalize(granularity='global', diagnostics=True, num_exits=num_exits)
+
+  def steps_of(head, per_exit=True, every=None):
+    tx = aj.sgd_tail(0.1) if head is None else optax.chain(head, aj.sgd_tail(0.1))
+    step = jax.jit(make_train_step(network, tx, per_exit=per_exit), static_argnames='refresh')
+    start = create_train_state(network, tx, jax.random.key(0), x)
+
+    def run():
+      state = start
+      for i in range(PERIOD):
+        state, _ = step(state, x, y, **({} if every is None else {'refresh': i % every == 0}))
+      return state.params
+    return run
+
+  fns = {'sgd': steps_of(None, per_exit=False), 'osgd_global': steps_of(osgd_global())}
+  for every in AMORTIZE_EVERY:
+    fns[f'every_{every}'] = steps_of(aj.amortize(osgd_global(), every=every, num_exits=num_exits),
+                                     every=every)
+  # The same with the choice made on the device by lax.cond: one program, no host counter.
+  fns['every_8_cond'] = steps_of(aj.amortize(osgd_global(), every=8, num_exits=num_exits))
+  seconds = _time_round_robin(fns, repeats)
+  return {'model': name, 'batch_size': batch_size,
+          'step_seconds': {k: t / PERIOD for k, t in seconds.items()},
+          'ratio': {k: t / seconds['sgd'] for k, t in seconds.items() if k != 'sgd'}}
+
+
+def format_amortized(rows: list[dict]) -> str:
+  header = ['model', 'SGD step ms', 'OSGD global / SGD',
+            *[f'refresh every {n} / SGD' for n in AMORTIZE_EVERY], 'every 8 by lax.cond / SGD']
+  return _markdown(header, [[r['model'], f"{1e3 * r['step_seconds']['sgd']:.1f}",
+                             f"{r['ratio']['osgd_global']:.2f}x",
+                             *[f"{r['ratio'][f'every_{n}']:.2f}x" for n in AMORTIZE_EVERY],
+                             f"{r['ratio']['every_8_cond']:.2f}x"]
+                            for r in rows])
+
+
 def _markdown(header: list[str], rows: list[list[str]]) -> str:
   lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
   return '\n'.join(lines + ['| ' + ' | '.join(row) + ' |' for row in rows])
@@ -461,6 +514,8 @@ def main(argv=None):
                       help='also a network written as plain JAX stages (the generic engine)')
   parser.add_argument('--methods', action='store_true',
                       help='the cost of every exit-gradient combination\'s update')
+  parser.add_argument('--amortized', action='store_true',
+                      help="OSGD's step with its weights refreshed every N steps, over SGD's")
   parser.add_argument('--loop', action='store_true',
                       help='images per second of experiments.train\'s loop against the bare step')
   parser.add_argument('--steps', type=int, default=60, help='--loop: steps per timed epoch')
@@ -494,6 +549,9 @@ def main(argv=None):
   elif args.methods:
     measure = lambda name: bench_methods(name, args.batch_size, args.repeats, width=args.width)
     fmt, rows_per_model = format_methods, 1 + len(optimizers.PER_EXIT)
+  elif args.amortized:
+    measure = lambda name: bench_amortized(name, args.batch_size, args.repeats, width=args.width)
+    fmt, rows_per_model = format_amortized, 1
   elif args.breakdown:
     measure = lambda name: breakdown_model(name, args.batch_size, args.repeats, width=args.width)
     fmt, rows_per_model = format_breakdown, len(conv.WEIGHT_GRADIENTS)

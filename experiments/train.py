@@ -366,7 +366,7 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *,
   train_step = jax.jit(aj.make_train_step(network, tx, per_exit=per_exit,
                                           reduction=optimizers.reduction(config.optimizer),
                                           distillation=distillation, dropout_key=dropout_key),
-                       donate_argnums=0)
+                       donate_argnums=0, static_argnames='refresh')
   eval_step = jax.jit(
       lambda s, x, y: (network.apply({'params': s.params, 'batch_stats': s.batch_stats}, x), y),
       out_shardings=replicated)
@@ -403,7 +403,10 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *,
         # the host dispatches the next steps ahead. The guard turns a stray read into an error.
         with jax.transfer_guard_device_to_host('disallow'):
           profiler.at(step)
-          state, metrics = train_step(state, images, labels)
+          # Amortized weights: this loop's own count picks the program (CPUs run lax.cond slowly).
+          refresh = ({} if config.refresh_every == 1 else
+                     {'refresh': step % config.refresh_every == 0})
+          state, metrics = train_step(state, images, labels, **refresh)
         step += 1
         images_seen += config.batch_size
         pending.append((step, metrics))

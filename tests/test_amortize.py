@@ -123,3 +123,16 @@ def test_bad_use_is_refused():
   with pytest.raises(ValueError, match='staged engine'):
     step(_state(optax.chain(aj.amortize(_osgd_global(), every=2, num_exits=K), optax.sgd(0.1))),
          X, Y)
+
+
+def test_the_callers_step_count_picks_the_same_steps_as_the_device():
+  network, _ = _network()
+  tx = optax.chain(aj.amortize(_osgd_global(), every=2, num_exits=K), optax.sgd(0.1))
+  _, by_device = _run(tx, 5)
+  step = jax.jit(aj.make_train_step(network, tx), static_argnames='refresh')
+  state = _state(tx)
+  for i in range(5):
+    state, _ = step(state, X, Y, refresh=i % 2 == 0)
+  for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(by_device[-1].params)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+  assert step._cache_size() == 2  # two programs, chosen on the host without reading the device
