@@ -540,7 +540,9 @@ def main(argv=None):
   print(f'{jax.devices()[0].platform} x{jax.device_count()}, jax {jax.__version__}; '
         f'batch {args.batch_size}; ' + (
             f'{args.steps} timed steps per row, compared in the same run' if args.loop else
-            f'median of {args.repeats}; ratios to the summed-loss gradient in the same run'),
+            f'median of {args.repeats}; ratios to ' + (
+                "SGD's step" if args.amortized else 'the summed-loss gradient') +
+            ' in the same run'),
         flush=True)
   if args.loop:
     measure = lambda name: bench_loop(name, args.batch_size, args.steps, args.data_dir,
