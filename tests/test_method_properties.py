@@ -29,13 +29,13 @@ def test_issue36_a_parameter_no_exit_reaches_gets_a_zero_update(factory):
   params = {'used': jnp.zeros(3), 'unused': jnp.zeros(2)}
   for granularity in ('exits', 'leaf', 'global'):
     tx = factory(granularity=granularity)
-    out, _ = tx.update(jac, tx.init(params), params)
+    out, _ = jax.jit(tx.update)(jac, tx.init(params), params)
     assert np.all(np.isfinite(out['used'])), granularity
     np.testing.assert_array_equal(out['unused'], 0.0)
   zeros = jax.tree.map(jnp.zeros_like, jac)
   for granularity in ('exits', 'global'):
     tx = factory(granularity=granularity)
-    out, _ = tx.update(zeros, tx.init(params), params)
+    out, _ = jax.jit(tx.update)(zeros, tx.init(params), params)
     assert all(np.all(np.asarray(leaf) == 0) for leaf in jax.tree.leaves(out)), granularity
   tx = factory()
   out, _ = tx.update({'w': jnp.zeros((1, 3))}, tx.init(None))  # K=1, a zero gradient
@@ -323,7 +323,7 @@ def check_method(name, family, rows, eager_too=False):
 
 @pytest.mark.parametrize('name', FACTORIES)
 def test_every_method_on_hard_exits(name):
-  for i, (family, rows) in enumerate(draws(1, (1, 3, 8, 4, 2, 6), seed=0)):
+  for i, (family, rows) in enumerate(draws(1, (3, 8, 1), seed=0)):
     check_method(name, family, rows, eager_too=i == 1)
 
 
@@ -356,8 +356,9 @@ def test_zero_in_zero_out_and_non_finite_gradients_propagate_under_every_granula
   params = _params()
   for granularity in ('exits', 'leaf', 'global'):
     tx = _make(name, 3, granularity=granularity)
+    update = jax.jit(tx.update)
     for given in (rows, 0 * rows):
-      out, _ = tx.update(_jacobian(given), tx.init(params), params, losses=_losses(3))
+      out, _ = update(_jacobian(given), tx.init(params), params, losses=_losses(3))
       assert np.all(np.isfinite(_direction(out))), (granularity, out)
       np.testing.assert_array_equal(out['unused'], 0.0)
       if not np.any(given):
@@ -366,7 +367,7 @@ def test_zero_in_zero_out_and_non_finite_gradients_propagate_under_every_granula
     rows[1, 0] = bad
     for granularity in ('exits', 'leaf', 'global'):
       tx = _make(name, 3, granularity=granularity)
-      out, _ = tx.update(_jacobian(rows), tx.init(params), params, losses=_losses(3))
+      out, _ = jax.jit(tx.update)(_jacobian(rows), tx.init(params), params, losses=_losses(3))
       assert not np.isfinite(out['w'][0, 0]), (bad, granularity, out['w'])
       if granularity != 'global':  # a group of its own, which no exit reaches
         np.testing.assert_array_equal(out['unused'], 0.0)
