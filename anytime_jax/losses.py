@@ -36,7 +36,8 @@ def exit_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   """
   if logits.ndim != 3 or labels.shape != logits.shape[1:2]:
     raise ValueError(f'exit_cross_entropy expects logits [K, B, C] and labels [B]; '
-                     f'got {logits.shape} and {labels.shape}.')
+                     f'got {logits.shape} and {labels.shape}. One exit\'s logits [B, C]: '
+                     'pass logits[None] (then take [0]).')
   return jax.vmap(cross_entropy, in_axes=(0, None))(logits, labels)
 
 
