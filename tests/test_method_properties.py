@@ -110,6 +110,15 @@ FACTORIES = {
     'gradvac': aj.gradvac, 'config': aj.config, 'fairgrad': aj.fairgrad, 'adaloss': aj.adaloss,
     'uncertainty_weighting': aj.uncertainty_weighting, 'dwa': aj.dwa, 'famo': aj.famo,
 }
+# The per-method extras (a jitted update's state, inject_hyperparams, accumulation) run for these
+# in the quick suite, one of each kind of state; CI's slow set runs them for every method.
+QUICK_EXTRAS = ('osgd', 'mgda', 'pcgrad', 'fairgrad', 'famo', 'gradvac')
+
+
+def _extras(names):
+  return [n if n in QUICK_EXTRAS else pytest.param(n, marks=pytest.mark.slow) for n in names]
+
+
 NEEDS_NUM_EXITS = ('adaloss', 'gradvac', 'uncertainty_weighting', 'dwa', 'famo')
 # Public factories that are not combinations of their own (each is checked through the ones it
 # builds on): a user weighting's wrapper, OSGD chained with SGD, and SGD's tail.
@@ -373,7 +382,7 @@ def test_zero_in_zero_out_and_non_finite_gradients_propagate_under_every_granula
         np.testing.assert_array_equal(out['unused'], 0.0)
 
 
-@pytest.mark.parametrize('name', FACTORIES)
+@pytest.mark.parametrize('name', _extras(FACTORIES))
 def test_a_jitted_update_keeps_the_state_and_inject_hyperparams_works(name):
   k = 3
   rows = draws(1, (k,), seed=3)[0][1]
@@ -395,7 +404,7 @@ def test_a_jitted_update_keeps_the_state_and_inject_hyperparams_works(name):
   np.testing.assert_allclose(_direction(out), _direction(plain), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize('name', FACTORIES)
+@pytest.mark.parametrize('name', _extras(FACTORIES))
 def test_accumulating_two_micro_batches_equals_their_mean(name):
   k = 3
   (_, first), (_, second) = draws(1, (k,), seed=4)[:2]
