@@ -273,7 +273,9 @@ def early_exit(model: Model, *args: Any, threshold: float | jax.Array, score: st
   and stop.
 
   Args:
-    model, *args, states, shared: as for :func:`iterate_exits`.
+    model: a linen network, an NNX model or plain stages (:data:`Model`).
+    *args: as for :func:`iterate_exits`.
+    states, shared: plain stages' states and shared parameters.
     threshold: a scalar or ``[K]``, keyword only.
     score: ``'softmax'`` or ``'margin'`` (:func:`exit_scores`).
 
