@@ -185,23 +185,25 @@ class EqxStage(eqx.Module):
   linear: eqx.nn.Linear
   dropout: eqx.nn.Dropout
 
-  def __call__(self, h, head, key):
-    h = jnp.tanh(jax.vmap(self.linear)(h))
+  def __call__(self, h, head, embed, key):
+    h = jnp.tanh(jax.vmap(self.linear)(h + embed))
     h = self.dropout(h, key=key, inference=key is None)
     return h, jax.vmap(head)(h)
 
 
 @pytest.mark.parametrize('rng', [None, jax.random.key(5)])
-def test_equinox_stages_with_a_shared_head_dropout_and_state(rng):
-  keys = jax.random.split(jax.random.key(0), K + 1)
+def test_equinox_stages_with_a_shared_head_and_embedding_dropout_and_state(rng):
+  keys = jax.random.split(jax.random.key(0), K + 2)
   modules = [EqxStage(eqx.nn.Linear(D, D, key=keys[k]), eqx.nn.Dropout(0.5)) for k in range(K)]
   head = eqx.nn.Linear(D, C, key=keys[K])
   params, statics = zip(*[eqx.partition(m, eqx.is_array) for m in modules])
   head_params, head_static = eqx.partition(head, eqx.is_array)
+  head_params = (head_params, jax.random.normal(keys[K + 1], (D,)))  # the head and an embedding
 
   def stage_k(k):
     def stage(p, state, h, shared, rng=None):  # state: a running mean of the activations
-      h, logits = eqx.combine(p, statics[k])(h, eqx.combine(shared, head_static), rng)
+      (head_arrays, embed) = shared
+      h, logits = eqx.combine(p, statics[k])(h, eqx.combine(head_arrays, head_static), embed, rng)
       return h, logits, 0.9 * state + 0.1 * jnp.mean(h)
     return stage
 
