@@ -80,6 +80,7 @@ def test_refresh_steps_take_the_methods_weights_and_the_rest_the_weighted_loss()
   assert step._cache_size() == 1  # one program; the device chose the branch
 
 
+@pytest.mark.slow  # CI
 def test_a_run_resumed_mid_period_continues_exactly():
   network, _ = _network()
   tx = optax.chain(aj.amortize(_osgd_global(), every=4, num_exits=K),
@@ -125,6 +126,7 @@ def test_bad_use_is_refused():
          X, Y)
 
 
+@pytest.mark.slow  # CI
 def test_the_callers_step_count_picks_the_same_steps_as_the_device():
   network, _ = _network()
   tx = optax.chain(aj.amortize(_osgd_global(), every=2, num_exits=K), optax.sgd(0.1))

@@ -461,7 +461,7 @@ def test_pcgrad_transform_two_exits_and_no_conflict():
 def test_mgda_is_the_min_norm_point(k):
   rows = _rows_k(k, d=8, seed=k) + 0.5  # correlated, so the minimum is inside the hull
   gram = rows @ rows.T
-  a = np.asarray(combinations.min_norm_weights(jnp.asarray(gram, jnp.float32)).weights)
+  a = np.asarray(jax.jit(combinations.min_norm_weights)(jnp.asarray(gram, jnp.float32)).weights)
   assert np.all(a >= -1e-6) and abs(a.sum() - 1) < 1e-5
   # KKT on the simplex: (G a)_k >= a'Ga for every k, equal where a_k > 0.
   grad, value = gram @ a, a @ gram @ a

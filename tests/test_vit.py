@@ -107,6 +107,7 @@ def test_dropout_follows_the_key_in_train_mode_only():
   assert not np.allclose(g0.losses, g1.losses)
 
 
+@pytest.mark.slow  # CI; the quick suite checks the staged engine's key in the dropout test
 @pytest.mark.parametrize('engine', ['staged', pytest.param('vmap', marks=pytest.mark.slow),
                                     pytest.param('summed', marks=pytest.mark.slow)])
 def test_the_training_step_draws_dropout_from_its_key_and_step(engine):
