@@ -51,11 +51,21 @@ ENDPOINTS = ('first_exit', 'mean_over_exits', 'deliverable_cost', 'early_exit_co
 
 @dataclasses.dataclass(frozen=True)
 class Primary:
-  """A declared paired test: ``a`` minus ``b`` on ``endpoint``, test accuracy in points."""
+  """A declared paired test: ``a`` minus ``b`` on ``endpoint``, test accuracy in points.
+
+  Without ``margin`` a two-sided test of a difference; with one, an equivalence
+  test (TOST) that the difference lies within ± ``margin`` points.
+  """
   question: str
   a: Arm
   b: Arm
   endpoint: str
+  margin: Optional[float] = None
+
+  def __post_init__(self):
+    if self.endpoint not in ENDPOINTS:
+      raise ValueError(f'unknown endpoint {self.endpoint!r}; a declared test takes one of '
+                       f'{ENDPOINTS}')
 
 
 PRIMARIES = (
@@ -315,7 +325,10 @@ def test_row(primary: Primary, a: Optional[dict], b: Optional[dict], num_tests: 
   seeds = sorted(set(a['test']) & set(b['test']))
   diffs = np.array([100 * endpoint(primary, a, b, s) for s in seeds])
   row.update(pairs=len(seeds), seeds=seeds, differences=diffs.tolist())
-  if len(seeds) >= 2:
+  if len(seeds) >= 2 and primary.margin is not None:
+    row.update(mean=float(diffs.mean()), margin=primary.margin,
+               **stats.equivalence(diffs, primary.margin, num_tests))
+  elif len(seeds) >= 2:
     t = stats.paired_t(diffs)
     crit = stats.critical_t(len(seeds), num_tests)
     lo, hi = stats.interval(diffs, num_tests)
@@ -464,6 +477,7 @@ def compute_markdown(spec: Confirm, out: pathlib.Path) -> str:
   first = spec.study
   fresh = {f'seed{s}' for s in spec.seeds}
   primary = {(arm.model, arm.method) for arm in arms(spec)}
+  swept = primary | {(arm.model, arm.method) for arm in spec.descriptive}
 
   def primary_seed(part: tuple) -> Optional[str]:
     return part[4] if part[0] == 'runs' and part[4] in fresh and part[1:3] in primary else None
@@ -477,7 +491,7 @@ def compute_markdown(spec: Confirm, out: pathlib.Path) -> str:
       return 'fresh seeds'
     if part[0] == 'runs' and part[4] in fresh:
       return 'descriptive methods'
-    if (part[0] == 'runs' and part[4] == f'seed{first.selection_seed}'
+    if (part[0] == 'runs' and part[4] == f'seed{first.selection_seed}' and part[1:3] in swept
         and not (part[1] in first.all_models and part[2] in first.methods_of(part[1]))):
       return 'new sweeps'
     return None

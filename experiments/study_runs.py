@@ -21,6 +21,18 @@ from experiments.checkpoint import atomic_write
 VARIANTS = {'independent_depth': ('independent', {'growth': 'depth'})}
 
 
+def method_variant(method: str) -> tuple[str, dict]:
+  """A study method as the trainer's optimizer and options.
+
+  ``<optimizer>_every<N>`` is the optimizer with its combination's weights
+  refreshed every N steps (``--refresh_every N``, :func:`anytime_jax.amortize`).
+  """
+  optimizer, every, n = method.rpartition('_every')
+  if every and n.isdigit():
+    return optimizer, {'refresh_every': int(n)}
+  return method, {}
+
+
 @dataclasses.dataclass(frozen=True)
 class Regime:
   """What every run of a study shares: data, length and schedule."""
@@ -42,9 +54,10 @@ class Regime:
   def config(self, model: str, method: str, learning_rate: float, seed: int, num_exits: int,
              eval_every: int = 0) -> train.Config:
     network, fields = VARIANTS.get(model, (model, {}))
+    optimizer, method_fields = method_variant(method)
     return train.Config(
-        width=self.model_width(model), **fields,
-        model=network, optimizer=method, dataset=self.dataset, epochs=self.epochs,
+        width=self.model_width(model), **fields, **method_fields,
+        model=network, optimizer=optimizer, dataset=self.dataset, epochs=self.epochs,
         batch_size=self.batch_size, learning_rate=learning_rate,
         warmup_epochs=self.warmup_fraction * self.epochs, num_exits=num_exits,
         train_size=self.train_size, max_steps_per_epoch=self.max_steps_per_epoch, seed=seed,

@@ -1,0 +1,98 @@
+"""The amortized-OSGD confirmation: its equivalence test, its declared family, its arm, its pipeline."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from scipy import stats as scipy_stats
+
+from experiments import confirm, confirm_amortized, stats, study_runs
+from tests.test_confirm import _arm
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize('shift, spread', [(0.0, 0.3), (0.6, 0.3), (0.2, 1.5), (-0.9, 0.05)])
+def test_equivalence_is_two_one_sided_tests_against_scipy(shift, spread):
+  d = shift + spread * np.random.default_rng(1).standard_normal(8)
+  got = stats.equivalence(d, margin=1.0, num_comparisons=2)
+  # Independent reference: scipy's one-sided tests against -margin and +margin, each at 0.05 / 2.
+  above = scipy_stats.ttest_1samp(d, -1.0, alternative='greater').pvalue
+  below = scipy_stats.ttest_1samp(d, 1.0, alternative='less').pvalue
+  assert got['passed'] == (max(above, below) < 0.025)
+  lo, hi = got['interval']
+  assert got['passed'] == (-1.0 < lo and hi < 1.0)  # the interval TOST reads lies inside
+  np.testing.assert_allclose((lo + hi) / 2, d.mean())
+
+
+def test_equivalence_refuses_a_margin_that_is_not_positive_and_needs_spread():
+  with pytest.raises(ValueError, match='margin must be positive'):
+    stats.equivalence(np.ones(8), margin=0.0, num_comparisons=1)
+  assert not stats.equivalence(np.zeros(8), margin=1.0, num_comparisons=1)['passed']
+
+
+def test_a_declared_test_names_a_known_endpoint():
+  with pytest.raises(ValueError, match="unknown endpoint 'first-exit'"):
+    confirm.Primary('q', confirm.Arm('m', 'x'), confirm.Arm('m', 'y'), 'first-exit')
+
+
+def test_an_equivalence_row_pairs_seeds_and_reads_tost():
+  rng = np.random.default_rng(0)
+  base = rng.uniform(0.5, 0.6, size=(8, 1))
+  a, b = _arm(base + rng.normal(0, 0.002, size=(8, 1))), _arm(base)
+  row = confirm.test_row(confirm_amortized.PRIMARIES[1], a, b, num_tests=2)
+  d = 100 * (np.array([a['test'][s][0] for s in range(4, 12)]) - base[:, 0])
+  assert row['pairs'] == 8 and row['margin'] == 1.0
+  assert row['mean'] == pytest.approx(d.mean())
+  assert row == {**row, **stats.equivalence(d, 1.0, 2)}
+  assert row['passed']  # 0.2-point noise around zero: equivalent within a point
+  text = confirm_amortized.headline({'primary': [row, row], 'seeds': list(range(4, 12))})
+  assert text.count(': equivalent.') == 2 and '95 % interval, margin ±1:' in text
+
+
+def test_the_declaration_fixes_the_family_before_the_runs():
+  text = confirm_amortized.declaration()
+  assert all(f'`{p.a}` − `{p.b}`' in text for p in confirm_amortized.PRIMARIES)
+  assert f'±{scipy_stats.t.ppf(1 - 0.05 / 4, 7):.2f}' in text  # two-sided, Bonferroni over 2
+  assert f'above {scipy_stats.t.ppf(1 - 0.05 / 2, 7):.2f}' in text  # TOST's one-sided tests
+  used = set(confirm.SEEDS) | set(confirm.FIRST_STUDY_SEEDS) | {0}
+  assert set(confirm_amortized.SEEDS).isdisjoint(used) and len(confirm_amortized.SEEDS) == 8
+
+
+def test_the_amortized_arm_is_the_trainers_refresh_every():
+  reg = study_runs.Regime('fashion_mnist', epochs=16, width=2)
+  config = reg.config(confirm_amortized.AMORTIZED.model, confirm_amortized.AMORTIZED.method,
+                      0.4, seed=12, num_exits=4)
+  assert (config.optimizer, config.refresh_every) == ('osgd_global', 8)
+  plain = reg.config('branched', 'osgd_global', 0.4, seed=12, num_exits=4)
+  assert (plain.optimizer, plain.refresh_every) == ('osgd_global', 1)
+
+
+def test_readme_states_the_result_only_when_the_report_has_it():
+  path = ROOT / 'results' / 'confirm_amortized.json'
+  summary = json.loads(path.read_text()) if path.exists() else None
+  text = summary and confirm_amortized.headline(summary)
+  readme = (ROOT / 'README.md').read_text()
+  if text:
+    assert text in readme
+  else:
+    assert 'osgd_global_every8` − `branched/sgd`:' not in readme
+
+
+@pytest.mark.slow
+@pytest.mark.pipeline
+def test_quick_amortized_confirmation_runs_and_reports_both_tests(tmp_path):
+  out = subprocess.run([sys.executable, '-m', 'experiments.confirm_amortized', '--quick', '--out',
+                        str(tmp_path), '--data_dir', str(tmp_path / 'data')],
+                       capture_output=True, text=True, cwd=ROOT, timeout=1200)
+  assert out.returncode == 0, out.stderr[-3000:]
+  summary = json.loads((tmp_path / 'confirm_amortized.json').read_text())
+  assert [row['pairs'] for row in summary['primary']] == [2, 2]
+  assert all('t' in row for row in summary['primary'])
+  assert confirm_amortized.headline(summary) in (tmp_path / 'confirm_amortized.md').read_text()
+  amortized = json.loads(next(tmp_path.glob('runs/branched/osgd_global_every8/*/seed12/'
+                                            'config.json')).read_text())
+  assert amortized['refresh_every'] == 8
