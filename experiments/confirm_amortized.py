@@ -24,14 +24,23 @@ import dataclasses
 import json
 import pathlib
 import sys
-from typing import Optional
+from typing import Optional, TypedDict
 
 import jax
 import numpy as np
 
-from experiments import confirm, reproduce, stats, train
+from experiments import pilot as pilot_lib
+from experiments import reproduce, train
 from experiments.checkpoint import atomic_write
-from experiments.confirm import Arm, Primary
+from experiments.study import stats
+from experiments.study.arms import Arm, RateChoice, arm_runs, chosen_rates
+from experiments.study.declared import (Primary, TestRow, arms_of, cells, diverged_seeds,
+                                        finished, t_text, test_row)
+from experiments.study.endpoints import ENDPOINTS
+from experiments.study.keys import RunKey
+from experiments.study.runner import Runner
+from experiments.study.store import Finished, Store
+from experiments.study.sweep import sweep
 
 # results/drift.json (experiments/drift.py): on branched the weights' cosine and relative change
 # after 8 and after 32 steps match those after 1, so refreshing every 8 loses little freshness
@@ -47,6 +56,7 @@ PRIMARIES = (
     Primary(f'Is amortized OSGD equivalent to OSGD on the first exit, within ±{MARGIN:g} point?',
             AMORTIZED, UNAMORTIZED, 'first_exit', margin=MARGIN),
 )
+ARMS = arms_of(PRIMARIES)  # every arm the family needs, each once, in declaration order
 SEEDS = tuple(range(12, 20))  # 8 seeds neither study has used (the first 0-3, the confirmation 4-11)
 
 
@@ -67,11 +77,6 @@ def quick_spec() -> Spec:
   return Spec(reproduce.quick_study(), seeds=(12, 13), num_exits=3)
 
 
-def arms() -> list[Arm]:
-  """Every arm the family needs, each once, in declaration order."""
-  return list(dict.fromkeys(arm for p in PRIMARIES for arm in (p.a, p.b)))
-
-
 def declaration() -> str:
   """The declared family, as the report states it (written before any run)."""
   two_sided = stats.critical_t(len(SEEDS), len(PRIMARIES))
@@ -84,7 +89,7 @@ def declaration() -> str:
   for i, p in enumerate(PRIMARIES, 1):
     test = (f'equivalence (TOST): both one-sided t above {one_sided:.2f}' if p.margin else
             f'difference, two-sided: t beyond ±{two_sided:.2f}')
-    lines.append(f'| {i} | {p.question} | `{p.a}` − `{p.b}` | test accuracy of exit 1 '
+    lines.append(f'| {i} | {p.question} | `{p.a}` − `{p.b}` | {ENDPOINTS[p.endpoint].text} '
                  f'| {test} |')
   lines += ['', f'`{AMORTIZED.method}` is `osgd_global` through `aj.amortize(..., every='
             f'{REFRESH_EVERY})` (`--refresh_every {REFRESH_EVERY}`): the weights from the '
@@ -93,71 +98,73 @@ def declaration() -> str:
   return '\n'.join(lines) + '\n'
 
 
-def _study(spec: Spec) -> reproduce.Study:
-  return dataclasses.replace(spec.study, models={'branched': spec.num_exits})
-
-
-def run(spec: Spec, out: pathlib.Path, data_dir: str) -> None:
+def run(spec: Spec, runner: Runner) -> None:
   """Each arm's sweep (the two reused from the confirmation), then the seeds, seed by seed."""
-  reg = reproduce.regime(spec.study, out)
+  reg = pilot_lib.decided_regime(spec.study.pilot, runner.store)
   assert reg is not None
-  study = _study(spec)
-  rates = {arm: reproduce.sweep(study, reg, out, arm.model, arm.method, data_dir,
-                                train_missing=True)['rate'] for arm in arms()}
+  source = runner.training(reg, lambda model: spec.num_exits)
+  rates = {arm: sweep(spec.study.sweep_rule, source, arm.model, arm.method).chosen_rate()
+           for arm in ARMS}
   for seed in spec.seeds:
-    for arm in arms():
-      reproduce.study_run(study, reg, out, arm.model, arm.method, rates[arm], seed, data_dir, True)
+    for arm in ARMS:
+      source(RunKey(arm.model, arm.method, rates[arm], seed))
 
 
-def summarize(spec: Spec, out: pathlib.Path) -> Optional[dict]:
+class Summary(TypedDict):
+  """The report's results (``confirm_amortized.json``)."""
+  seeds: list[int]
+  primary: list[TestRow]
+  rates: dict[str, RateChoice]  # arm -> its sweep's choice
+  train_seconds: dict[str, Optional[float]]  # arm -> mean per finished run on the seeds
+
+
+def summarize(spec: Spec, store: Store) -> Optional[Summary]:
   """Both tests on the seeds, each arm's rate, and its mean training time per run."""
-  reg = reproduce.regime(spec.study, out)
-  if reg is None:
+  if pilot_lib.decided_regime(spec.study.pilot, store) is None:
     return None
-  swept = {arm: reproduce.sweep(_study(spec), reg, out, arm.model, arm.method) for arm in arms()}
-  runs = {arm: confirm._arm_runs(out, arm, chosen['rate'], spec.seeds)
+  swept = {arm: sweep(spec.study.sweep_rule, store.outcome, arm.model, arm.method)
+           for arm in ARMS}
+  runs = {arm: arm_runs(store.outcome, arm, chosen.rate, spec.seeds)
           for arm, chosen in swept.items()}
   seconds = {}
   for arm, chosen in swept.items():
-    if chosen['rate'] is not None:
-      done = [reproduce.study_run(_study(spec), reg, out, arm.model, arm.method, chosen['rate'],
-                                  s, '', False) for s in spec.seeds]
-      times = [o['train_seconds'] for o in done if o and 'train_seconds' in o]
+    if chosen.rate is not None:
+      done = [store.outcome(RunKey(arm.model, arm.method, chosen.rate, s)) for s in spec.seeds]
+      times = [o.train_seconds for o in done if isinstance(o, Finished)]
       seconds[str(arm)] = float(np.mean(times)) if times else None
   return {'seeds': list(spec.seeds),
-          'primary': [confirm.test_row(p, runs[p.a], runs[p.b], num_tests=len(PRIMARIES))
+          'primary': [test_row(p, runs[p.a], runs[p.b], num_tests=len(PRIMARIES))
                       for p in PRIMARIES],
-          'rates': {str(arm): {'rate': c['rate'], 'at_end': c['at_end']}
-                    for arm, c in swept.items() if c['rate'] is not None},
+          'rates': chosen_rates(swept),
           'train_seconds': seconds}
 
 
-def _verdict(row: dict) -> str:
+def _verdict(row: TestRow) -> str:
   if row.get('margin') is not None:
     return 'equivalent' if row['passed'] else 'equivalence not shown'
   return 'passed' if row['passed'] else 'not passed'
 
 
-def headline(summary: dict) -> Optional[str]:
+def headline(summary: Summary) -> Optional[str]:
   """README's statement of both tests, once both have all their seeds (None before)."""
   rows, num_seeds = summary['primary'], len(summary['seeds'])
-  if not all(confirm._finished(row, num_seeds) for row in rows):
+  if not all(finished(row, num_seeds) for row in rows):
     return None
   lines = []
   for i, row in enumerate(rows, 1):
     lo, hi = row['interval']
-    diverged = len(confirm._diverged_seeds(row))
+    diverged = len(diverged_seeds(row))
     level = ('95 % interval' if row.get('margin') is None else  # TOST reads the 1 - 2 alpha one
              f'{100 * (1 - 2 * 0.05 / len(rows)):g} % interval, margin ±{row["margin"]:g}')
     lines.append(
         f"{i}. **{row['question']}** `{row['a']}` − `{row['b']}`: {row['mean']:+.2f} points "
-        f"(simultaneous {level}: {lo:+.2f} to {hi:+.2f}; t = {confirm._t_text(row['t'])} over "
+        f"(simultaneous {level}: {lo:+.2f} to {hi:+.2f}; t = {t_text(row['t'])} over "
         f"{row['pairs']} pairs{f', {diverged} diverged' if diverged else ''}, critical "
         f"{row['critical_t']:.2f}): {_verdict(row)}.")
   return '\n'.join(lines) + '\n'
 
 
-def markdown(summary: Optional[dict]) -> str:
+def markdown(summary: Optional[Summary]) -> str:
   text = declaration()
   if summary is None:
     return text + '\nThe first study\'s pilot has not fixed the regime: no results yet.\n'
@@ -170,7 +177,7 @@ def markdown(summary: Optional[dict]) -> str:
            '| simultaneous interval | t | passes |', '|---|---|---|---|---|---|---|---|']
   for i, row in enumerate(summary['primary'], 1):
     lines.append(f"| {i} | `{row['a']}` − `{row['b']}` | {row['endpoint']} "
-                 + confirm._cells(row, num_seeds=len(summary['seeds'])))
+                 + cells(row, num_seeds=len(summary['seeds'])))
   for row in summary['primary']:
     if row.get('differences'):
       lines.append(f"\n`{row['a']}` − `{row['b']}` per seed (seeds "
@@ -201,14 +208,16 @@ def main(argv=None):
   spec = quick_spec() if args.quick else full_spec()
   out = pathlib.Path(args.out or ('results/quick' if args.quick else 'results'))
   out.mkdir(parents=True, exist_ok=True)
+  store = Store(out)
   if not jax.config.jax_compilation_cache_dir:
     jax.config.update('jax_compilation_cache_dir', str(pathlib.Path(args.data_dir) / 'xla_cache'))
   if not args.report_only:
-    if reproduce.regime(spec.study, out) is None:
+    runner = Runner(store, args.data_dir)
+    if pilot_lib.decided_regime(spec.study.pilot, store) is None:
       print('running the first study\'s pilot, which fixes the regime', file=sys.stderr)
-      reproduce.pilot_lib.run(spec.study.pilot, out, args.data_dir)
-    run(spec, out, args.data_dir)
-  summary = summarize(spec, out)
+      pilot_lib.run(spec.study.pilot, runner)
+    run(spec, runner)
+  summary = summarize(spec, store)
   text = markdown(summary)
   atomic_write(out / 'confirm_amortized.md', text)
   atomic_write(out / 'confirm_amortized.json', json.dumps(summary, indent=1))

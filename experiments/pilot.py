@@ -20,11 +20,14 @@ from __future__ import annotations
 import dataclasses
 import math
 import pathlib
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 
-from experiments import study_runs
+from experiments.study.keys import PilotKey
+from experiments.study.regime import Regime
+from experiments.study.runner import Runner
+from experiments.study.store import Store
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,54 +46,52 @@ class Pilot:
   doubling_points: float = 1.0  # (a) twice the epochs add less than this, where measured
   capacity_points: float = 3.0  # (b) largest minus smallest independent network at least this
 
-  def regime(self, width: Optional[int], epochs: int) -> study_runs.Regime:
-    return study_runs.Regime(self.dataset, epochs, self.train_size, self.batch_size,
-                             self.max_steps_per_epoch, width=width)
-
-  def workdir(self, out: pathlib.Path, width: Optional[int], model: str,
-              epochs: int) -> pathlib.Path:
-    folder = 'default_width' if width is None else f'width{width}'
-    return out / 'pilot' / folder / model / f'epochs{epochs}'
+  def regime(self, width: Optional[int], epochs: int) -> Regime:
+    return Regime(self.dataset, epochs, self.train_size, self.batch_size,
+                  self.max_steps_per_epoch, width=width)
 
 
-def _ensure(pilot: Pilot, out: pathlib.Path, data_dir: str, width: Optional[int], model: str,
-            epochs: int) -> None:
+def _ensure(pilot: Pilot, runner: Runner, width: Optional[int], model: str, epochs: int) -> None:
   config = pilot.regime(width, epochs).config(model, 'sgd', pilot.learning_rate, pilot.seed,
                                               pilot.num_exits, eval_every=1)
-  study_runs.ensure(pilot.workdir(out, width, model, epochs), config, data_dir)
+  runner.ensure(PilotKey(width, model, epochs), config)
 
 
-def run(pilot: Pilot, out: pathlib.Path, data_dir: str) -> None:
+def run(pilot: Pilot, runner: Runner) -> None:
   """Trains every candidate, then the baseline at twice the chosen length if unmeasured."""
   for width in pilot.widths:
     for model in pilot.models:
       for epochs in pilot.epochs:
-        _ensure(pilot, out, data_dir, width, model, epochs)
-  chosen, _ = choose(pilot, measure(pilot, out))
+        _ensure(pilot, runner, width, model, epochs)
+  chosen, _ = choose(pilot, measure(pilot, runner.store))
   if chosen is not None and 2 * chosen[1] not in pilot.epochs:
-    _ensure(pilot, out, data_dir, chosen[0], pilot.models[0], 2 * chosen[1])
+    _ensure(pilot, runner, chosen[0], pilot.models[0], 2 * chosen[1])
 
 
-def _validation(curve: list[dict]) -> np.ndarray:
+def decided_regime(pilot: Pilot, store: Store) -> Optional[Regime]:
+  """The study's regime once the pilot's finished runs have decided its length; None before."""
+  chosen, _ = choose(pilot, measure(pilot, store))
+  return None if chosen is None else pilot.regime(*chosen)
+
+
+def _validation(curve: list[dict[str, Any]]) -> np.ndarray:
   """[epochs, K] validation accuracy of the epochs that recorded it."""
   return np.array([r['validation_accuracy'] for r in curve if 'validation_accuracy' in r])
 
 
-def measure(pilot: Pilot, out: pathlib.Path) -> dict:
+def measure(pilot: Pilot, store: Store) -> dict:
   """Per (width, length): the criteria's numbers, from the finished pilot runs (in points)."""
   return {(width, epochs): row for width in pilot.widths
-          for epochs, row in _measure_width(pilot, out, width).items()}
+          for epochs, row in _measure_width(pilot, store, width).items()}
 
 
-def _measure_width(pilot: Pilot, out: pathlib.Path, width: Optional[int]) -> dict:
+def _measure_width(pilot: Pilot, store: Store, width: Optional[int]) -> dict:
   rows = {}
   for epochs in pilot.epochs:
-    base = _validation(study_runs.learning_curve(pilot.workdir(out, width, pilot.models[0],
-                                                               epochs)))
-    ref = _validation(study_runs.learning_curve(pilot.workdir(out, width, pilot.models[1],
-                                                              epochs)))
+    base = _validation(store.learning_curve(PilotKey(width, pilot.models[0], epochs)))
+    ref = _validation(store.learning_curve(PilotKey(width, pilot.models[1], epochs)))
     # Finished: the last epoch's record is there (a record lost to a kill leaves a gap only).
-    last = lambda m: (study_runs.learning_curve(pilot.workdir(out, width, m, epochs)) or
+    last = lambda m: (store.learning_curve(PilotKey(width, m, epochs)) or
                       [{'epoch': 0}])[-1]['epoch']
     if any(last(m) < epochs for m in pilot.models):
       continue
@@ -105,7 +106,7 @@ def _measure_width(pilot: Pilot, out: pathlib.Path, width: Optional[int]) -> dic
   return rows
 
 
-def plateau_check(pilot: Pilot, out: pathlib.Path, chosen: tuple) -> Optional[dict]:
+def plateau_check(pilot: Pilot, store: Store, chosen: tuple) -> Optional[dict]:
   """The baseline at twice the chosen length: ``{'epochs', 'last_exit', 'gain'}`` in points.
 
   ``gain`` is its last exit's validation accuracy minus the chosen run's; None
@@ -115,10 +116,8 @@ def plateau_check(pilot: Pilot, out: pathlib.Path, chosen: tuple) -> Optional[di
   width, epochs = chosen
   if 2 * epochs in pilot.epochs:
     return None
-  base = _validation(study_runs.learning_curve(pilot.workdir(out, width, pilot.models[0],
-                                                             2 * epochs)))
-  short = _validation(study_runs.learning_curve(pilot.workdir(out, width, pilot.models[0],
-                                                              epochs)))
+  base = _validation(store.learning_curve(PilotKey(width, pilot.models[0], 2 * epochs)))
+  short = _validation(store.learning_curve(PilotKey(width, pilot.models[0], epochs)))
   if len(base) < 2 * epochs or len(short) < epochs:
     return None
   return {'epochs': 2 * epochs, 'last_exit': 100 * base[-1, -1],
@@ -156,7 +155,7 @@ def choose(pilot: Pilot, rows: dict) -> tuple[Optional[tuple], str]:
                 '(see the table).')
 
 
-def markdown(pilot: Pilot, rows: dict, out: pathlib.Path) -> str:
+def markdown(pilot: Pilot, rows: dict, store: Store) -> str:
   chosen, why = choose(pilot, rows)
   size = f'{pilot.train_size:,}' if pilot.train_size else 'all'
   lines = [
@@ -172,8 +171,7 @@ def markdown(pilot: Pilot, rows: dict, out: pathlib.Path) -> str:
                  f"| {doubling} | {' / '.join(f'{a:.2f}' for a in r['independent'])} "
                  f"| {r['capacity_gain']:+.2f} |")
   lines += ['', f'Chosen: {why}' if chosen else f'Not decided: {why}']
-  check = plateau_check(pilot, out, chosen) if chosen else None
-  if check:
+  if chosen is not None and (check := plateau_check(pilot, store, chosen)):
     plateau = check['gain'] < pilot.doubling_points
     lines += ['', f"Plateau check (reported, not deciding): `{pilot.models[0]}` trained for "
               f"{check['epochs']} epochs, twice the chosen length, reaches "
@@ -185,7 +183,7 @@ def markdown(pilot: Pilot, rows: dict, out: pathlib.Path) -> str:
   return '\n'.join(lines) + '\n'
 
 
-def plot(pilot: Pilot, out: pathlib.Path, path: pathlib.Path) -> None:
+def plot(pilot: Pilot, store: Store, path: pathlib.Path) -> None:
   """Validation accuracy per epoch of every pilot run: a row per width, a panel per model."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
@@ -195,17 +193,17 @@ def plot(pilot: Pilot, out: pathlib.Path, path: pathlib.Path) -> None:
                            squeeze=False)
   for row, width in zip(axes, pilot.widths):
     for ax, model in zip(row, pilot.models):
-      _plot_runs(ax, pilot, out, width, model)
+      _plot_runs(ax, pilot, store, width, model)
   axes[0][0].legend(fontsize=8)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
 
 
-def _plot_runs(ax, pilot: Pilot, out: pathlib.Path, width: Optional[int], model: str) -> None:
+def _plot_runs(ax, pilot: Pilot, store: Store, width: Optional[int], model: str) -> None:
   # The plateau check, where it ran, is drawn as one more length.
   for i, epochs in enumerate((*pilot.epochs, 2 * pilot.epochs[-1])):
-    acc = _validation(study_runs.learning_curve(pilot.workdir(out, width, model, epochs)))
+    acc = _validation(store.learning_curve(PilotKey(width, model, epochs)))
     for k in range(acc.shape[1] if len(acc) else 0):
       ax.plot(np.arange(1, len(acc) + 1), 100 * acc[:, k],
               color=f'C{i}', alpha=0.4 + 0.6 * k / acc.shape[1],

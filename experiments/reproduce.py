@@ -35,14 +35,21 @@ import dataclasses
 import json
 import math
 import pathlib
-from typing import Optional
+from typing import Optional, TypedDict
 
 import jax
 import numpy as np
 
 from experiments import pilot as pilot_lib
-from experiments import optimizers, stats, study_runs, train
+from experiments import optimizers, train
 from experiments.checkpoint import atomic_write
+from experiments.study import stats
+from experiments.study.compute import compute_line
+from experiments.study.keys import Key, PilotKey, RunKey, ScreenKey
+from experiments.study.regime import Regime
+from experiments.study.runner import Runner
+from experiments.study.store import Diverged, Finished, Store
+from experiments.study.sweep import SweepRule, at_end, score, sweep
 
 REFERENCE = 'independent'  # the non-anytime networks, trained with summed-loss SGD
 BASELINE = 'sgd'
@@ -69,6 +76,10 @@ class Study:
   def all_models(self) -> tuple:
     first, *rest = self.models
     return (first, REFERENCE, *rest)  # the reference early: every model is compared to it
+
+  @property
+  def sweep_rule(self) -> SweepRule:
+    return SweepRule(self.learning_rates, self.max_grid_extensions, self.selection_seed)
 
 
 DATASETS = ('fashion_mnist', 'cifar10', 'cifar100')
@@ -110,7 +121,7 @@ class Screen:
   Cheap evidence for choosing which methods earn a place in the study; its
   ranking is of short runs, where step length weighs heavily.
   """
-  regime: study_runs.Regime
+  regime: Regime
   model: str = 'nested_width'
   num_exits: int = 4
   learning_rates: tuple = (0.05, 0.1, 0.2)
@@ -119,16 +130,24 @@ class Screen:
 
 
 def full_screen() -> Screen:
-  return Screen(study_runs.Regime('fashion_mnist', epochs=1, train_size=10_000))
+  return Screen(Regime('fashion_mnist', epochs=1, train_size=10_000))
 
 
 def quick_screen() -> Screen:
-  return Screen(study_runs.Regime('digits', epochs=1, batch_size=32, max_steps_per_epoch=6),
+  return Screen(Regime('digits', epochs=1, batch_size=32, max_steps_per_epoch=6),
                 num_exits=3, learning_rates=(0.1,), methods=('sgd', 'osgd', 'upgrad'))
 
 
-def screen(spec: Screen, out: pathlib.Path, data_dir: str, train_missing: bool) -> str:
-  """Runs (or reads) the screening and returns its table; writes ``screen.md``."""
+def run_screen(spec: Screen, runner: Runner) -> None:
+  """Trains every screening run not finished before."""
+  for method in spec.methods:
+    for lr in spec.learning_rates:
+      runner.ensure(ScreenKey(method, lr),
+                    spec.regime.config(spec.model, method, lr, spec.seed, spec.num_exits))
+
+
+def screen(spec: Screen, store: Store) -> str:
+  """The screening's table from its finished runs; writes ``screen.md``."""
   rates = spec.learning_rates
   lines = [f'Screening (ours): `{spec.model}` on {spec.regime.dataset}, '
            f'{spec.regime.train_size or "all"} training images, {spec.regime.epochs} epoch(s), '
@@ -140,145 +159,104 @@ def screen(spec: Screen, out: pathlib.Path, data_dir: str, train_missing: bool) 
            + ' | best rate | test accuracy per exit at the best |',
            '|---|' + '---|' * (len(rates) + 2)]
   for method in spec.methods:
-    outcomes = {}
-    for lr in rates:
-      workdir = out / 'screen' / method / f'lr{lr:g}'
-      config = spec.regime.config(spec.model, method, lr, spec.seed, spec.num_exits)
-      outcomes[lr] = (study_runs.ensure(workdir, config, data_dir) if train_missing
-                      else study_runs.outcome(workdir))
-    if any(o is None for o in outcomes.values()):
+    outcomes = {lr: store.outcome(ScreenKey(method, lr)) for lr in rates}
+    done = {lr: o for lr, o in outcomes.items() if o is not None}
+    if len(done) < len(rates):
       continue
-    cells = ' | '.join('diverged' if 'diverged' in outcomes[lr]
-                       else f'{100 * _score(outcomes[lr]):.2f}' for lr in rates)
-    best = max(outcomes, key=lambda lr: _score(outcomes[lr]))
-    if 'diverged' in outcomes[best]:
+    cells = ' | '.join('diverged' if isinstance(done[lr], Diverged)
+                       else f'{100 * score(done[lr]):.2f}' for lr in rates)
+    best = max(done, key=lambda lr: score(done[lr]))
+    chosen = done[best]
+    if isinstance(chosen, Diverged):
       lines.append(f'| {method} | {cells} | all diverged | |')
       continue
-    end = ' end' if _at_end(best, rates) else ''
+    end = ' end' if at_end(best, rates) else ''
     lines.append(f'| {method} | {cells} | {best:g}{end} | '
-                 + ' / '.join(f"{100 * e['test_accuracy']:.2f}" for e in outcomes[best]['exits'])
-                 + ' |')
+                 + ' / '.join(f'{100 * a:.2f}' for a in chosen.test_accuracy) + ' |')
   text = '\n'.join(lines) + '\n'
-  atomic_write(out / 'screen.md', text)
+  atomic_write(store.out / 'screen.md', text)
   return text
 
 
-def regime(study: Study, out: pathlib.Path) -> Optional[study_runs.Regime]:
-  """The study's regime once its pilot has decided the length; None before."""
-  chosen, _ = pilot_lib.choose(study.pilot, pilot_lib.measure(study.pilot, out))
-  return None if chosen is None else study.pilot.regime(*chosen)
-
-
-def run_dir(out, model, method, lr, seed) -> pathlib.Path:
-  return out / 'runs' / model / method / f'lr{lr:g}' / f'seed{seed}'
-
-
-def _at_end(best: float, rates) -> bool:
-  """Whether the best rate lies at an end of its grid, so a rate beyond it may do better."""
-  return len(rates) > 1 and best in (min(rates), max(rates))
-
-
-def _score(outcome: dict) -> float:
-  if 'diverged' in outcome:
-    return -math.inf
-  return float(np.mean([e['validation_accuracy'] for e in outcome['exits']]))
-
-
-def study_run(study, reg, out, model, method, lr, seed, data_dir, train_missing):
-  workdir = run_dir(out, model, method, lr, seed)
-  if not train_missing:
-    return study_runs.outcome(workdir)
-  config = reg.config(model, method, lr, seed, study.num_exits(model))
-  return study_runs.ensure(workdir, config, data_dir)
-
-
-def sweep(study, reg, out, model, method, data_dir='', train_missing=False) -> dict:
-  """The rate sweep of one (model, method) on the selection seed.
-
-  Returns ``{'rate': chosen or None (sweep unfinished), 'scores': {rate:
-  validation score}, 'at_end': whether the chosen rate is still at an end}``.
-  """
-  grid = sorted(study.learning_rates)
-  for extension in range(study.max_grid_extensions + 1):
-    scores = {}
-    for lr in grid:
-      done = study_run(study, reg, out, model, method, lr, study.selection_seed, data_dir,
-                  train_missing)
-      if done is None:
-        return {'rate': None, 'scores': scores, 'at_end': None}
-      scores[lr] = _score(done)
-    best = max(scores, key=scores.get)
-    at_end = _at_end(best, grid)
-    if not at_end or extension == study.max_grid_extensions:
-      return {'rate': best, 'scores': scores, 'at_end': at_end}
-    grid = [best / 2, *grid] if best == grid[0] else [*grid, best * 2]
-  raise AssertionError('unreachable')
-
-
-def run(study: Study, out: pathlib.Path, data_dir: str) -> None:
+def run(study: Study, runner: Runner) -> None:
   """Pilot, then per model: every method's sweep, then every method's reported seeds.
 
   Sweeps first, so that a model's choices (each method's rate, and which OSGD
   variant the main job defaults to) are all made on the selection seed before
   its reported seeds run.
   """
-  pilot_lib.run(study.pilot, out, data_dir)
-  reg = regime(study, out)
+  pilot_lib.run(study.pilot, runner)
+  reg = pilot_lib.decided_regime(study.pilot, runner.store)
   if reg is None:
     raise SystemExit('error: ' + pilot_lib.choose(
-        study.pilot, pilot_lib.measure(study.pilot, out))[1])
+        study.pilot, pilot_lib.measure(study.pilot, runner.store))[1])
+  source = runner.training(reg, study.num_exits)
   for model in study.all_models:
-    rates = {method: sweep(study, reg, out, model, method, data_dir, train_missing=True)['rate']
+    rates = {method: sweep(study.sweep_rule, source, model, method).chosen_rate()
              for method in study.methods_of(model)}
     for method, rate in rates.items():
       for seed in study.seeds:
-        study_run(study, reg, out, model, method, rate, seed, data_dir, train_missing=True)
+        source(RunKey(model, method, rate, seed))
 
 
 # ----- the report -----
 
-def summarize(study: Study, out: pathlib.Path) -> dict:
+class Row(TypedDict):
+  """One (model, method) of the study at its chosen rate, as ``summary.json`` holds it."""
+  model: str
+  method: str
+  learning_rate: float
+  rate_at_grid_end: Optional[bool]
+  sweep: dict[str, float]  # rate (as in its folder's name) -> validation score
+  seeds: list[int]  # reported seeds that finished
+  diverged_seeds: list[int]
+  mflops: list[float]  # per exit, cumulative
+  params: list[int]
+  test: dict[int, list[float]]  # seed -> test accuracy per exit
+  validation: dict[int, list[float]]
+  budgeted_batch: dict[int, list[dict]]  # seed -> the early-exit curve's points
+  train_seconds: float  # summed over the reported seeds
+
+
+def summarize(study: Study, store: Store) -> dict[str, Row]:
   """Per (model, method): the sweep and per-seed results at the chosen rate."""
-  reg = regime(study, out)
-  rows = {}
-  if reg is None:
+  rows: dict[str, Row] = {}
+  if pilot_lib.decided_regime(study.pilot, store) is None:
     return rows
   for model in study.all_models:
     for method in study.methods_of(model):
-      chosen = sweep(study, reg, out, model, method)
-      if chosen['rate'] is None:
+      chosen = sweep(study.sweep_rule, store.outcome, model, method)
+      if chosen.rate is None:
         continue
-      outcomes = {s: study_run(study, reg, out, model, method, chosen['rate'], s, '', False)
-                  for s in study.seeds}
-      runs = {s: r for s, r in outcomes.items() if r and 'diverged' not in r}
+      outcomes = {s: store.outcome(RunKey(model, method, chosen.rate, s)) for s in study.seeds}
+      runs = {s: r for s, r in outcomes.items() if isinstance(r, Finished)}
       if not runs:
         continue
       first = next(iter(runs.values()))
       rows[f'{model}/{method}'] = {
-          'model': model, 'method': method, 'learning_rate': chosen['rate'],
-          'rate_at_grid_end': chosen['at_end'],
-          'sweep': {f'{lr:g}': s for lr, s in chosen['scores'].items()},
+          'model': model, 'method': method, 'learning_rate': chosen.rate,
+          'rate_at_grid_end': chosen.at_end,
+          'sweep': {f'{lr:g}': s for lr, s in chosen.scores.items()},
           'seeds': sorted(runs),
-          'diverged_seeds': sorted(s for s, r in outcomes.items() if r and 'diverged' in r),
-          'mflops': [e['flops'] / 1e6 for e in first['exits']],
-          'params': [e['params'] for e in first['exits']],
-          'test': {s: [e['test_accuracy'] for e in r['exits']] for s, r in runs.items()},
-          'validation': {s: [e['validation_accuracy'] for e in r['exits']]
-                         for s, r in runs.items()},
-          'budgeted_batch': {s: r['budgeted_batch'] for s, r in runs.items()},
-          'train_seconds': float(sum(r['train_seconds'] for r in runs.values())),
+          'diverged_seeds': sorted(s for s, r in outcomes.items() if isinstance(r, Diverged)),
+          'mflops': first.mflops,
+          'params': first.params,
+          'test': {s: r.test_accuracy for s, r in runs.items()},
+          'validation': {s: r.validation_accuracy for s, r in runs.items()},
+          'budgeted_batch': {s: r.budgeted_batch for s, r in runs.items()},
+          'train_seconds': float(sum(r.train_seconds for r in runs.values())),
       }
   return rows
 
 
-def paired(a: Optional[dict], b: Optional[dict], split: str = 'test'):
-  """``[S, K]`` per-seed differences, row a minus row b, over their common seeds."""
+def paired(a: Optional[Row], b: Optional[Row]) -> Optional[np.ndarray]:
+  """``[S, K]`` per-seed test accuracy differences, row a minus row b, over their common seeds."""
   if not a or not b:
     return None
-  seeds = sorted(set(a[split]) & set(b[split]))
+  seeds = sorted(set(a['test']) & set(b['test']))
   if not seeds:
     return None
-  return np.array([np.subtract(a[split][s], b[split][s]) for s in seeds])
+  return np.array([np.subtract(a['test'][s], b['test'][s]) for s in seeds])
 
 
 def _interpolate(mflops, accuracy, at):
@@ -286,7 +264,7 @@ def _interpolate(mflops, accuracy, at):
   return np.interp(np.log(at), np.log(mflops), accuracy)
 
 
-def matched_cost(a: Optional[dict], b: Optional[dict]) -> Optional[dict]:
+def matched_cost(a: Optional[Row], b: Optional[Row]) -> Optional[dict]:
   """Row a minus row b at equal cumulative FLOPs, paired per seed.
 
   Compared at each exit's FLOPs of either model that lies inside both models'
@@ -323,14 +301,16 @@ def _difference_rows(title, comparisons, num_comparisons,
            f'| mean over {per}s | t | clear | simultaneous 95 % interval |',
            '|---|---|---|---|---|---|---|---|']
   for model, label, diff in comparisons:
-    t = stats.paired_t(diff.mean(1))
-    crit = stats.critical_t(len(diff), num_comparisons)
-    clear = 'yes' if abs(t) >= crit else 'no'
-    lo, hi = stats.interval(100 * diff.mean(1), num_comparisons)
+    test = stats.paired_test(100 * diff.mean(1), num_comparisons)
+    lo, hi = test.interval
     lines.append(f"| {model} | {label} | {len(diff)} | {' / '.join(_points(diff, '+'))} "
-                 f"| {_points(diff.mean(1, keepdims=True), '+')[0]} | {t:+.2f} | {clear} "
-                 f"| {lo:+.2f} to {hi:+.2f} |")
+                 f"| {_points(diff.mean(1, keepdims=True), '+')[0]} | {test.t:+.2f} "
+                 f"| {_clear(test)} | {lo:+.2f} to {hi:+.2f} |")
   return lines
+
+
+def _clear(test: stats.PairedTest) -> str:
+  return 'yes' if test.passed else 'no'
 
 
 def _family_rows(tables):
@@ -340,22 +320,22 @@ def _family_rows(tables):
   The per-table bounds above correct only within a table; this is the family the
   report's tests form as a whole.
   """
-  rows = [(name, first, second, diff) for name, comparisons in tables
-          for first, second, diff in comparisons]
-  if not rows:
+  n = sum(len(comparisons) for _, comparisons in tables)
+  if not n:
     return []
-  n = len(rows)
-  crits = {len(diff): stats.critical_t(len(diff), n) for *_, diff in rows}
+  rows = [(name, first, second, len(diff), stats.paired_test(100 * diff.mean(1), n))
+          for name, comparisons in tables for first, second, diff in comparisons]
+  crits = {pairs: test.critical_t for *_, pairs, test in rows}
   bound = ', '.join(f'|t| >= {c:.2f} with {k} pairs' for k, c in sorted(crits.items()))
-  passed = sum(abs(stats.paired_t(diff.mean(1))) >= crits[len(diff)] for *_, diff in rows)
+  passed = sum(test.passed for *_, test in rows)
   lines = ['', f'The whole family: all {n} comparisons above corrected together (two-sided 5 % '
-           f'Bonferroni over {n}: {bound}); {passed} pass.', '', '| table | row | comparison | t | clear | simultaneous 95 % interval |',
+           f'Bonferroni over {n}: {bound}); {passed} pass.', '',
+           '| table | row | comparison | t | clear | simultaneous 95 % interval |',
            '|---|---|---|---|---|---|']
-  for name, first, second, diff in rows:
-    t = stats.paired_t(diff.mean(1))
-    lo, hi = stats.interval(100 * diff.mean(1), n)
-    clear = 'yes' if abs(t) >= crits[len(diff)] else 'no'
-    lines.append(f'| {name} | {first} | {second} | {t:+.2f} | {clear} | {lo:+.2f} to {hi:+.2f} |')
+  for name, first, second, _, test in rows:
+    lo, hi = test.interval
+    lines.append(f'| {name} | {first} | {second} | {test.t:+.2f} | {_clear(test)} '
+                 f'| {lo:+.2f} to {hi:+.2f} |')
   return lines
 
 
@@ -374,8 +354,8 @@ def _first_exit_rows(comparisons):
   return lines
 
 
-def markdown(study: Study, rows: dict, out: pathlib.Path) -> str:
-  reg = regime(study, out)
+def markdown(study: Study, rows: dict[str, Row], store: Store) -> str:
+  reg = pilot_lib.decided_regime(study.pilot, store)
   if reg is None or not rows:
     return 'No finished study runs yet.\n'
   size = f'{reg.train_size:,}' if reg.train_size else 'all'
@@ -464,29 +444,27 @@ def markdown(study: Study, rows: dict, out: pathlib.Path) -> str:
   return '\n'.join(lines) + '\n'
 
 
-def sweeps_markdown(study: Study, out: pathlib.Path) -> str:
+def sweeps_markdown(study: Study, store: Store) -> str:
   """The rate sweeps so far, and the main job's choice once its sweeps have finished."""
-  reg = regime(study, out)
-  if reg is None:
+  if pilot_lib.decided_regime(study.pilot, store) is None:
     return ''
-  sweeps = {(model, method): sweep(study, reg, out, model, method)
+  sweeps = {(model, method): sweep(study.sweep_rule, store.outcome, model, method)
             for model in study.all_models for method in study.methods_of(model)}
-  sweeps = {k: v for k, v in sweeps.items() if v['scores']}
+  sweeps = {k: v for k, v in sweeps.items() if v.scores}
   if not sweeps:
     return ''
-  rates = sorted({lr for v in sweeps.values() for lr in v['scores']})
+  rates = sorted({lr for v in sweeps.values() for lr in v.scores})
   lines = [f'Rate sweeps on seed {study.selection_seed} (ours, not reported): validation '
            'accuracy (%), mean over exits, per peak rate; "end": the chosen rate is still at an '
            'end of its grid.', '',
            '| model | method | ' + ' | '.join(f'{lr:g}' for lr in rates) + ' | chosen |',
            '|---|---|' + '---|' * (len(rates) + 1)]
   for (model, method), v in sweeps.items():
-    cells = [('diverged' if v['scores'][lr] == -math.inf else f"{100 * v['scores'][lr]:.2f}")
-             if lr in v['scores'] else '' for lr in rates]
-    chosen = ('running' if v['rate'] is None else
-              f"{v['rate']:g}" + (' end' if v['at_end'] else ''))
+    cells = [('diverged' if v.scores[lr] == -math.inf else f'{100 * v.scores[lr]:.2f}')
+             if lr in v.scores else '' for lr in rates]
+    chosen = 'running' if v.rate is None else f'{v.rate:g}' + (' end' if v.at_end else '')
     lines.append(f'| {model} | {method} | ' + ' | '.join(cells) + f' | {chosen} |')
-  main_job = main_job_choice(study, out)
+  main_job = main_job_choice(study, store)
   if main_job:
     lines += ['', f"Main job: `python -m experiments.train` defaults to `--optimizer "
               f"{main_job['optimizer']} --learning_rate {main_job['learning_rate']:g}`, the OSGD "
@@ -496,7 +474,7 @@ def sweeps_markdown(study: Study, out: pathlib.Path) -> str:
   return '\n'.join(lines) + '\n\n'
 
 
-def main_job_choice(study: Study, out: pathlib.Path) -> Optional[dict]:
+def main_job_choice(study: Study, store: Store) -> Optional[dict]:
   """The OSGD variant and rate ``experiments.train`` defaults to, from the first model.
 
   Each variant (a method named ``osgd*``) at the rate its sweep chose, scored
@@ -506,18 +484,17 @@ def main_job_choice(study: Study, out: pathlib.Path) -> Optional[dict]:
   test accuracies decide nothing). ``{'optimizer', 'learning_rate', 'score',
   'seeds'}``; None until every variant's sweep has finished.
   """
-  reg = regime(study, out)
-  if reg is None:
+  if pilot_lib.decided_regime(study.pilot, store) is None:
     return None
   model = next(iter(study.models))
-  best = None
+  best: Optional[dict] = None
   for method in (m for m in study.methods if m.startswith('osgd')):
-    rate = sweep(study, reg, out, model, method)['rate']
+    rate = sweep(study.sweep_rule, store.outcome, model, method).rate
     if rate is None:
       return None
-    runs = [study_run(study, reg, out, model, method, rate, seed, '', False)
+    runs = [store.outcome(RunKey(model, method, rate, seed))
             for seed in (study.selection_seed, *study.seeds)]
-    scores = [_score(r) for r in runs if r is not None]
+    scores = [score(r) for r in runs if r is not None]
     choice = {'optimizer': method, 'learning_rate': rate, 'score': float(np.mean(scores)),
               'seeds': len(scores)}
     if best is None or choice['score'] > best['score']:
@@ -557,7 +534,7 @@ def cost_to_match_last_exit(row: dict) -> Optional[float]:
   return float(flops[reached[0]]) if reached.size else None
 
 
-def plot(study: Study, rows: dict, out: pathlib.Path) -> None:
+def plot(study: Study, rows: dict[str, Row], out: pathlib.Path) -> None:
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -603,62 +580,34 @@ def plot(study: Study, rows: dict, out: pathlib.Path) -> None:
     plt.close(fig)
 
 
-def compute_markdown(study: Study, out: pathlib.Path) -> str:
+def compute_markdown(study: Study, store: Store) -> str:
   """The study's compute: the summed ``train_seconds`` of its finished runs, per part.
 
   Only this study's runs count: the confirmatory study (:mod:`experiments.confirm`) shares
-  ``out`` and adds seeds, arms and a pilot of its own.
+  the folder and adds seeds, arms and a pilot of its own.
   """
-  seeds = {f'seed{s}' for s in (study.selection_seed, *study.seeds)}
+  seeds = (study.selection_seed, *study.seeds)
 
-  def part_of(part: tuple) -> Optional[str]:
-    if part[0] == 'pilot' and 'confirm' not in part:
+  def part_of(key: Key) -> Optional[str]:
+    if isinstance(key, PilotKey):
       return 'pilot'
-    if (part[0] == 'runs' and part[1] in study.all_models
-        and part[2] in study.methods_of(part[1]) and part[4] in seeds):
-      return f'`{part[1]}`'
+    if (isinstance(key, RunKey) and not key.doubled and key.model in study.all_models
+        and key.method in study.methods_of(key.model) and key.seed in seeds):
+      return f'`{key.model}`'
     return None
 
-  return summed_compute(out, part_of)
+  return compute_line(store.compute_parts(part_of))
 
 
-def compute_parts(out: pathlib.Path, part_of) -> dict[str, tuple[int, float]]:
-  """The finished runs under ``out`` per part: how many, and their summed ``train_seconds``.
-
-  ``part_of`` names the part a run belongs to from its path's parts relative to
-  ``out`` (``('runs', model, method, 'lr0.1', 'seed4', 'results.json')``), or
-  None for a run that is not counted.
-  """
-  parts: dict = {}
-  for path in sorted(out.glob('*/**/results.json')):
-    name = part_of(path.relative_to(out).parts)
-    if name is None:
-      continue
-    runs, seconds = parts.get(name, (0, 0.0))
-    parts[name] = runs + 1, seconds + json.loads(path.read_text())['train_seconds']
-  return parts
-
-
-def summed_compute(out: pathlib.Path, part_of) -> str:
-  """A compute line: the summed ``train_seconds`` of the finished runs, per part (see
-  :func:`compute_parts`)."""
-  parts = compute_parts(out, part_of)
-  if not parts:
-    return ''
-  total = sum(seconds for _, seconds in parts.values())
-  return ('\nCompute (ours): summed training time of the finished runs, sweeps included '
-          '(it also counts time a run sat paused or shared the CPU): ' + ', '.join(
-              f'{name} {runs} runs {seconds / 60:.0f} min' for name, (runs, seconds)
-              in parts.items()) + f'; in all {total / 3600:.1f} h.\n')
-
-
-def report(study: Study, out: pathlib.Path) -> str:
+def report(study: Study, store: Store) -> str:
   """Writes pilot.md, learning_curves.png, study.md, summary.json and the plots."""
-  pilot_text = pilot_lib.markdown(study.pilot, pilot_lib.measure(study.pilot, out), out)
+  out = store.out
+  pilot_text = pilot_lib.markdown(study.pilot, pilot_lib.measure(study.pilot, store), store)
   atomic_write(out / 'pilot.md', pilot_text)
-  pilot_lib.plot(study.pilot, out, out / 'learning_curves.png')
-  rows = summarize(study, out)
-  text = sweeps_markdown(study, out) + markdown(study, rows, out) + compute_markdown(study, out)
+  pilot_lib.plot(study.pilot, store, out / 'learning_curves.png')
+  rows = summarize(study, store)
+  text = (sweeps_markdown(study, store) + markdown(study, rows, store)
+          + compute_markdown(study, store))
   atomic_write(out / 'study.md', text)
   atomic_write(out / 'summary.json', json.dumps(rows, indent=1))
   if rows:
@@ -684,6 +633,8 @@ def main(argv=None):
                  'results' if args.dataset == 'fashion_mnist' else f'results/{args.dataset}')
   out = pathlib.Path(args.out or default_out)
   out.mkdir(parents=True, exist_ok=True)
+  store = Store(out)
+  runner = Runner(store, args.data_dir)
   if not jax.config.jax_compilation_cache_dir:
     # Runs of one (model, method) differ in data and rate only: they reuse
     # the first run's compiled programs from this on-disk cache.
@@ -691,11 +642,13 @@ def main(argv=None):
                       str(pathlib.Path(args.data_dir) / 'xla_cache'))
   if args.screen:
     spec = quick_screen() if args.quick else full_screen()
-    print(screen(spec, out, args.data_dir, train_missing=not args.report_only))
+    if not args.report_only:
+      run_screen(spec, runner)
+    print(screen(spec, store))
     return
   if not args.report_only:
-    run(study, out, args.data_dir)
-  print(report(study, out))
+    run(study, runner)
+  print(report(study, store))
 
 
 if __name__ == '__main__':

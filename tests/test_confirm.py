@@ -1,90 +1,28 @@
-"""The confirmatory study: its declared tests, endpoints and statistics, and its pipeline."""
+"""The confirmatory study: its declared family, depth pilot, report, compute and pipeline."""
 
 import json
 import pathlib
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from experiments import confirm
+from experiments import confirm, reproduce
+from experiments.study import stats
+from experiments.study.regime import Regime
+from experiments.study.store import Finished, Store
 from tests.test_reproduce import FIRST_STUDY, write_finished_runs
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def test_deliverable_accuracy_is_the_deepest_exit_that_fits():
-  mflops, accuracy = [1.0, 2.0, 4.0], [0.5, 0.7, 0.9]
-  got = confirm.deliverable(mflops, accuracy, np.array([0.5, 1.0, 1.9, 2.0, 3.99, 4.0, 100.0]))
-  np.testing.assert_array_equal(got, [np.nan, 0.5, 0.5, 0.7, 0.7, 0.9, 0.9])
-
-
-def test_early_exit_delivers_the_costliest_operating_point_that_fits():
-  mflops, accuracy = [1.0, 4.0], [0.5, 0.9]
-  curve = [(3.0, 0.6), (2.0, 0.7)]  # chosen by cost: the costlier point wins though less accurate
-  got = confirm.early_exit_delivered(mflops, accuracy, curve,
-                                     np.array([0.5, 1.0, 2.5, 3.0, 3.9, 4.0]))
-  np.testing.assert_array_equal(got, [np.nan, 0.5, 0.7, 0.6, 0.6, 0.9])
-
-
-def test_budgets_span_what_both_networks_deliver():
-  grid = confirm.budgets([0.27, 0.76, 2.57, 9.54], [1.06, 2.4, 3.62, 5.12], num=5)
-  np.testing.assert_allclose(grid[[0, -1]], [1.06, 5.12])
-  np.testing.assert_allclose(np.diff(np.log(grid)), np.log(5.12 / 1.06) / 4)
-  with pytest.raises(ValueError, match='do not overlap'):
-    confirm.budgets([1.0, 2.0], [3.0, 4.0])
-
-
-def _arm(test, mflops=(1.0, 2.0), diverged=(), curve=()):
-  return {'test': dict(enumerate(test, start=4)), 'mflops': list(mflops),
-          'curves': {s: list(curve) for s in range(4, 4 + len(test))},
-          'diverged': list(diverged), 'missing': []}
-
-
-def test_each_endpoint_by_hand():
-  a = _arm([[0.6, 0.8]], mflops=(1.0, 4.0), curve=[(2.0, 0.7)])
-  b = _arm([[0.5, 0.9]], mflops=(2.0, 3.0))
-  first = confirm.Primary('q', confirm.Arm('m', 'x'), confirm.Arm('m', 'y'), 'first_exit')
-  assert confirm.endpoint(first, a, b, 4) == pytest.approx(0.1)
-  mean = confirm.dataclasses.replace(first, endpoint='mean_over_exits')
-  assert confirm.endpoint(mean, a, b, 4) == pytest.approx(0.0)
-  # Budgets 2..3 (both deliver): a delivers exit 1 (0.6) throughout; b delivers 0.5 below 3 and
-  # 0.9 at 3. With 8 log-spaced budgets only the last reaches 3.
-  cost = confirm.dataclasses.replace(first, endpoint='deliverable_cost')
-  assert confirm.endpoint(cost, a, b, 4) == pytest.approx((7 * 0.1 - 0.3) / 8)
-  # Early exit allowed: a's curve point (2.0 MFLOPs, 0.7) fits every budget; b is as above.
-  early = confirm.dataclasses.replace(first, endpoint='early_exit_cost')
-  assert confirm.endpoint(early, a, b, 4) == pytest.approx((7 * 0.2 - 0.2) / 8)
-
-
 def test_compute_counts_only_the_confirmations_own_runs(tmp_path):
   write_finished_runs(tmp_path)  # the first study's runs there are not counted
-  text = confirm.compute_markdown(confirm.Confirm(FIRST_STUDY), tmp_path)
+  text = confirm.compute_markdown(confirm.Confirm(FIRST_STUDY), Store(tmp_path))
   assert ('depth pilot 1 runs 10 min, new sweeps 2 runs 20 min, descriptive methods 1 runs 1 min, '
           'fresh seeds 3 runs 18 min, twice the epochs 1 runs 4 min; in all 0.9 h') in text
   assert 'Per fresh seed (every primary arm, same caveat): seed 4 15 min, seed 10 3 min.' in text
-
-
-def test_a_primary_test_pairs_seeds_counts_failures_and_corrects_for_the_family():
-  rng = np.random.default_rng(0)
-  base = rng.uniform(0.5, 0.6, size=(8, 1))
-  a = _arm(base + 0.02 + rng.normal(0, 0.005, size=(8, 1)), diverged=[12])
-  b = _arm(base)
-  del a['test'][11]  # seed 11 diverged for a: it leaves the pair
-  primary = confirm.Primary('q', confirm.Arm('m', 'x'), confirm.Arm('m', 'y'), 'first_exit')
-  row = confirm.test_row(primary, a, b, num_tests=6)
-  assert row['pairs'] == 7 and row['seeds'] == list(range(4, 11))
-  assert row['diverged'] == {'m/x': [12], 'm/y': []}
-  d = 100 * (np.array([a['test'][s][0] for s in range(4, 11)]) - base[:7, 0])
-  t = d.mean() / (d.std(ddof=1) / np.sqrt(7))
-  crit = scipy_stats.t.ppf(1 - 0.05 / 12, 6)
-  assert row['t'] == pytest.approx(t) and row['critical_t'] == pytest.approx(crit)
-  half = crit * d.std(ddof=1) / np.sqrt(7)
-  np.testing.assert_allclose(row['interval'], [d.mean() - half, d.mean() + half])
-  assert row['passed'] == (abs(t) >= crit) and row['passed']
-  assert '| 7 (+1 diverged' in confirm._cells(row)
 
 
 def _row(i, mean, passed, pairs=8, diverged=()):
@@ -145,9 +83,9 @@ def test_readme_states_the_primary_results_only_when_the_report_has_them():
 
 
 def test_the_depth_pilot_takes_the_widest_width_where_capacity_matters():
-  spec = confirm.Confirm(confirm.reproduce.full_study(), depth_widths=(2, 4, 8))
-  run = lambda first, last: {'exits': [{'validation_accuracy': first},
-                                       {'validation_accuracy': last}]}
+  spec = confirm.Confirm(reproduce.full_study(), depth_widths=(2, 4, 8))
+  run = lambda first, last: Finished([{'validation_accuracy': first},
+                                      {'validation_accuracy': last}], [], 0.0)
   assert confirm.depth_width(spec, {2: run(0.7, 0.8), 4: run(0.7, 0.75), 8: run(0.8, 0.81)}) == 4
   assert confirm.depth_width(spec, {2: run(0.7, 0.71), 4: run(0.7, 0.71), 8: run(0.8, 0.8)}) == 2
   assert confirm.depth_width(spec, {2: run(0.7, 0.8), 4: None, 8: run(0.8, 0.9)}) is None
@@ -184,12 +122,12 @@ def test_quick_confirmation_runs_and_reports_every_primary(tmp_path):
 def test_the_study_page_states_the_declared_family():
   readme = (ROOT / 'docs' / 'study.md').read_text()
   assert all(f'`{p.a}` − `{p.b}`' in readme for p in confirm.PRIMARIES)
-  assert f'|t| >= {confirm.stats.critical_t(len(confirm.SEEDS), len(confirm.PRIMARIES)):.2f}' in readme
+  assert f'|t| >= {stats.critical_t(len(confirm.SEEDS), len(confirm.PRIMARIES)):.2f}' in readme
 
 
 def test_the_depth_models_run_at_their_own_width_and_growth():
-  reg = confirm.study_runs.Regime('fashion_mnist', epochs=16, width=2,
-                                  fixed_widths=(('nested_depth', 4), ('independent_depth', 4)))
+  reg = Regime('fashion_mnist', epochs=16, width=2,
+               fixed_widths=(('nested_depth', 4), ('independent_depth', 4)))
   config = reg.config('independent_depth', 'sgd', 0.1, seed=4, num_exits=4)
   assert (config.model, config.growth, config.width) == ('independent', 'depth', 4)
   assert reg.config('nested_depth', 'sgd', 0.1, 4, 4).width == 4

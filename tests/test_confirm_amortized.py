@@ -1,4 +1,4 @@
-"""The amortized-OSGD confirmation: its equivalence test, its declared family, its arm, its pipeline."""
+"""The amortized-OSGD confirmation: its equivalence row, declared family, arm and pipeline."""
 
 import json
 import pathlib
@@ -9,45 +9,25 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from experiments import confirm, confirm_amortized, stats, study_runs
-from tests.test_confirm import _arm
+from experiments import confirm, confirm_amortized
+from experiments.study import declared, stats
+from experiments.study.regime import Regime
+from tests.test_study import arm_runs
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-@pytest.mark.parametrize('shift, spread', [(0.0, 0.3), (0.6, 0.3), (0.2, 1.5), (-0.9, 0.05)])
-def test_equivalence_is_two_one_sided_tests_against_scipy(shift, spread):
-  d = shift + spread * np.random.default_rng(1).standard_normal(8)
-  got = stats.equivalence(d, margin=1.0, num_comparisons=2)
-  # Independent reference: scipy's one-sided tests against -margin and +margin, each at 0.05 / 2.
-  above = scipy_stats.ttest_1samp(d, -1.0, alternative='greater').pvalue
-  below = scipy_stats.ttest_1samp(d, 1.0, alternative='less').pvalue
-  assert got['passed'] == (max(above, below) < 0.025)
-  lo, hi = got['interval']
-  assert got['passed'] == (-1.0 < lo and hi < 1.0)  # the interval TOST reads lies inside
-  np.testing.assert_allclose((lo + hi) / 2, d.mean())
-
-
-def test_equivalence_refuses_a_margin_that_is_not_positive_and_needs_spread():
-  with pytest.raises(ValueError, match='margin must be positive'):
-    stats.equivalence(np.ones(8), margin=0.0, num_comparisons=1)
-  assert not stats.equivalence(np.zeros(8), margin=1.0, num_comparisons=1)['passed']
-
-
-def test_a_declared_test_names_a_known_endpoint():
-  with pytest.raises(ValueError, match="unknown endpoint 'first-exit'"):
-    confirm.Primary('q', confirm.Arm('m', 'x'), confirm.Arm('m', 'y'), 'first-exit')
 
 
 def test_an_equivalence_row_pairs_seeds_and_reads_tost():
   rng = np.random.default_rng(0)
   base = rng.uniform(0.5, 0.6, size=(8, 1))
-  a, b = _arm(base + rng.normal(0, 0.002, size=(8, 1))), _arm(base)
-  row = confirm.test_row(confirm_amortized.PRIMARIES[1], a, b, num_tests=2)
-  d = 100 * (np.array([a['test'][s][0] for s in range(4, 12)]) - base[:, 0])
+  a, b = arm_runs(base + rng.normal(0, 0.002, size=(8, 1))), arm_runs(base)
+  row = declared.test_row(confirm_amortized.PRIMARIES[1], a, b, num_tests=2)
+  d = 100 * (np.array([a.test[s][0] for s in range(4, 12)]) - base[:, 0])
   assert row['pairs'] == 8 and row['margin'] == 1.0
   assert row['mean'] == pytest.approx(d.mean())
-  assert row == {**row, **stats.equivalence(d, 1.0, 2)}
+  tost = stats.paired_test(d, 2, margin=1.0)
+  assert (row['t'], row['critical_t'], row['interval'], row['passed']) == (
+      tost.t, tost.critical_t, list(tost.interval), tost.passed)
   assert row['passed']  # 0.2-point noise around zero: equivalent within a point
   text = confirm_amortized.headline({'primary': [row, row], 'seeds': list(range(4, 12))})
   assert text.count(': equivalent.') == 2 and '95 % interval, margin ±1:' in text
@@ -63,7 +43,7 @@ def test_the_declaration_fixes_the_family_before_the_runs():
 
 
 def test_the_amortized_arm_is_the_trainers_refresh_every():
-  reg = study_runs.Regime('fashion_mnist', epochs=16, width=2)
+  reg = Regime('fashion_mnist', epochs=16, width=2)
   config = reg.config(confirm_amortized.AMORTIZED.model, confirm_amortized.AMORTIZED.method,
                       0.4, seed=12, num_exits=4)
   assert (config.optimizer, config.refresh_every) == ('osgd_global', 8)

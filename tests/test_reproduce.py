@@ -1,4 +1,4 @@
-"""The study: pilot, rate sweeps, statistics, matched comparisons, and every trainer optimizer."""
+"""The study: pilot, its report's statistics, matched comparisons, and every trainer optimizer."""
 
 import dataclasses
 import json
@@ -15,39 +15,15 @@ from scipy import stats as scipy_stats
 import anytime_jax as aj
 from anytime_jax import models
 from experiments import data
-from experiments import optimizers, pilot, reproduce, stats, study_runs, train
+from experiments import optimizers, pilot, reproduce, train
+from experiments.study import stats
+from experiments.study.keys import PilotKey, RunKey
+from experiments.study.regime import Regime
+from experiments.study.runner import Runner
+from experiments.study.store import Store
+from tests.test_study import results_json, write_results
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-def test_statistics_against_hand_computed_values():
-  mean, std = stats.mean_std([[1.0, 10.0], [3.0, 10.0], [5.0, 10.0]])
-  np.testing.assert_allclose(mean, [3.0, 10.0])
-  np.testing.assert_allclose(std, [2.0, 0.0])  # ddof=1: sqrt(((-2)^2 + 0 + 2^2) / 2)
-  assert np.isnan(stats.mean_std([[1.0]])[1][0])
-  np.testing.assert_allclose(stats.paired_t([1.0, 2.0, 3.0]), 2.0 / (1.0 / np.sqrt(3)))
-  assert math.isnan(stats.paired_t([1.0])) and math.isnan(stats.paired_t([2.0, 2.0]))
-  np.testing.assert_allclose(stats.critical_t(3, 1), 4.302652729911275)  # t(0.975, 2 dof)
-  np.testing.assert_allclose(stats.critical_t(3, 10), scipy_stats.t.ppf(1 - 0.05 / 20, 2))
-  assert stats.critical_t(3, 10) > stats.critical_t(3, 1)
-  # [1, 2, 3]: mean 2, std 1, n 3; one comparison: 2 ± 4.3027 / sqrt(3) = 2 ± 2.4841.
-  np.testing.assert_allclose(stats.interval([1.0, 2.0, 3.0], 1), [2 - 2.48414, 2 + 2.48414],
-                             atol=1e-5)
-  lo, hi = stats.interval([1.0, 2.0, 3.0], 10)
-  assert lo < 2 - 2.48414 and hi > 2 + 2.48414 and np.isclose((lo + hi) / 2, 2.0)
-  assert all(math.isnan(v) for v in stats.interval([1.0], 1))
-
-
-def _results(val, test, mflops=(1.0, 4.0), params=(10, 30)):
-  exits = [{'exit': k + 1, 'flops': 1e6 * f, 'params': p, 'test_accuracy': t,
-            'validation_accuracy': val} for k, (f, p, t) in enumerate(zip(mflops, params, test))]
-  curve = [{'q': q, 'flops': 1e6 * (1 + q), 'accuracy': a} for q, a in ((0.5, 0.4), (2.0, 0.6))]
-  return {'exits': exits, 'budgeted_batch': curve, 'train_seconds': 1.0}
-
-
-def _write(workdir, results):
-  workdir.mkdir(parents=True, exist_ok=True)
-  (workdir / 'results.json').write_text(json.dumps(results))
 
 
 def _toy_study(**kwargs):
@@ -56,35 +32,6 @@ def _toy_study(**kwargs):
   return reproduce.Study(**{'pilot': toy_pilot, 'models': {'m': 2}, 'methods': ('sgd', 'osgd'),
                             'learning_rates': (0.1, 0.2), 'seeds': (1, 2),
                             'max_grid_extensions': 2, **kwargs})
-
-
-def test_the_sweep_grows_its_grid_until_the_chosen_rate_is_interior(tmp_path):
-  study = _toy_study()
-  write = lambda lr, val: _write(reproduce.run_dir(tmp_path, 'm', 'sgd', lr, 0),
-                                 _results(val, [0.5, 0.5]))
-  write(0.1, 0.5)
-  write(0.2, 0.7)
-  assert reproduce.sweep(study, None, tmp_path, 'm', 'sgd')['rate'] is None  # 0.4 is missing
-  write(0.4, 0.8)
-  assert reproduce.sweep(study, None, tmp_path, 'm', 'sgd')['rate'] is None  # and now 0.8
-  write(0.8, 0.6)
-  chosen = reproduce.sweep(study, None, tmp_path, 'm', 'sgd')
-  assert chosen['rate'] == 0.4 and not chosen['at_end']
-  assert sorted(chosen['scores']) == [0.1, 0.2, 0.4, 0.8]
-  capped = reproduce.sweep(_toy_study(max_grid_extensions=1), None, tmp_path, 'm', 'sgd')
-  assert capped['rate'] == 0.4 and capped['at_end']  # 0.4 is the last rate it may try
-
-
-def test_downward_growth_and_divergence_scoring_lowest(tmp_path):
-  study = _toy_study()
-  _write(reproduce.run_dir(tmp_path, 'm', 'osgd', 0.1, 0), _results(0.6, [0.5, 0.5]))
-  diverged = reproduce.run_dir(tmp_path, 'm', 'osgd', 0.2, 0)
-  diverged.mkdir(parents=True)
-  (diverged / 'diverged.json').write_text(json.dumps({'step': 3, 'message': 'nan'}))
-  assert reproduce.sweep(study, None, tmp_path, 'm', 'osgd')['rate'] is None  # 0.05 missing
-  _write(reproduce.run_dir(tmp_path, 'm', 'osgd', 0.05, 0), _results(0.5, [0.5, 0.5]))
-  chosen = reproduce.sweep(study, None, tmp_path, 'm', 'osgd')
-  assert chosen['rate'] == 0.1 and chosen['scores'][0.2] == -math.inf
 
 
 def test_run_trains_pilot_sweeps_and_seeds_once_each(tmp_path, monkeypatch):
@@ -101,10 +48,11 @@ def test_run_trains_pilot_sweeps_and_seeds_once_each(tmp_path, monkeypatch):
     (workdir / 'metrics.jsonl').write_text(json.dumps(
         {'epoch': 1, 'step': 1, 'validation_accuracy': [0.5, 0.6]}) + '\n')
     score = 0.7 if config.learning_rate == 0.2 else 0.6
-    _write(workdir, _results(score, [0.5 + 0.01 * config.seed, 0.6]))
+    write_results(workdir, results_json(score, [0.5 + 0.01 * config.seed, 0.6]))
 
   monkeypatch.setattr(train, 'train_and_evaluate', fake_train)
-  reproduce.run(study, tmp_path, '')
+  store = Store(tmp_path)
+  reproduce.run(study, Runner(store, ''))
   pilots = [c for c in calls if c[5] == 1]
   # The candidates, then the baseline at twice the chosen (and longest) length.
   assert [(c[0], c[1], c[4]) for c in pilots] == [('m', 'sgd', 1), ('independent', 'sgd', 1),
@@ -116,11 +64,11 @@ def test_run_trains_pilot_sweeps_and_seeds_once_each(tmp_path, monkeypatch):
       ('m', 'sgd', 0.2, 1), ('m', 'sgd', 0.2, 2), ('m', 'osgd', 0.1, 1), ('m', 'osgd', 0.1, 2),
       ('independent', 'sgd', 0.1, 0), ('independent', 'sgd', 0.2, 0),
       ('independent', 'sgd', 0.2, 1), ('independent', 'sgd', 0.2, 2)]
-  reproduce.run(study, tmp_path, '')
+  reproduce.run(study, Runner(store, ''))
   assert len(calls) == 3 + 12  # nothing retrained, the diverged run included
-  rows = reproduce.summarize(study, tmp_path)
+  rows = reproduce.summarize(study, store)
   assert rows['m/osgd']['learning_rate'] == 0.1 and rows['m/osgd']['seeds'] == [1, 2]
-  text = reproduce.report(study, tmp_path)
+  text = reproduce.report(study, store)
   assert '| m | osgd − sgd | 2 |' in text and 'for the 1 comparisons' in text
   assert '| +0.00 to +0.00 |' in text  # equal test accuracies on both seeds: no spread
   assert '{' not in text  # every template filled in
@@ -172,7 +120,7 @@ def write_finished_runs(root: pathlib.Path) -> None:
     path = root.joinpath(*parts, 'results.json')
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps({'train_seconds': seconds}))
-  finished('pilot', 'width2', 'branched', seconds=60)
+  finished('pilot', 'width2', 'branched', 'epochs16', seconds=60)
   finished('runs', 'branched', 'sgd', 'lr0.1', 'seed0', seconds=120)  # its sweep
   finished('runs', 'branched', 'osgd', 'lr0.1', 'seed3', seconds=180)
   finished('runs', 'branched', 'sgd', 'lr0.1', 'seed4', seconds=600)  # the confirmatory study's
@@ -191,7 +139,7 @@ FIRST_STUDY = dataclasses.replace(reproduce.full_study(), models={'branched': 4}
 
 def test_compute_counts_only_the_studys_own_runs(tmp_path):
   write_finished_runs(tmp_path)
-  text = reproduce.compute_markdown(FIRST_STUDY, tmp_path)
+  text = reproduce.compute_markdown(FIRST_STUDY, Store(tmp_path))
   assert 'pilot 1 runs 1 min, `branched` 2 runs 5 min; in all 0.1 h' in text
 
 
@@ -232,11 +180,11 @@ def test_pilot_measures_its_criteria_from_learning_curves(tmp_path):
                                ('nested_width', 4, [[0.5, 0.7]] * 3 + [[0.6, 0.81]]),
                                ('independent', 2, [[0.5, 0.7], [0.6, 0.75]]),
                                ('independent', 4, [[0.5, 0.7]] * 4)]:
-    workdir = p.workdir(tmp_path, 3, model, epochs)
+    workdir = Store(tmp_path).workdir(PilotKey(3, model, epochs))
     workdir.mkdir(parents=True)
     (workdir / 'metrics.jsonl').write_text(''.join(
         json.dumps({'epoch': i + 1, 'validation_accuracy': a}) + '\n' for i, a in enumerate(curve)))
-  rows = pilot.measure(p, tmp_path)
+  rows = pilot.measure(p, Store(tmp_path))
   np.testing.assert_allclose([rows[3, 2]['doubling_gain'], rows[3, 2]['capacity_gain']],
                              [1.0, 15.0])
   assert np.isnan(rows[3, 4]['doubling_gain'])
@@ -250,19 +198,20 @@ def test_plateau_check_reports_twice_the_chosen_length_without_deciding(tmp_path
                                ('nested_width', 8, [[0.5, 0.7]] * 7 + [[0.6, 0.83]]),
                                ('independent', 2, [[0.5, 0.7]] * 2),
                                ('independent', 4, [[0.5, 0.7]] * 3 + [[0.6, 0.9]])]:
-    workdir = p.workdir(tmp_path, 3, model, epochs)
+    workdir = Store(tmp_path).workdir(PilotKey(3, model, epochs))
     workdir.mkdir(parents=True)
     (workdir / 'metrics.jsonl').write_text(''.join(
         json.dumps({'epoch': i + 1, 'validation_accuracy': a}) + '\n' for i, a in enumerate(curve)))
-  check = pilot.plateau_check(p, tmp_path, (3, 4))
+  store = Store(tmp_path)
+  check = pilot.plateau_check(p, store, (3, 4))
   assert check['epochs'] == 8
   np.testing.assert_allclose([check['last_exit'], check['gain']], [83.0, 3.0])
-  assert pilot.plateau_check(p, tmp_path, (3, 2)) is None  # 4 epochs is itself a candidate
-  rows = pilot.measure(p, tmp_path)
+  assert pilot.plateau_check(p, store, (3, 2)) is None  # 4 epochs is itself a candidate
+  rows = pilot.measure(p, store)
   assert (3, 8) not in rows  # the check is no candidate
-  text = pilot.markdown(p, rows, tmp_path)
+  text = pilot.markdown(p, rows, store)
   assert 'Plateau check' in text and '+3.00 points over 4 epochs (not below' in text
-  pilot.plot(p, tmp_path, tmp_path / 'curves.png')
+  pilot.plot(p, store, tmp_path / 'curves.png')
 
 
 @pytest.mark.slow
@@ -327,11 +276,7 @@ def test_no_optimizer_state_holds_an_array_twice():
     assert len({id(a) for a in arrays}) == len(arrays), name
 
 
-def test_regime_builds_the_configs_every_run_shares():
-  regime = study_runs.Regime('fashion_mnist', epochs=10, train_size=1000)
-  config = regime.config('branched', 'osgd', 0.2, seed=3, num_exits=4)
-  assert (config.epochs, config.train_size, config.learning_rate, config.seed) == (10, 1000, 0.2, 3)
-  assert config.warmup_epochs == pytest.approx(0.5) and config.eval_every == 0
+def test_the_study_runs_on_a_known_dataset():
   with pytest.raises(ValueError, match='unknown dataset .*cifar10'):
     reproduce.full_study('cifar-10')
   cifar = reproduce.full_study('cifar100')
@@ -339,7 +284,7 @@ def test_regime_builds_the_configs_every_run_shares():
 
 
 def test_screen_picks_each_methods_best_rate_and_marks_divergence(tmp_path, monkeypatch):
-  spec = reproduce.Screen(study_runs.Regime('toy', epochs=1), num_exits=2,
+  spec = reproduce.Screen(Regime('toy', epochs=1), num_exits=2,
                           learning_rates=(0.05, 0.1, 0.2), methods=('sgd', 'osgd', 'mgda'))
 
   def fake_train(config, workdir, data_dir):
@@ -347,15 +292,17 @@ def test_screen_picks_each_methods_best_rate_and_marks_divergence(tmp_path, monk
       raise train.Diverged('error: the loss became nan at step 1', 1)
     lr = config.learning_rate
     score = 0.5 + lr if config.optimizer == 'sgd' else 0.8 - abs(lr - 0.1)  # osgd: best inside
-    _write(pathlib.Path(workdir), _results(score, [0.3, 0.4]))
+    write_results(pathlib.Path(workdir), results_json(score, [0.3, 0.4]))
 
   monkeypatch.setattr(train, 'train_and_evaluate', fake_train)
-  text = reproduce.screen(spec, tmp_path, '', train_missing=True)
+  store = Store(tmp_path)
+  reproduce.run_screen(spec, Runner(store, ''))
+  text = reproduce.screen(spec, store)
   assert '| sgd | 55.00 | 60.00 | 70.00 | 0.2 end | 30.00 / 40.00 |' in text
   assert '| osgd | 75.00 | 80.00 | 70.00 | 0.1 | 30.00 / 40.00 |' in text
   assert '| mgda | diverged | diverged | diverged | all diverged | |' in text
   assert (tmp_path / 'screen.md').read_text() == text
-  assert reproduce.screen(spec, tmp_path, '', train_missing=False) == text  # read back
+  assert reproduce.screen(spec, store) == text  # read back
 
 
 def test_the_study_page_shows_the_screen_as_its_report_writes_it():
@@ -368,27 +315,28 @@ def test_the_study_page_shows_the_screen_as_its_report_writes_it():
 
 def test_main_job_choice_averages_validation_over_every_finished_seed(tmp_path, monkeypatch):
   study = _toy_study(methods=('sgd', 'osgd', 'osgd_global'), max_grid_extensions=0)
-  monkeypatch.setattr(reproduce, 'regime', lambda study, out: 'a regime')
-  write = lambda method, lr, seed, val: _write(
-      reproduce.run_dir(tmp_path, 'm', method, lr, seed), _results(val, [0.5, 0.5]))
+  monkeypatch.setattr(pilot, 'decided_regime', lambda pilot, store: 'a regime')
+  store = Store(tmp_path)
+  write = lambda method, lr, seed, val: write_results(
+      store.workdir(RunKey('m', method, lr, seed)), results_json(val, [0.5, 0.5]))
   for method, best_on_seed0 in (('osgd', 0.80), ('osgd_global', 0.78)):
     write(method, 0.1, 0, 0.70)
     write(method, 0.2, 0, best_on_seed0)
-  assert reproduce.main_job_choice(study, tmp_path) == {
+  assert reproduce.main_job_choice(study, store) == {
       'optimizer': 'osgd', 'learning_rate': 0.2, 'score': 0.80, 'seeds': 1}
   for seed in study.seeds:  # the reported seeds reverse the order
     write('osgd', 0.2, seed, 0.70)
     write('osgd_global', 0.2, seed, 0.76)
-  choice = reproduce.main_job_choice(study, tmp_path)
+  choice = reproduce.main_job_choice(study, store)
   assert choice['optimizer'] == 'osgd_global' and choice['seeds'] == 3
   np.testing.assert_allclose(choice['score'], (0.78 + 2 * 0.76) / 3)
   write('osgd_global', 0.1, 1, 0.99)  # another rate's run on a reported seed counts for nothing
-  np.testing.assert_allclose(reproduce.main_job_choice(study, tmp_path)['score'],
+  np.testing.assert_allclose(reproduce.main_job_choice(study, store)['score'],
                              (0.78 + 2 * 0.76) / 3)
 
 
 def test_the_main_jobs_defaults_follow_the_study():
-  choice = reproduce.main_job_choice(reproduce.full_study(), ROOT / 'results')
+  choice = reproduce.main_job_choice(reproduce.full_study(), Store(ROOT / 'results'))
   if choice is None:
     pytest.skip('the study has not finished the OSGD sweeps its choice needs')
   defaults = train.Config()

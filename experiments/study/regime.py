@@ -1,27 +1,19 @@
-"""Runs of a study: the regime they share, where each lives, and its outcome.
-
-Every run is one :func:`experiments.train.train_and_evaluate` workdir; a
-finished run is read back, never retrained, an interrupted one resumes from its
-checkpoint, and a run whose loss diverged is recorded as such.
-"""
+"""What every run of a study shares, and each run's training configuration."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import pathlib
-import sys
-from typing import Optional
+from typing import Any, Optional
 
 from experiments import train
-from experiments.checkpoint import atomic_write
-
+from experiments.study.keys import RunKey
 
 # Study models that are one of the library's networks with options: name -> (network, fields).
-VARIANTS = {'independent_depth': ('independent', {'growth': 'depth'})}
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    'independent_depth': ('independent', {'growth': 'depth'})}
 
 
-def method_variant(method: str) -> tuple[str, dict]:
+def method_variant(method: str) -> tuple[str, dict[str, Any]]:
   """A study method as the trainer's optimizer and options.
 
   ``<optimizer>_every<N>`` is the optimizer with its combination's weights
@@ -51,6 +43,10 @@ class Regime:
       return dict(self.fixed_widths)[model]
     return None if self.width is None else self.width * dict(self.width_factor).get(model, 1)
 
+  def doubled(self) -> Regime:
+    """The same regime at twice the epochs (where :class:`RunKey` ``doubled`` runs train)."""
+    return dataclasses.replace(self, epochs=2 * self.epochs)
+
   def config(self, model: str, method: str, learning_rate: float, seed: int, num_exits: int,
              eval_every: int = 0) -> train.Config:
     network, fields = VARIANTS.get(model, (model, {}))
@@ -63,32 +59,7 @@ class Regime:
         train_size=self.train_size, max_steps_per_epoch=self.max_steps_per_epoch, seed=seed,
         eval_every=eval_every)
 
-
-def outcome(workdir: pathlib.Path) -> Optional[dict]:
-  """The run's results, ``{'diverged': step}`` if its loss diverged, None if not run yet."""
-  if (workdir / 'results.json').exists():
-    return json.loads((workdir / 'results.json').read_text())
-  if (workdir / 'diverged.json').exists():
-    return {'diverged': json.loads((workdir / 'diverged.json').read_text())['step']}
-  return None
-
-
-def learning_curve(workdir: pathlib.Path) -> list[dict]:
-  """The run's per-epoch records (``metrics.jsonl``)."""
-  path = workdir / 'metrics.jsonl'
-  return [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
-
-
-def ensure(workdir: pathlib.Path, config: train.Config, data_dir: str) -> dict:
-  """Trains the run unless it has finished (or diverged) before; returns its outcome."""
-  done = outcome(workdir)
-  if done is not None:
-    return done
-  print(f'== {workdir}', file=sys.stderr, flush=True)
-  try:
-    train.train_and_evaluate(config, workdir, data_dir=data_dir)
-  except train.Diverged as e:
-    print(e, file=sys.stderr, flush=True)
-    workdir.mkdir(parents=True, exist_ok=True)
-    atomic_write(workdir / 'diverged.json', json.dumps({'step': e.step, 'message': str(e)}))
-  return outcome(workdir)
+  def run_config(self, key: RunKey, num_exits: int) -> train.Config:
+    """The configuration of a study run (at twice the epochs for a ``doubled`` key)."""
+    regime = self.doubled() if key.doubled else self
+    return regime.config(key.model, key.method, key.rate, key.seed, num_exits)
