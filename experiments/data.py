@@ -81,7 +81,7 @@ class Split:
 
   @property
   def image_shape(self) -> tuple[int, int, int]:
-    return tuple(self.images.shape[1:])  # type: ignore[return-value]
+    return tuple(self.images.shape[1:])  # type: ignore[return-value, unused-ignore]
 
   def take(self, idx: np.ndarray) -> Split:
     return Split(self.images[idx], self.labels[idx])
@@ -140,7 +140,8 @@ def read_cifar_archive(path: pathlib.Path, name: str) -> dict[str, tuple[np.ndar
       for member in names:
         if member not in files:
           raise ValueError(f'{path} lacks {member}; is it the python version of {name}?')
-        batch = pickle.load(tar.extractfile(files[member]), encoding='bytes')
+        batch = pickle.load(tar.extractfile(files[member]),  # type: ignore[arg-type]
+                            encoding='bytes')
         images.append(np.asarray(batch[b'data'], np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
         labels.append(np.asarray(batch[label_key], np.int64))
       out[split] = (np.concatenate(images), np.concatenate(labels))
@@ -236,7 +237,8 @@ def _builder_class(name: str):
   if name in _BUILDERS:
     return _BUILDERS[name]
 
-  class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  class Builder(tfds.core.GeneratorBasedBuilder,  # type: ignore[call-arg]
+                skip_registration=True):
     VERSION = tfds.core.Version('1.0.0')
 
     def __init__(self, *, source_dir=None, **kwargs):
@@ -340,6 +342,7 @@ def normalize(images: np.ndarray, dataset: Dataset) -> np.ndarray:
 
 def augment(images: np.ndarray, rng: np.random.Generator, pad: int = 4) -> np.ndarray:
   """Random crop (zero padding ``pad``) and horizontal flip, as for CIFAR."""
+  n: int
   n, h, w, _ = images.shape
   padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
   dy, dx = rng.integers(0, 2 * pad + 1, n), rng.integers(0, 2 * pad + 1, n)

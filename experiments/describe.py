@@ -19,8 +19,9 @@ from anytime_jax import models
 
 
 # Every architecture at its defaults, and the ViT's width nesting besides its branched default.
-VARIANTS = ([(name, name, {}) for name in models.ARCHITECTURES]
-            + [('vit growth=width', 'vit', {'growth': 'width'})])
+VARIANTS: list[tuple[str, str, dict[str, str]]] = (
+    [(name, name, {}) for name in models.ARCHITECTURES]
+    + [('vit growth=width', 'vit', {'growth': 'width'})])
 
 
 def describe(input_shape, num_classes, num_exits):

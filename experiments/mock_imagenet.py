@@ -47,7 +47,8 @@ def write(data_dir: str, *, num_train: int = 2000, num_test: int = 500, num_clas
   image_shape = (min_side, min_side, 3) if fixed_size else (None, None, 3)
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
-  class MockImagenet(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  class MockImagenet(tfds.core.GeneratorBasedBuilder,  # type: ignore[call-arg]
+                     skip_registration=True):
     name = dataset_name
     VERSION = tfds.core.Version('1.0.0')
 

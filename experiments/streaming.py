@@ -244,7 +244,9 @@ def channel_statistics(split: StreamedSplit, seed: int = 0, chunk: int = 64
   """
   n = min(NORMALIZATION_SAMPLE, len(split))
   idx = np.sort(np.random.default_rng(seed).choice(len(split), n, replace=False))
-  total = squares = count = 0.0
+  total: Any = 0.0  # per channel from the first chunk on
+  squares: Any = 0.0
+  count = 0.0
   for start in range(0, n, chunk):
     images, _ = split.read(idx[start:start + chunk])
     pixels = images.reshape(-1, images.shape[-1]).astype(np.float64) / 255.0

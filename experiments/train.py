@@ -371,7 +371,7 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *,
       lambda s, x, y: (network.apply({'params': s.params, 'batch_stats': s.batch_stats}, x), y),
       out_shardings=replicated)
 
-  def logits_of(split):
+  def logits_of(split) -> tuple[np.ndarray, np.ndarray]:
     return evaluate(eval_step, state, split, dataset, config.batch_size, shard)
 
   manager = checkpoint.Manager(workdir / 'checkpoints')
