@@ -3,87 +3,94 @@
 The public names, by what they are for:
 
 * OSGD and the other ways of combining per-exit gradients, each an optax
-  transformation that takes gradients with a leading exit axis
-  (:mod:`anytime_jax.combinations`, :mod:`anytime_jax.osgd`);
+  transformation that takes gradients with a leading exit axis, all listed in
+  :data:`METHODS` (their inner pieces in :mod:`anytime_jax.solvers`, the Gram
+  core in :mod:`anytime_jax.gram`);
 * per-exit gradients: :func:`exit_jacobian` for any loss function, the staged
   engine for networks written as stages;
 * anytime networks (:mod:`anytime_jax.models`), their NNX form, training steps;
 * anytime inference: exits one at a time, early exit, FLOPs, budgeted curves.
 """
 
+from anytime_jax._src import deprecation
+
 # Combining per-exit gradients: OSGD (the paper's method) and the other methods.
-from anytime_jax.osgd import orthogonalize
-from anytime_jax.osgd import osgd
-from anytime_jax.osgd import sgd_tail
-from anytime_jax.combinations import aligned_mtl
-from anytime_jax.combinations import cagrad
-from anytime_jax.combinations import config
-from anytime_jax.combinations import dualproj
-from anytime_jax.combinations import fairgrad
-from anytime_jax.combinations import gradvac
-from anytime_jax.combinations import gram_weighting
-from anytime_jax.combinations import imtl_g
-from anytime_jax.combinations import mean_exits
-from anytime_jax.combinations import mgda
-from anytime_jax.combinations import nash_mtl
-from anytime_jax.combinations import pcgrad
-from anytime_jax.combinations import sum_exits
-from anytime_jax.combinations import upgrad
-from anytime_jax.loss_weightings import adaloss
-from anytime_jax.loss_weightings import dwa
-from anytime_jax.loss_weightings import famo
-from anytime_jax.loss_weightings import uncertainty_weighting
-from anytime_jax.accumulate import accumulate_exits
-from anytime_jax.equilibrium import gradient_equilibrium
+from anytime_jax._src.methods.osgd import orthogonalize
+from anytime_jax._src.methods.osgd import osgd
+from anytime_jax._src.methods.osgd import sgd_tail
+from anytime_jax._src.methods.balance import aligned_mtl
+from anytime_jax._src.methods.min_norm import cagrad
+from anytime_jax._src.methods.balance import conflict_free
+from anytime_jax._src.methods.min_norm import dualproj
+from anytime_jax._src.methods.balance import fairgrad
+from anytime_jax._src.methods.projection import gradvac
+from anytime_jax._src.combination import gram_weighting
+from anytime_jax._src.methods.balance import imtl_g
+from anytime_jax._src.methods.summed import mean_exits
+from anytime_jax._src.methods.min_norm import mgda
+from anytime_jax._src.methods.balance import nash_mtl
+from anytime_jax._src.methods.projection import pcgrad
+from anytime_jax._src.methods.summed import sum_exits
+from anytime_jax._src.methods.min_norm import upgrad
+from anytime_jax._src.methods.loss_weightings import adaloss
+from anytime_jax._src.methods.loss_weightings import dwa
+from anytime_jax._src.methods.loss_weightings import famo
+from anytime_jax._src.methods.loss_weightings import uncertainty_weighting
+from anytime_jax._src.accumulate import accumulate_exits
+from anytime_jax._src.equilibrium import gradient_equilibrium
 # Their states and diagnostics.
-from anytime_jax.accumulate import AccumulateExitsState
-from anytime_jax.combinations import CombinationDiagnostics
-from anytime_jax.combinations import DiagnosedState
-from anytime_jax.loss_weightings import AdaLossState
-from anytime_jax.loss_weightings import DWAState
-from anytime_jax.loss_weightings import FAMOState
-from anytime_jax.loss_weightings import UncertaintyState
-from anytime_jax.combinations import GradVacState
-from anytime_jax.combinations import PCGradState
-from anytime_jax.combinations import find_diagnostics
-from anytime_jax.gram import Granularity
+from anytime_jax._src.accumulate import AccumulateExitsState
+from anytime_jax._src.combination import CombinationDiagnostics
+from anytime_jax._src.combination import DiagnosedState
+from anytime_jax._src.methods.loss_weightings import AdaLossState
+from anytime_jax._src.methods.loss_weightings import DWAState
+from anytime_jax._src.methods.loss_weightings import FAMOState
+from anytime_jax._src.methods.loss_weightings import UncertaintyState
+from anytime_jax._src.methods.projection import GradVacState
+from anytime_jax._src.methods.projection import PCGradState
+from anytime_jax._src.combination import find_diagnostics
+from anytime_jax._src.gram import Granularity
+from anytime_jax._src.registry import METHODS
+from anytime_jax._src.registry import Method
 
 # Per-exit gradients.
-from anytime_jax.jacobian import Gradients
-from anytime_jax.jacobian import exit_jacobian
-from anytime_jax.staged import StageFn
-from anytime_jax.staged import linen_stages
-from anytime_jax.staged import staged_exit_jacobian
-from anytime_jax.staged import staged_jacobian
+from anytime_jax._src.jacobian import Gradients
+from anytime_jax._src.jacobian import exit_jacobian
+from anytime_jax._src.staged import StageFn
+from anytime_jax.models.stages import linen_stages
+from anytime_jax._src.linen import staged_exit_jacobian
+from anytime_jax._src.staged import staged_jacobian
 
 # Networks and training.
+from anytime_jax import gram
 from anytime_jax import models
-from anytime_jax.losses import Distillation
-from anytime_jax.losses import distillation_loss
-from anytime_jax.losses import exit_cross_entropy
-from anytime_jax.nnx_support import AnytimeNNX
-from anytime_jax.nnx_support import create_nnx
-from anytime_jax.nnx_support import nnx_staged_exit_jacobian
-from anytime_jax.nnx_support import nnx_stages
-from anytime_jax.training import TrainState
-from anytime_jax.training import create_train_state
-from anytime_jax.training import make_train_step
-from anytime_jax.training import summed_loss_gradient
-from anytime_jax.training import weighted_loss_gradient
-from anytime_jax.amortize import AmortizedState
-from anytime_jax.amortize import amortize
-from anytime_jax.amortize import find_amortized
+from anytime_jax import solvers
+from anytime_jax._src.losses import Distillation
+from anytime_jax._src.losses import distillation_loss
+from anytime_jax._src.losses import exit_cross_entropy
+from anytime_jax.models.nnx import AnytimeNNX
+from anytime_jax.models.nnx import create_nnx
+from anytime_jax._src.nnx import nnx_staged_exit_jacobian
+from anytime_jax._src.nnx import nnx_stages
+from anytime_jax._src.training import TrainState
+from anytime_jax._src.training import create_train_state
+from anytime_jax._src.training import make_train_step
+from anytime_jax._src.training import summed_loss_gradient
+from anytime_jax._src.training import weighted_loss_gradient
+from anytime_jax._src.amortize import AmortizedState
+from anytime_jax._src.amortize import amortize
+from anytime_jax._src.amortize import find_amortized
 
 # Anytime inference.
-from anytime_jax.anytime import EarlyExit
-from anytime_jax.anytime import budgeted_batch_curve
-from anytime_jax.anytime import calibrate_thresholds
-from anytime_jax.anytime import early_exit
-from anytime_jax.anytime import exit_accuracy
-from anytime_jax.anytime import exit_flops
-from anytime_jax.anytime import exit_scores
-from anytime_jax.anytime import first_confident_exit
-from anytime_jax.anytime import iterate_exits
+from anytime_jax._src.inference import EarlyExit
+from anytime_jax._src.inference import budgeted_batch_curve
+from anytime_jax._src.inference import calibrate_thresholds
+from anytime_jax._src.inference import early_exit
+from anytime_jax._src.inference import exit_accuracy
+from anytime_jax._src.inference import exit_flops
+from anytime_jax._src.inference import exit_scores
+from anytime_jax._src.inference import first_confident_exit
+from anytime_jax._src.inference import iterate_exits
 
 __version__ = '0.2.0'
 
@@ -95,7 +102,7 @@ __all__ = [
     'adaloss',
     'aligned_mtl',
     'cagrad',
-    'config',
+    'conflict_free',
     'dualproj',
     'dwa',
     'fairgrad',
@@ -123,6 +130,10 @@ __all__ = [
     'PCGradState',
     'find_diagnostics',
     'Granularity',
+    'METHODS',
+    'Method',
+    'gram',
+    'solvers',
     # Per-exit gradients.
     'Gradients',
     'exit_jacobian',
@@ -158,3 +169,27 @@ __all__ = [
     'first_confident_exit',
     'iterate_exits',
 ]
+
+
+def __getattr__(name: str):
+  if name == 'config':  # ConFIG, renamed: `config` read as the trainer's configuration
+    deprecation.warn('anytime_jax.config', 'anytime_jax.conflict_free')
+    return conflict_free
+  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+
+
+for _old, _sources in {
+    'combinations': ('anytime_jax._src.combination', 'anytime_jax._src.solvers',
+                     'anytime_jax._src.methods.summed', 'anytime_jax._src.methods.projection',
+                     'anytime_jax._src.methods.min_norm', 'anytime_jax._src.methods.balance'),
+    'osgd': ('anytime_jax._src.methods.osgd',),
+    'loss_weightings': ('anytime_jax._src.methods.loss_weightings',),
+    'anytime': ('anytime_jax._src.inference',),
+    'staged': ('anytime_jax._src.staged', 'anytime_jax._src.linen', 'anytime_jax.models.stages'),
+    'nnx_support': ('anytime_jax._src.nnx', 'anytime_jax.models.nnx'),
+    'conv': ('anytime_jax.models.conv',),
+    **{name: (f'anytime_jax._src.{name}',) for name in (
+        'accumulate', 'amortize', 'equilibrium', 'jacobian', 'losses', 'training')},
+}.items():
+  deprecation.alias_module(f'{__name__}.{_old}', _sources)
+del _old, _sources

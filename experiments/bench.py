@@ -30,10 +30,11 @@ import numpy as np
 import optax
 
 import anytime_jax as aj
-from anytime_jax import conv, models
-from anytime_jax.losses import exit_cross_entropy
-from anytime_jax.staged import staged_exit_jacobian
-from anytime_jax.training import (create_train_state, make_train_step, summed_loss_gradient,
+from anytime_jax import models
+from anytime_jax.models import conv
+from anytime_jax._src.losses import exit_cross_entropy
+from anytime_jax import staged_exit_jacobian
+from anytime_jax._src.training import (create_train_state, make_train_step, summed_loss_gradient,
                                   vmapped_exit_jacobian)
 from experiments import data, optimizers
 
@@ -291,6 +292,9 @@ def _combinations_at(revision: str):
                             capture_output=True, text=True, check=True).stdout
   except (OSError, subprocess.CalledProcessError):
     return None
+  # Its imports named the Gram core's old public path; today it is private.
+  source = source.replace('from anytime_jax import gram as', 'from anytime_jax._src import gram as')
+  source = source.replace('from anytime_jax.gram import', 'from anytime_jax._src.gram import')
   module = types.ModuleType(f'combinations_at_{revision}')
   exec(compile(source, f'{revision}:anytime_jax/combinations.py', 'exec'), module.__dict__)
   return module
@@ -311,7 +315,7 @@ def bench_methods(name: str, batch_size: int, repeats: int, shape=(28, 28, 1), w
     return lambda s=head.init(params): update(jac, s)
 
   for method in optimizers.PER_EXIT:
-    programs[method] = program(optimizers.combination(method, network.num_exits))
+    programs[method] = program(optimizers.per_exit_head(method, network.num_exits))
     if method in ITERATIVE and old is not None:
       factory, options = optimizers.PER_EXIT[method]
       programs[f'{method} (fixed)'] = program(getattr(old, factory.__name__)(

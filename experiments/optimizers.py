@@ -28,7 +28,7 @@ PER_EXIT = {
     'aligned_mtl': (aj.aligned_mtl, dict(granularity='global', scale='mean')),
     'gradvac': (aj.gradvac, dict(granularity='global')),
     'nash_mtl': (aj.nash_mtl, dict(granularity='global')),
-    'config': (aj.config, {}),
+    'conflict_free': (aj.conflict_free, {}),
     'fairgrad': (aj.fairgrad, {}),
     'uncertainty': (aj.uncertainty_weighting, {}),
     'dwa': (aj.dwa, {}),
@@ -36,7 +36,7 @@ PER_EXIT = {
 }
 
 
-def combination(name: str, num_exits: int) -> optax.GradientTransformationExtraArgs:
+def per_exit_head(name: str, num_exits: int) -> optax.GradientTransformationExtraArgs:
   """The per-exit combination ``name`` for K exits, keeping diagnostics (its weights)."""
   factory, options = PER_EXIT[name]
   return factory(**options, num_exits=num_exits, diagnostics=True)
@@ -69,7 +69,7 @@ def make(name: str, config, total_steps: int, steps_per_epoch: int):
   tail = aj.sgd_tail(lr, momentum=config.momentum, weight_decay=config.weight_decay)
   per_exit_needed = config.gradient_equilibrium or config.distillation > 0
   if name in PER_EXIT:
-    head = combination(name, config.num_exits)
+    head = per_exit_head(name, config.num_exits)
     if config.refresh_every > 1:
       if PER_EXIT[name][1].get('granularity') != 'global' or per_exit_needed:
         raise ValueError(f'--refresh_every needs a global combination (osgd_global, pcgrad, '

@@ -9,17 +9,10 @@ import pytest
 from scipy import optimize
 
 import anytime_jax as aj
-from anytime_jax import combinations
+from anytime_jax._src import solvers as solver_internals
 
-FACTORIES = {
-    'sum': aj.sum_exits, 'mean': aj.mean_exits, 'pcgrad': aj.pcgrad, 'mgda': aj.mgda,
-    'adaloss': aj.adaloss, 'osgd': aj.orthogonalize, 'upgrad': aj.upgrad,
-    'dualproj': aj.dualproj, 'cagrad': aj.cagrad, 'imtl_g': aj.imtl_g,
-    'aligned_mtl': aj.aligned_mtl, 'nash_mtl': aj.nash_mtl, 'gradvac': aj.gradvac,
-    'config': aj.config, 'fairgrad': aj.fairgrad,
-    'uncertainty_weighting': aj.uncertainty_weighting, 'dwa': aj.dwa, 'famo': aj.famo,
-}
-NEEDS_NUM_EXITS = ('adaloss', 'gradvac', 'uncertainty_weighting', 'dwa', 'famo')
+FACTORIES = {name: method.factory for name, method in aj.METHODS.items()}
+NEEDS_NUM_EXITS = tuple(n for n, m in aj.METHODS.items() if m.needs_num_exits)
 
 
 def _make(name, num_exits=4, **options):
@@ -32,8 +25,7 @@ def _make(name, num_exits=4, **options):
 METHODS = {name: (lambda name=name: _make(name)) for name in FACTORIES}
 # What each method promises about the exits' losses: a direction d with <d, g_k> >= 0 for
 # every exit k ('all'), for the first exit ('first': Gram-Schmidt keeps g_1), or nothing.
-DESCENT = {'upgrad': 'all', 'dualproj': 'all', 'mgda': 'all', 'imtl_g': 'all', 'nash_mtl': 'all',
-           'fairgrad': 'all', 'config': 'all', 'osgd': 'first'}
+DESCENT = {name: method.descent for name, method in aj.METHODS.items() if method.descent}
 
 
 def _jacobian(rows, dtype=jnp.float32):
@@ -266,7 +258,7 @@ def test_upgrad_and_dualproj_at_their_defaults_against_bounded_least_squares(see
 def test_dualproj_beyond_the_exact_solver_uses_projected_gradient():
   rows = np.random.default_rng(80).normal(size=(10, 30))
   rows[1] = -rows[0] + 0.3 * rows[1]
-  assert rows.shape[0] > combinations.EXACT_BOX_QP_MAX_EXITS
+  assert rows.shape[0] > solver_internals.EXACT_BOX_QP_MAX_EXITS
   reference = _dual_cone_projection(rows, np.full(10, 0.1))
   tx = aj.dualproj()  # its tolerance, not a count, decides when it has converged
   got = tx.update({'w': jnp.asarray(rows, jnp.float32)}, tx.init(None))[0]['w']
@@ -294,7 +286,7 @@ def test_cagrad_against_the_authors_algorithm(seed):
   got, _ = _combined(aj.cagrad(), rows)
   np.testing.assert_allclose(got, reference, rtol=2e-2, atol=2e-2 * np.abs(reference).max())
   # Our inner solution is as good as SLSQP's: recover w from the weights 1/K + lambda w.
-  weights = np.asarray(combinations.cagrad_weights(jnp.asarray(rows @ rows.T, jnp.float32)).weights,
+  weights = np.asarray(aj.solvers.cagrad_weights(jnp.asarray(rows @ rows.T, jnp.float32)).weights,
                        np.float64) * (1 + 0.5 ** 2) - 1 / 4
   w = weights / weights.sum()
   reference_w = (reference * (1 + 0.5 ** 2) - rows.mean(0))
@@ -307,7 +299,7 @@ def test_cagrad_against_the_authors_algorithm(seed):
 def test_imtl_g_projects_equally_on_every_unit_gradient(seed):
   rows = _rows(seed + 20)
   gram = rows @ rows.T
-  a = np.asarray(combinations.imtl_g_weights(jnp.asarray(gram, jnp.float32)).weights, np.float64)
+  a = np.asarray(aj.solvers.imtl_g_weights(jnp.asarray(gram, jnp.float32)).weights, np.float64)
   d = a @ rows
   projections = rows @ d / np.linalg.norm(rows, axis=1)
   np.testing.assert_allclose(projections, projections.mean(), rtol=1e-3)
@@ -323,7 +315,7 @@ def test_imtl_g_never_climbs_every_exit_where_the_papers_normalizer_is_negative(
   gram = rows @ rows.T
   v = np.linalg.solve(gram, np.sqrt(np.diag(gram)))
   assert v.sum() < 0  # the paper's a = v / 1'v would give every exit a negative projection
-  a = np.asarray(combinations.imtl_g_weights(jnp.asarray(gram, jnp.float32)).weights, np.float64)
+  a = np.asarray(aj.solvers.imtl_g_weights(jnp.asarray(gram, jnp.float32)).weights, np.float64)
   projections = rows @ (a @ rows) / np.linalg.norm(rows, axis=1)
   assert np.all(projections > 0)
   np.testing.assert_allclose(projections, projections.mean(), rtol=1e-2)
@@ -350,7 +342,7 @@ def test_nash_mtl_solves_the_bargaining_equations(seed):
   rows[1] = -rows[0] + 0.5 * rows[1]
   gram = rows @ rows.T
   normalized = gram / np.linalg.norm(gram) + 1e-6 * np.eye(4)
-  a = np.asarray(combinations.nash_mtl_weights(jnp.asarray(gram, jnp.float32)).weights, np.float64)
+  a = np.asarray(aj.solvers.nash_mtl_weights(jnp.asarray(gram, jnp.float32)).weights, np.float64)
   assert np.all(a > 0)
   np.testing.assert_allclose(a * (normalized @ a), 1.0, rtol=1e-3)
   # The positive root is the minimizer of a^T G a / 2 - sum log a (other roots are not positive).
@@ -364,9 +356,9 @@ def test_nash_mtl_caps_its_weights():
   rows = _rows(45)
   rows[1] = -rows[0]  # exactly opposed: the weights grow towards 1 / sqrt(ridge)
   gram = jnp.asarray(rows @ rows.T, jnp.float32)
-  free = np.asarray(combinations.nash_mtl_weights(gram).weights)
+  free = np.asarray(aj.solvers.nash_mtl_weights(gram).weights)
   assert free.max() > 100
-  capped = np.asarray(combinations.nash_mtl_weights(gram, max_weight=10.0).weights)
+  capped = np.asarray(aj.solvers.nash_mtl_weights(gram, max_weight=10.0).weights)
   np.testing.assert_allclose(capped, np.minimum(free, 10.0), rtol=1e-6)
   got, _ = _combined(aj.nash_mtl(max_weight=10.0), rows)
   np.testing.assert_allclose(got, capped @ rows, rtol=1e-3, atol=1e-3)
@@ -418,7 +410,7 @@ def test_pcgrad_draws_its_order_from_a_key_it_does_not_keep():
   kept, used = jax.random.split(jax.random.key(3))
   assert np.array_equal(jax.random.key_data(state.key), jax.random.key_data(kept))
   order = jnp.asarray(jax.random.permutation(used, 4))
-  coeffs = combinations.pcgrad_coefficients(jnp.asarray(rows @ rows.T, jnp.float32), order)
+  coeffs = aj.solvers.pcgrad_coefficients(jnp.asarray(rows @ rows.T, jnp.float32), order)
   np.testing.assert_allclose(np.concatenate([np.ravel(got['w']), got['b']]),
                              np.asarray(coeffs).sum(0) @ rows, rtol=1e-4, atol=1e-5)
 
@@ -443,7 +435,7 @@ def test_pcgrad_coefficients_match_the_algorithm(seed):
   rows = _rows_k(4, seed=seed)
   order = np.random.default_rng(seed + 10).permutation(4)
   gram = jnp.asarray(rows @ rows.T, jnp.float32)
-  coeffs = combinations.pcgrad_coefficients(gram, jnp.asarray(order))
+  coeffs = aj.solvers.pcgrad_coefficients(gram, jnp.asarray(order))
   np.testing.assert_allclose(np.asarray(coeffs).sum(0) @ rows, pcgrad_reference(rows, order),
                              rtol=1e-4, atol=1e-4)
 
@@ -452,7 +444,7 @@ def test_pcgrad_transform_two_exits_and_no_conflict():
   rows = np.array([[1.0, 0.0], [-1.0, 1.0]])  # conflicting pair
   got, state = _apply(aj.pcgrad(), rows)
   np.testing.assert_allclose(got, pcgrad_reference(rows, [0, 1]), atol=1e-6)
-  assert isinstance(state, combinations.PCGradState)
+  assert isinstance(state, aj.PCGradState)
   agree = np.array([[1.0, 0.2], [0.5, 1.0]])
   np.testing.assert_allclose(_apply(aj.pcgrad(), agree)[0], agree.sum(0), atol=1e-6)
 
@@ -461,7 +453,7 @@ def test_pcgrad_transform_two_exits_and_no_conflict():
 def test_mgda_is_the_min_norm_point(k):
   rows = _rows_k(k, d=8, seed=k) + 0.5  # correlated, so the minimum is inside the hull
   gram = rows @ rows.T
-  a = np.asarray(jax.jit(combinations.min_norm_weights)(jnp.asarray(gram, jnp.float32)).weights)
+  a = np.asarray(jax.jit(aj.solvers.min_norm_weights)(jnp.asarray(gram, jnp.float32)).weights)
   assert np.all(a >= -1e-6) and abs(a.sum() - 1) < 1e-5
   # KKT on the simplex: (G a)_k >= a'Ga for every k, equal where a_k > 0.
   grad, value = gram @ a, a @ gram @ a
@@ -501,7 +493,7 @@ def test_config_against_the_papers_formula(seed=7):
   g_v = np.linalg.pinv(units) @ np.ones(4)  # least-norm vector with units @ g_v = 1
   g_u = g_v / np.linalg.norm(g_v)
   reference = np.sum(rows @ g_u) * g_u
-  got, _ = _apply(aj.config(granularity='global'), rows)
+  got, _ = _apply(aj.conflict_free(granularity='global'), rows)
   np.testing.assert_allclose(got, reference, rtol=1e-4, atol=1e-5)
   cosines = units @ got / np.linalg.norm(got)  # the same angle with every exit's gradient
   np.testing.assert_allclose(cosines, cosines[0], rtol=1e-4)
@@ -515,7 +507,7 @@ def test_fairgrad_against_the_authors_least_squares(alpha):
   reference = optimize.least_squares(lambda w: gram @ w - np.power(1 / w, 1 / alpha),
                                      np.ones(4) / 4, bounds=(0, np.inf), xtol=1e-15,
                                      ftol=1e-15, gtol=1e-15).x
-  w = np.asarray(combinations.fairgrad_weights(jnp.asarray(gram, jnp.float32), alpha).weights)
+  w = np.asarray(aj.solvers.fairgrad_weights(jnp.asarray(gram, jnp.float32), alpha).weights)
   np.testing.assert_allclose(w, reference, rtol=2e-3)
   got, _ = _apply(aj.fairgrad(alpha=alpha, granularity='global'), rows)
   np.testing.assert_allclose(got, reference @ rows, rtol=2e-3, atol=1e-4)

@@ -7,7 +7,8 @@ import pytest
 from jax import lax
 
 import anytime_jax as aj
-from anytime_jax import conv, models
+from anytime_jax import models
+from anytime_jax.models import conv
 
 NHWC = ('NHWC', 'HWIO', 'NHWC')
 

@@ -16,7 +16,6 @@ import optax
 import pytest
 
 import anytime_jax as aj
-from anytime_jax import combinations
 from experiments import optimizers
 from tests import reference
 
@@ -53,7 +52,7 @@ def test_issue36_mgda_is_converged_at_its_default_on_a_long_gradient():
 def test_issue36_fairgrad_solves_its_equation_at_large_gradient_norms():
   rows = 100.0 * np.array([[1.0, 0.0], [-1.0, 1.0]])
   gram = rows @ rows.T
-  w = np.asarray(combinations.fairgrad_weights(jnp.asarray(gram, jnp.float32), 2.0).weights,
+  w = np.asarray(aj.solvers.fairgrad_weights(jnp.asarray(gram, jnp.float32), 2.0).weights,
                  np.float64)
   np.testing.assert_allclose(gram @ w / w ** (-1 / 2.0), 1.0, rtol=1e-4)
 
@@ -103,32 +102,28 @@ def test_issue36_accumulating_bfloat16_exit_gradients_with_float32_parameters():
 
 # ----- the harness: every public combination and weighting, on hard exits -----
 
-FACTORIES = {
-    'sum': aj.sum_exits, 'mean': aj.mean_exits, 'osgd': aj.orthogonalize, 'pcgrad': aj.pcgrad,
-    'mgda': aj.mgda, 'upgrad': aj.upgrad, 'dualproj': aj.dualproj, 'cagrad': aj.cagrad,
-    'imtl_g': aj.imtl_g, 'aligned_mtl': aj.aligned_mtl, 'nash_mtl': aj.nash_mtl,
-    'gradvac': aj.gradvac, 'config': aj.config, 'fairgrad': aj.fairgrad, 'adaloss': aj.adaloss,
-    'uncertainty_weighting': aj.uncertainty_weighting, 'dwa': aj.dwa, 'famo': aj.famo,
-}
+FACTORIES = {name: method.factory for name, method in aj.METHODS.items()}
 # The per-method extras (every granularity, a jitted update's state, inject_hyperparams,
 # accumulation) run for these in the quick suite, one of each kind of state; CI's slow set runs
 # them for every method (the quick harness above runs every method on every family).
-QUICK_EXTRAS = ('osgd', 'mgda', 'pcgrad', 'fairgrad', 'famo', 'gradvac')
+QUICK_EXTRAS = ('orthogonalize', 'mgda', 'pcgrad', 'fairgrad', 'famo', 'gradvac')
 
 
 def _extras(names):
   return [n if n in QUICK_EXTRAS else pytest.param(n, marks=pytest.mark.slow) for n in names]
 
 
-NEEDS_NUM_EXITS = ('adaloss', 'gradvac', 'uncertainty_weighting', 'dwa', 'famo')
+NEEDS_NUM_EXITS = tuple(n for n, m in aj.METHODS.items() if m.needs_num_exits)
 # Public factories that are not combinations of their own (each is checked through the ones it
-# builds on): a user weighting's wrapper, OSGD chained with SGD, and SGD's tail.
-NOT_COMBINATIONS = {'gram_weighting', 'osgd', 'sgd_tail'}
+# builds on): a user weighting's wrapper, OSGD chained with SGD, SGD's tail, and the wrappers
+# around any combination (accumulation, amortized weights, gradient equilibrium).
+NOT_COMBINATIONS = {'gram_weighting', 'osgd', 'sgd_tail', 'accumulate_exits', 'amortize',
+                    'gradient_equilibrium'}
 # The methods whose direction depends on the order of the exits (Gram-Schmidt's order, PCGrad's
 # and GradVac's random orders): no permutation equivariance.
-ORDERED = ('osgd', 'pcgrad', 'gradvac')
+ORDERED = tuple(n for n, m in aj.METHODS.items() if m.ordered)
 # Directions that improve every exit whenever one exists (CAGrad: whenever one exists in its ball).
-DESCENT = ('mgda', 'upgrad', 'dualproj', 'imtl_g', 'nash_mtl', 'fairgrad', 'config', 'cagrad')
+DESCENT = tuple(n for n, m in aj.METHODS.items() if m.descent == 'all')
 # Where no direction improves every exit, IMTL-G's closed form and its fallback, and CAGrad's
 # optimal direction (its inner problem is not strictly convex), are not unique: their
 # directions there are not compared across orders of the exits. CAGrad's optimum is then not
@@ -224,9 +219,9 @@ def check_optimality(name, family, rows, d):
   reached = norms > 0
   k = len(rows)
   scale = np.linalg.norm(rows, axis=1).max()
-  if name in ('sum', 'mean'):
-    expected = rows.sum(0) / (1 if name == 'sum' else k)
-  elif name == 'osgd':
+  if name in ('sum_exits', 'mean_exits'):
+    expected = rows.sum(0) / (1 if name == 'sum_exits' else k)
+  elif name == 'orthogonalize':
     expected = reference.osgd_direction(rows)
   elif name == 'mgda':
     expected = reference.simplex_qp(gram, support=reached) @ rows
@@ -244,7 +239,7 @@ def check_optimality(name, family, rows, d):
       assert worst >= best - 2e-2 * abs(best) - floor, (worst, best)
     return
   elif name == 'nash_mtl':
-    solved = jax.jit(combinations.nash_mtl_weights)(gram32)
+    solved = jax.jit(aj.solvers.nash_mtl_weights)(gram32)
     a = np.asarray(solved.weights, np.float64)
     # The equation it solves: on G / |G|_F, with a ridge of 1e-6 times each exit's squared norm
     # (1e-6 on the unit-diagonal C / |C|_F it solves on).
@@ -256,7 +251,7 @@ def check_optimality(name, family, rows, d):
       assert residual <= max(1e-3, 10 * float(solved.residual)), (residual, solved)
     return
   elif name == 'fairgrad':
-    solved = jax.jit(combinations.fairgrad_weights)(gram32, 2.0)
+    solved = jax.jit(aj.solvers.fairgrad_weights)(gram32, 2.0)
     w = np.asarray(solved.weights, np.float64)
     ridged = gram + 1e-6 * np.diag(np.diag(gram))  # the equation it solves, ridge included
     ratio = (ridged @ w)[reached] * w[reached] ** 0.5
@@ -265,13 +260,13 @@ def check_optimality(name, family, rows, d):
       assert residual <= max(1e-3, 10 * float(solved.residual)), (residual, solved)
     return
   elif name == 'imtl_g':
-    solved = jax.jit(combinations.imtl_g_weights)(gram32)
+    solved = jax.jit(aj.solvers.imtl_g_weights)(gram32)
     if (reached.any() and not bool(solved.fallback)
         and np.linalg.matrix_rank(rows[reached], 1e-9 * scale) == reached.sum()):
       projections = (rows @ d)[reached] / norms[reached]
       np.testing.assert_allclose(projections, projections.max(), rtol=1e-2)
     return
-  elif name == 'config':
+  elif name == 'conflict_free':
     if family == 'opposed' and k == 2:
       return  # no direction projects equally on g and -g: float32's rounding decides (#36 note)
     units = rows[reached] / norms[reached, None]
@@ -344,18 +339,15 @@ def test_every_method_on_hard_exits_deeper(name):
     check_method(name, family, rows, eager_too=family == 'scaled' and i < 12)
 
 
-def test_every_public_combination_is_in_the_harness_the_trainer_and_the_api_reference():
+def test_every_public_combination_is_registered_and_in_the_trainer_and_the_api_reference():
   public = {name for name in aj.__all__ if inspect.isfunction(getattr(aj, name))
-            and getattr(aj, name).__module__ in ('anytime_jax.combinations', 'anytime_jax.osgd',
-                                                  'anytime_jax.loss_weightings')
             and 'GradientTransformation' in str(inspect.signature(getattr(aj, name))
                                                 .return_annotation)}
-  combinations_ = public - NOT_COMBINATIONS
-  assert combinations_ == {f.__name__ for f in FACTORIES.values()}
+  assert public - NOT_COMBINATIONS == set(aj.METHODS)  # the harness above runs aj.METHODS
   # The trainer runs the summed baselines as sum_exits / mean_exits when it needs per-exit
-  # gradients (optimizers.make); every other combination is in its registry.
+  # gradients (optimizers.make); every other method is in its registry.
   trainer = {factory.__name__ for factory, _ in optimizers.PER_EXIT.values()}
-  assert combinations_ - trainer == {'sum_exits', 'mean_exits'}
+  assert set(aj.METHODS) - trainer == {'sum_exits', 'mean_exits'}
   api = (pathlib.Path(__file__).parent.parent / 'docs' / 'api.md').read_text()
   assert not [name for name in public if f'\n   {name}\n' not in api]
 
@@ -426,13 +418,13 @@ def test_beyond_eight_exits_the_solvers_iterate_to_their_tolerance(scale):
   rows = rng.normal(size=(10, 16)) * scale ** rng.uniform(0, 1, size=(10, 1))
   gram = jnp.asarray(rows @ rows.T, jnp.float32)
   norms = np.linalg.norm(rows, axis=1)
-  for solved, tol in ((jax.jit(combinations.min_norm_weights)(gram), 1e-5),
-                      (jax.jit(combinations.box_qp)(gram, jnp.full(10, 0.1)), 1e-5),
-                      (jax.jit(combinations.cagrad_weights)(gram), 1e-4)):
+  for solved, tol in ((jax.jit(aj.solvers.min_norm_weights)(gram), 1e-5),
+                      (jax.jit(aj.solvers.box_qp)(gram, jnp.full(10, 0.1)), 1e-5),
+                      (jax.jit(aj.solvers.cagrad_weights)(gram), 1e-4)):
     assert 0 < int(solved.iterations) and float(solved.residual) <= tol, solved
-  a = np.asarray(combinations.min_norm_weights(gram).weights, np.float64)
+  a = np.asarray(aj.solvers.min_norm_weights(gram).weights, np.float64)
   d = a @ rows  # MGDA's KKT conditions in float64: <g_k, d> >= |d|^2 for every exit
   assert np.min((rows @ d - d @ d) / (norms * np.linalg.norm(d))) > -2e-5
-  v = np.asarray(combinations.box_qp(gram, jnp.full(10, 0.1)).weights, np.float64)
+  v = np.asarray(aj.solvers.box_qp(gram, jnp.full(10, 0.1)).weights, np.float64)
   np.testing.assert_allclose(v @ rows, reference.box_qp(rows @ rows.T, np.full(10, 0.1)) @ rows,
                              rtol=1e-3, atol=1e-4 * np.abs(v @ rows).max())

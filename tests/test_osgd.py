@@ -7,7 +7,7 @@ import optax
 import pytest
 
 import anytime_jax as aj
-from anytime_jax.osgd import gram_schmidt_coefficients, gram_schmidt_vectors
+from anytime_jax.solvers import gram_schmidt_coefficients, gram_schmidt_vectors
 from tests import reference
 
 

@@ -14,7 +14,7 @@ import pytest
 from flax import nnx
 
 import anytime_jax as aj
-from anytime_jax.losses import cross_entropy
+from anytime_jax._src.losses import cross_entropy
 
 eqx = pytest.importorskip('equinox')
 

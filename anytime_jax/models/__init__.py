@@ -19,7 +19,7 @@ from typing import Any, Optional
 
 import jax.numpy as jnp
 
-from anytime_jax import conv as conv_lib
+from anytime_jax.models import conv as conv_lib
 from anytime_jax.models import msdnet
 from anytime_jax.models import plans
 from anytime_jax.models import vit
@@ -63,7 +63,7 @@ def create(name: str, *, num_classes: int, num_exits: int = 4, width: Optional[i
     dtype: computation dtype (parameters stay float32); e.g. ``jnp.bfloat16``.
     conv_weight_gradient: how convolutions compute their weight gradient:
       ``'xla'`` (default) or ``'contraction'`` (see
-      :func:`anytime_jax.conv.conv_general_dilated`). Results are equal up to
+      :func:`anytime_jax.models.conv.conv_general_dilated`). Results are equal up to
       float32 rounding; only the speed differs (``python -m experiments.bench``).
       The ViT has no convolutions and ignores it.
     **options: ``blocks_per_stage`` (branched), ``blocks_per_level`` (nested,

@@ -19,7 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from anytime_jax import conv as conv_lib
+from anytime_jax.models import conv as conv_lib
 from anytime_jax.models.plans import IMAGE, Op, StagePlan
 
 Carry = dict[str, dict[str, jax.Array]]
@@ -85,7 +85,7 @@ class Stage(nn.Module):
   """Runs one :class:`StagePlan`: its block parts, then its exit head.
 
   ``conv_weight_gradient`` selects how convolutions compute their weight
-  gradient (see :func:`anytime_jax.conv.conv_general_dilated`); the forward
+  gradient (see :func:`anytime_jax.models.conv.conv_general_dilated`); the forward
   pass and every result are the same either way, up to float32 rounding.
   """
   plan: StagePlan
@@ -129,6 +129,7 @@ class AnytimeNetwork(nn.Module):
   ``'stages_k'`` in every collection.
   """
   stages: tuple[nn.Module, ...]
+  first_carry = staticmethod(initial_carry)  # what stage 0 reads: the linen front end asks
 
   @property
   def num_exits(self) -> int:

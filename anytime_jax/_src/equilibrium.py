@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from anytime_jax import gram as gram_lib
+from anytime_jax._src import gram as gram_lib
 
 
 def gradient_equilibrium() -> optax.GradientTransformation:

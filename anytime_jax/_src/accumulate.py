@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from anytime_jax import gram as gram_lib
+from anytime_jax._src import gram as gram_lib
 
 
 class AccumulateExitsState(NamedTuple):

@@ -11,12 +11,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from anytime_jax.amortize import find_amortized
-from anytime_jax.combinations import find_diagnostics
-from anytime_jax.jacobian import Gradients, exit_jacobian
-from anytime_jax.losses import Distillation, distillation_loss, exit_cross_entropy
+from anytime_jax._src.amortize import find_amortized
+from anytime_jax._src.combination import find_diagnostics
+from anytime_jax._src.jacobian import Gradients, exit_jacobian
+from anytime_jax._src.losses import Distillation, distillation_loss, exit_cross_entropy
 from anytime_jax.models.network import init_variables
-from anytime_jax.staged import dropout_key_named, linen_num_stages, staged_exit_jacobian
+from anytime_jax._src.linen import dropout_key_named, linen_num_stages, staged_exit_jacobian
 
 Metrics = dict[str, jax.Array]
 ENGINES = ('staged', 'vmap')

@@ -14,36 +14,30 @@ anything it reads and updates without gradient (BatchNorm statistics; ``None``
 if it has none) and ``carry`` whatever later stages read (any pytree). Stages
 that draw randomness (dropout) also take a keyword ``rng``: pass ``rng=`` to
 :func:`staged_jacobian` and stage k receives ``jax.random.fold_in(rng, k)``.
-:func:`staged_jacobian` takes such stages; :func:`linen_stages` turns one of our
-networks into them, and ``anytime_jax.nnx_stages`` does the same for Flax NNX
-modules.
+:func:`staged_jacobian` takes such stages; ``anytime_jax.linen_stages`` turns one
+of our networks into them, and ``anytime_jax.nnx_stages`` does the same for
+Flax NNX modules.
 
 Parameters several stages use (a tied head, a shared embedding) must get, for
 each exit, the sum of their uses by the stages it reaches. Underneath every
 front end, :func:`staged_walk` gives each stage all parameter leaves, reads
 from the stage's jaxpr which of them it uses and differentiates it with
 respect to those only, so such a parameter is one leaf with every use summed:
-whole linen modules (:func:`staged_exit_jacobian`) and NNX models
+whole linen modules (``anytime_jax.staged_exit_jacobian``) and NNX models
 (``anytime_jax.nnx_staged_exit_jacobian``) need nothing declared, plain stages
 declare them with ``shared=``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 from collections.abc import Callable, Sequence
 from typing import Any, Optional
 
-import flax.errors
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from anytime_jax.jacobian import Gradients
-from anytime_jax.losses import cross_entropy
-from anytime_jax.models.network import (AnytimeNetwork, apply_stage, initial_carry,
-                                        stage_variables)
+from anytime_jax._src.jacobian import Gradients
 
 StageFn = Callable[..., tuple[Any, jax.Array, Any]]
 """``stage(params_k, state_k, carry[, shared=..., rng=key]) -> (carry, logits_k [B, C], state_k)``."""
@@ -242,177 +236,3 @@ def staged_jacobian(
                                         carry, exit_loss, states, vectorize=vectorize)
   stage_jac, shared_jac = jax.tree.unflatten(treedef, jac)
   return Gradients(stage_jac if shared is None else (stage_jac, shared_jac), losses, new_states)
-
-
-def linen_stages(network: AnytimeNetwork, variables: Any, *, train: bool = True
-                 ) -> tuple[list[StageFn], list[Any], list[Any]]:
-  """Our linen networks as stages: ``(stages, params, states)`` for :func:`staged_jacobian`.
-
-  Stage k's parameters are ``variables['params']['stages_k']`` and its state
-  every other collection of it (BatchNorm statistics and any other), updated
-  in train mode. A stage called with ``rng=key`` hands ``{'dropout': key}`` to
-  ``Module.apply``.
-
-  Example:
-
-  >>> import jax, jax.numpy as jnp, anytime_jax as aj
-  >>> network = aj.models.create('branched', num_classes=3, num_exits=2, width=2, num_levels=1)
-  >>> x = jax.random.normal(jax.random.key(1), (4, 4, 4, 1))  # [B, H, W, C]
-  >>> y = jnp.array([0, 1, 2, 0])  # [B]
-  >>> variables = aj.models.init_variables(network, jax.random.key(0), x)
-  >>> stages, params, states = aj.linen_stages(network, variables)
-  >>> len(stages)
-  2
-  >>> loss = lambda k, logits: aj.exit_cross_entropy(logits[None], y)[0]  # exit k's
-  >>> carry = aj.models.initial_carry(x)
-  >>> grads, losses, aux = aj.staged_jacobian(stages, params, carry, loss, states)
-  >>> losses.shape
-  (2,)
-  """
-  stages, params, states = [], [], []
-  for k in range(network.num_exits):
-    stage_vars = stage_variables(variables, k)
-    if 'params' not in stage_vars:
-      raise ValueError(f'variables lack params for stage {k} (stages_{k}); pass the '
-                       'variables returned by network.init.')
-
-    def stage(p, state, carry, rng=None, k=k):
-      rngs = None if rng is None else {'dropout': rng}
-      return apply_stage(network, {'params': p, **state}, k, carry, train, rngs)
-
-    stages.append(stage)
-    params.append(stage_vars['params'])
-    states.append({c: t for c, t in stage_vars.items() if c != 'params'})
-  return stages, params, states
-
-
-@contextlib.contextmanager
-def dropout_key_named(fix: str):
-  """Re-raises flax's missing-PRNG error with the argument that supplies the key."""
-  try:
-    yield
-  except flax.errors.InvalidRngError as e:
-    raise ValueError(f'the network draws randomness (dropout) but got no key: {fix}. '
-                     f'({e})') from e
-
-
-def first_carry(network: nn.Module, x: Any) -> Any:
-  """What stage 0 of a linen network reads: our networks' carry dict, a user's ``x`` itself."""
-  return initial_carry(x) if isinstance(network, AnytimeNetwork) else x
-
-
-def linen_num_stages(network: nn.Module, variables: Any) -> int:
-  """How many stages a linen network holds in ``stages`` (a field, or defined in ``setup``)."""
-  stages = getattr(network, 'stages', None)
-  if stages is None and variables:
-    stages = getattr(network.bind(variables), 'stages', None)
-  if stages is None or not len(stages):
-    raise ValueError(f'{type(network).__name__} has no stages: a linen anytime network holds its '
-                     'stages in order in a `stages` attribute, each called stage(carry, '
-                     'train=...) -> (carry, logits).')
-  return len(stages)
-
-
-def linen_model_stages(network: nn.Module, variables: Any, *, train: bool,
-                       rng: Optional[jax.Array] = None):
-  """Any linen module with stages as functions of its parameter leaves, for the staged engine.
-
-  Stage k is ``network.stages[k](carry, train=train) -> (carry, logits)``,
-  run through ``network.apply`` with all of ``variables``, so a submodule
-  several stages call (a head defined in ``setup`` and handed to each stage)
-  is one parameter. Returns ``(stage_fns, leaves, state, rebuild)`` as
-  ``anytime_jax.nnx_support.nnx_model_stages`` does: ``state`` holds the
-  other collections (BatchNorm statistics), threaded through the stages and
-  updated in train mode; with ``rng`` stage k draws dropout from
-  ``{'dropout': fold_in(rng, k)}``.
-  """
-  if 'params' not in variables:
-    raise ValueError("variables lack 'params'; pass the variables returned by network.init.")
-  num_stages = linen_num_stages(network, variables)
-  leaves, params_def = jax.tree.flatten(variables['params'])
-  state = {c: t for c, t in variables.items() if c != 'params'}
-
-  def stage_fn(k: int) -> StageOnLeaves:
-    def run(full, state_now, carry):
-      v = {'params': jax.tree.unflatten(params_def, full), **state_now}
-      rngs = None if rng is None else {'dropout': jax.random.fold_in(rng, k)}
-
-      def method(module, c):
-        return stage_output(module.stages[k](c, train=train), f'stage {k}', 2,
-                            'a linen stage maps a carry to (carry, logits [B, C])')
-
-      with dropout_key_named('pass rng=key (in a training step: dropout_key=)'):
-        if train and state_now:
-          (carry, logits), updates = network.apply(v, carry, method=method, rngs=rngs,
-                                                   mutable=list(state_now))
-          return carry, logits, {**state_now, **updates}
-        carry, logits = network.apply(v, carry, method=method, rngs=rngs)
-        return carry, logits, state_now
-    return run
-
-  def rebuild(jac: list[jax.Array]) -> Any:
-    return jax.tree.unflatten(params_def, jac)
-
-  return [stage_fn(k) for k in range(num_stages)], leaves, state, rebuild
-
-
-def staged_exit_jacobian(
-    network: nn.Module,
-    variables: Any,
-    x: Any,
-    y: Any,
-    *,
-    train: bool = True,
-    loss_fn: Optional[Callable[[jax.Array, Any], jax.Array]] = None,
-    rng: Optional[jax.Array] = None,
-    vectorize: bool = False,
-) -> Gradients:
-  """Per-exit gradients of a linen anytime network by the staged engine.
-
-  Our networks (:func:`anytime_jax.models.create`) and any linen module that
-  holds its stages in order in ``stages`` (each ``stage(carry, train=...) ->
-  (carry, logits [B, C])``, the first reading ``x``). Parameters several
-  stages use (a submodule defined in ``setup`` and called by each) are one
-  parameter, and each exit's gradient on them sums all their uses, as
-  :func:`anytime_jax.exit_jacobian` of the whole model gives it.
-
-  Args:
-    network: the linen module.
-    variables: its variables (``params`` and, for BatchNorm, ``batch_stats``).
-    x: what the first stage reads (our networks: images ``[B, H, W, C]``).
-    y: labels ``[B]`` (anything ``loss_fn`` accepts).
-    train: training mode: BatchNorm normalizes with batch statistics and the
-      updated statistics are returned (once per step, as in ordinary training).
-    loss_fn: ``loss_fn(logits [B, C], y) -> scalar``, the loss of one exit;
-      default mean softmax cross-entropy with integer labels.
-    rng: a PRNG key for dropout: stage k gets ``{'dropout': fold_in(rng, k)}``.
-    vectorize: see :func:`staged_jacobian`.
-
-  Returns:
-    :class:`anytime_jax.Gradients` ``(grads, losses, aux)``: ``grads`` has the
-    structure of ``variables['params']`` with every leaf ``[K, *leaf.shape]``
-    (row k: the gradient of exit k's loss; exactly zero for parameters only
-    later stages use); ``losses`` is ``[K]``; ``aux`` the variables' other
-    collections (``{'batch_stats': ...}`` for BatchNorm), updated in train mode.
-
-  Example:
-
-  >>> import jax, jax.numpy as jnp, anytime_jax as aj
-  >>> network = aj.models.create('branched', num_classes=3, num_exits=2, width=2, num_levels=1)
-  >>> x = jax.random.normal(jax.random.key(1), (4, 4, 4, 1))  # [B, H, W, C]
-  >>> y = jnp.array([0, 1, 2, 0])  # [B]
-  >>> variables = aj.models.init_variables(network, jax.random.key(0), x)
-  >>> grads, losses, aux = aj.staged_exit_jacobian(network, variables, x, y)
-  >>> losses.shape  # [K]
-  (2,)
-  >>> jax.tree.leaves(grads['stages_0'])[0].shape[0]  # every leaf [K, *param.shape]
-  2
-  >>> sorted(aux)  # BatchNorm statistics updated by the train-mode pass
-  ['batch_stats']
-  """
-  loss_fn = cross_entropy if loss_fn is None else loss_fn
-  stage_fns, leaves, state, rebuild = linen_model_stages(network, variables, train=train, rng=rng)
-  jac, losses, new_state = staged_walk(stage_fns, leaves, first_carry(network, x),
-                                       lambda k, logits: loss_fn(logits, y), state,
-                                       vectorize=vectorize)
-  return Gradients(rebuild(jac), losses, new_state)

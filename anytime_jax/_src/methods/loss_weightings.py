@@ -20,9 +20,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from anytime_jax import gram as gram_lib
-from anytime_jax.combinations import gram_weighting
-from anytime_jax.gram import Granularity
+from anytime_jax._src import gram as gram_lib
+from anytime_jax._src.combination import gram_weighting
+from anytime_jax._src.gram import Granularity
+from anytime_jax._src.registry import register
 
 LossWeighting = Callable[[jax.Array, Any], tuple[jax.Array, Any]]
 """``weighting(losses [K], state) -> (weights [K], state)``."""
@@ -79,6 +80,7 @@ class AdaLossState(NamedTuple):
   steps: jax.Array
 
 
+@register(family='loss_weighting', needs_num_exits=True, reads_losses=True)
 def adaloss(*, num_exits: int, decay: float = 0.9, eps: float = 1e-8,
             granularity: Granularity = 'exits', axis_name: Optional[Hashable] = None,
             diagnostics: bool = False) -> optax.GradientTransformationExtraArgs:
@@ -142,6 +144,7 @@ class UncertaintyState(NamedTuple):
   log_variance: jax.Array
 
 
+@register(family='loss_weighting', needs_num_exits=True, reads_losses=True)
 def uncertainty_weighting(*, num_exits: int, learning_rate: float = 0.01,
                           granularity: Granularity = 'exits',
                           axis_name: Optional[Hashable] = None,
@@ -201,6 +204,7 @@ class DWAState(NamedTuple):
   steps: jax.Array
 
 
+@register(family='loss_weighting', needs_num_exits=True, reads_losses=True)
 def dwa(*, num_exits: int, temperature: float = 2.0, decay: float = 0.0,
         granularity: Granularity = 'exits', axis_name: Optional[Hashable] = None,
         diagnostics: bool = False) -> optax.GradientTransformationExtraArgs:
@@ -265,6 +269,7 @@ class FAMOState(NamedTuple):
   steps: jax.Array
 
 
+@register(family='loss_weighting', needs_num_exits=True, reads_losses=True)
 def famo(*, num_exits: int, learning_rate: float = 0.025, weight_decay: float = 0.001,
          eps: float = 1e-8, granularity: Granularity = 'exits',
          axis_name: Optional[Hashable] = None,

@@ -21,8 +21,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from anytime_jax import combinations
-from anytime_jax import gram as gram_lib
+from anytime_jax._src import combination as combination_lib
+from anytime_jax._src import gram as gram_lib
+from anytime_jax._src.registry import register
 
 Rescale = Optional[Literal['exit_norm', 'sum_norm']]
 RESCALE_OPTIONS = (None, 'exit_norm', 'sum_norm')
@@ -150,7 +151,7 @@ def orthogonalize_vectors(rows: jax.Array, eps: float = 1e-5,
 
 
 def _combine_by_vectors(eps: float, priority: Optional[Sequence[int]], rescale: Rescale):
-  """A group combine for :func:`anytime_jax.combinations.combination`: per group, flatten
+  """A group combine for :func:`combination`: per group, flatten
   its leaves to ``[K, D]``, orthogonalize the vectors, split back (the weights are unused)."""
   def combine(updates, weights, ids, num_groups):
     del weights
@@ -178,6 +179,7 @@ def _check_priority(priority: Optional[Sequence[int]], num_exits: int) -> None:
         'orthogonalized first).')
 
 
+@register(family='orthogonalization', descent='first', ordered=True)
 def orthogonalize(
     *,
     granularity: gram_lib.Granularity = 'exits',
@@ -272,7 +274,7 @@ def orthogonalize(
     coeffs = rescale_coefficients(gram_schmidt_coefficients(gram, eps, priority), gram, rescale)
     return jnp.sum(coeffs, axis=0)
 
-  return combinations.combination(
+  return combination_lib.combination(
       weighting, granularity=granularity, init_state=None, axis_name=axis_name,
       diagnostics=diagnostics, num_exits=num_exits,
       combine=_combine_by_vectors(eps, priority, rescale) if algorithm == 'vectors' else None)

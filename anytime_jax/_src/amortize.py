@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from anytime_jax.combinations import find_diagnostics
+from anytime_jax._src.combination import find_diagnostics
 
 
 class AmortizedState(NamedTuple):

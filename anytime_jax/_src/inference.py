@@ -14,8 +14,9 @@ from jax.typing import ArrayLike
 import flax.linen as nn
 from flax import nnx
 
-from anytime_jax import nnx_support
-from anytime_jax.staged import first_carry, linen_num_stages, stage_output
+from anytime_jax._src import nnx as nnx_lib
+from anytime_jax._src.linen import first_carry, linen_num_stages
+from anytime_jax._src.staged import stage_output
 
 Model = Any
 """What the inference functions run: one of our linen networks (or any linen
@@ -37,7 +38,7 @@ def _program(model: Model, args: tuple, states: Any, shared: Any) -> _Program:
     if len(args) != 1:
       raise TypeError(f'an NNX model holds its variables: call with (model, x), got {len(args)} '
                       'arguments after the model.')
-    num_exits = len(nnx_support.stage_modules(model))
+    num_exits = len(nnx_lib.stage_modules(model))
     graphdef, state = nnx.split(model)
     return _Program(('nnx', graphdef, num_exits), [state] * num_exits, args[0])
   if len(args) != 2:
@@ -78,7 +79,7 @@ def _stage(key: tuple, k: int):
     def fn(v, carry):
       model = nnx.merge(key[1], v)
       model.eval()
-      carry, logits = nnx_support.stage_call(nnx_support.stage_modules(model)[k](carry),
+      carry, logits = nnx_lib.stage_call(nnx_lib.stage_modules(model)[k](carry),
                                              f'stage {k}')
       return carry, _logits(logits, k)
   else:
