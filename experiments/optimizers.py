@@ -20,7 +20,7 @@ PER_EXIT = {
     'osgd_vectors': (aj.orthogonalize, dict(granularity='leaf', algorithm='vectors')),
     'pcgrad': (aj.pcgrad, dict(granularity='global')),
     'mgda': (aj.mgda, dict(granularity='global')),
-    'adaloss': (aj.adaloss, dict(granularity='global')),
+    'adaloss': (aj.adaloss, {}),
     'upgrad': (aj.upgrad, dict(granularity='global')),
     'dualproj': (aj.dualproj, dict(granularity='global')),
     'cagrad': (aj.cagrad, dict(granularity='global')),

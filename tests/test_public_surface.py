@@ -77,3 +77,10 @@ def test_no_old_module_file_is_left_beside_the_aliases():
   for old in ('combinations', 'osgd', 'staged', 'nnx_support', 'anytime', 'training', 'conv'):
     assert not (PACKAGE / f'{old}.py').exists()
     assert sys.modules[f'anytime_jax.{old}'].__doc__.startswith('Deprecated')
+
+
+@pytest.mark.parametrize('name', [n for n, m in aj.METHODS.items() if not m.granular])
+def test_a_uniform_weighting_warns_that_granularity_changes_nothing(name):
+  options = {'num_exits': 2} if aj.METHODS[name].needs_num_exits else {}
+  with pytest.warns(DeprecationWarning, match='granularity changes nothing'):
+    aj.METHODS[name].factory(granularity='global', **options)

@@ -16,6 +16,13 @@ def warn(old: str, new: str) -> None:
                 DeprecationWarning, stacklevel=3)
 
 
+def ignored_granularity(factory: str, granularity: Any) -> None:
+  """Warns that ``granularity``, which a uniform weighting ignores, will stop being accepted."""
+  if granularity is not None:
+    warn(f'{factory}(granularity=...)', f'{factory}() without it: its weights are the same for '
+         'every group of leaves, so granularity changes nothing')
+
+
 def alias_module(old: str, sources: tuple[str, ...]) -> None:
   """Registers module ``old`` whose attributes come, with a warning, from ``sources`` in order."""
   module = types.ModuleType(old, f'Deprecated: use the names of `anytime_jax` ({REMOVED_IN}).')

@@ -29,6 +29,7 @@ class Method:
       exits whenever such a direction exists, the ``'first'`` exit, or None.
     ordered: its direction depends on the order of the exits.
     reads_losses: it reads the exits' losses (``update(..., losses=[K])``).
+    granular: it takes ``granularity`` (its weights differ between groups of leaves).
   """
   name: str
   factory: Callable[..., Any]
@@ -37,6 +38,7 @@ class Method:
   descent: Optional[Literal['all', 'first']] = None
   ordered: bool = False
   reads_losses: bool = False
+  granular: bool = True
 
 
 _METHODS: dict[str, Method] = {}
@@ -46,13 +48,13 @@ METHODS: Mapping[str, Method] = MappingProxyType(_METHODS)
 
 def register(*, family: str, needs_num_exits: bool = False,
              descent: Optional[Literal['all', 'first']] = None, ordered: bool = False,
-             reads_losses: bool = False) -> Callable[[Factory], Factory]:
+             reads_losses: bool = False, granular: bool = True) -> Callable[[Factory], Factory]:
   """Decorator for a method's factory: records it in :data:`METHODS`, returns it unchanged."""
   def add(factory: Factory) -> Factory:
     name = factory.__name__
     if name in _METHODS:
       raise ValueError(f'a method named {name!r} is registered twice; give the factory a new name')
     _METHODS[name] = Method(name, factory, family, needs_num_exits, descent, ordered,
-                            reads_losses)
+                            reads_losses, granular)
     return factory
   return add

@@ -3,12 +3,13 @@
 AdaLoss, uncertainty weighting, DWA and FAMO weight exit k's gradient by a number that
 depends on the losses (and a state), never on the gradients' geometry. They
 run as the other combinations do (per-exit gradients in, ``losses=`` from
-``tx.update(jac, state, params, losses=losses)``, any granularity, the same
-weights in every group, ``axis_name`` averaging the losses too), so they chain
-with the same optimizers and trainer. Since the weights do not depend on the
-gradients, the same step is the ordinary gradient of ``sum_k w_k L_k`` with the
-weights held constant; this form takes per-exit gradients so that it composes
-with everything else here (granularity, accumulation, diagnostics).
+``tx.update(jac, state, params, losses=losses)``, ``axis_name`` averaging the
+losses too), so they chain with the same optimizers and trainer. Their weights
+are the same for every group of leaves, so they take no ``granularity``. Since
+the weights do not depend on the gradients, the same step is the ordinary
+gradient of ``sum_k w_k L_k`` with the weights held constant; this form takes
+per-exit gradients so that it composes with everything else here
+(accumulation, diagnostics, amortized refreshes).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from anytime_jax._src import deprecation
 from anytime_jax._src import gram as gram_lib
 from anytime_jax._src.combination import gram_weighting
 from anytime_jax._src.gram import Granularity
@@ -39,8 +41,9 @@ def _checked_losses(name: str, num_exits: int, losses: Optional[jax.Array],
 
 
 def loss_weighting(name: str, weighting: LossWeighting, init: Callable[[], Any], *,
-                   num_exits: int, granularity: Granularity, axis_name: Optional[Hashable],
-                   diagnostics: bool) -> optax.GradientTransformationExtraArgs:
+                   num_exits: int, granularity: Optional[Granularity],
+                   axis_name: Optional[Hashable], diagnostics: bool
+                   ) -> optax.GradientTransformationExtraArgs:
   """A combination whose weights come from the ``[K]`` losses: ``weighting(losses, state)``.
 
   ``init()`` makes the weighting's state with new arrays on every call and no
@@ -50,12 +53,13 @@ def loss_weighting(name: str, weighting: LossWeighting, init: Callable[[], Any],
   """
   if not isinstance(num_exits, int) or num_exits < 1:
     raise ValueError(f'{name}(num_exits=...) must be a positive integer, got {num_exits!r}.')
+  deprecation.ignored_granularity(name, granularity)
 
   def by_losses(grams, state, losses=None, **_):
     weights, state = weighting(_checked_losses(name, num_exits, losses, axis_name), state)
     return jnp.broadcast_to(weights, grams.shape[:2]), state
 
-  return gram_weighting(by_losses, granularity=granularity, axis_name=axis_name,
+  return gram_weighting(by_losses, granularity='exits', axis_name=axis_name,
                         init_state=lambda groups: init(), diagnostics=diagnostics,
                         num_exits=num_exits)
 
@@ -80,9 +84,9 @@ class AdaLossState(NamedTuple):
   steps: jax.Array
 
 
-@register(family='loss_weighting', needs_num_exits=True, reads_losses=True)
+@register(family='loss_weighting', needs_num_exits=True, reads_losses=True, granular=False)
 def adaloss(*, num_exits: int, decay: float = 0.9, eps: float = 1e-8,
-            granularity: Granularity = 'exits', axis_name: Optional[Hashable] = None,
+            granularity: Optional[Granularity] = None, axis_name: Optional[Hashable] = None,
             diagnostics: bool = False) -> optax.GradientTransformationExtraArgs:
   """AdaLoss (Hu, Dey, Hebert, Bagnell, *Learning Anytime Predictions in Neural Networks
   via Adaptive Loss Balancing*, AAAI 2019).
@@ -144,9 +148,9 @@ class UncertaintyState(NamedTuple):
   log_variance: jax.Array
 
 
-@register(family='loss_weighting', needs_num_exits=True, reads_losses=True)
+@register(family='loss_weighting', needs_num_exits=True, reads_losses=True, granular=False)
 def uncertainty_weighting(*, num_exits: int, learning_rate: float = 0.01,
-                          granularity: Granularity = 'exits',
+                          granularity: Optional[Granularity] = None,
                           axis_name: Optional[Hashable] = None,
                           diagnostics: bool = False) -> optax.GradientTransformationExtraArgs:
   """Uncertainty weighting (Kendall, Gal, Cipolla, *Multi-Task Learning Using Uncertainty to
@@ -204,9 +208,9 @@ class DWAState(NamedTuple):
   steps: jax.Array
 
 
-@register(family='loss_weighting', needs_num_exits=True, reads_losses=True)
+@register(family='loss_weighting', needs_num_exits=True, reads_losses=True, granular=False)
 def dwa(*, num_exits: int, temperature: float = 2.0, decay: float = 0.0,
-        granularity: Granularity = 'exits', axis_name: Optional[Hashable] = None,
+        granularity: Optional[Granularity] = None, axis_name: Optional[Hashable] = None,
         diagnostics: bool = False) -> optax.GradientTransformationExtraArgs:
   """Dynamic Weight Average (Liu, Johns, Davison, *End-to-End Multi-Task Learning with
   Attention*, CVPR 2019).
@@ -269,9 +273,9 @@ class FAMOState(NamedTuple):
   steps: jax.Array
 
 
-@register(family='loss_weighting', needs_num_exits=True, reads_losses=True)
+@register(family='loss_weighting', needs_num_exits=True, reads_losses=True, granular=False)
 def famo(*, num_exits: int, learning_rate: float = 0.025, weight_decay: float = 0.001,
-         eps: float = 1e-8, granularity: Granularity = 'exits',
+         eps: float = 1e-8, granularity: Optional[Granularity] = None,
          axis_name: Optional[Hashable] = None,
          diagnostics: bool = False) -> optax.GradientTransformationExtraArgs:
   """FAMO (Liu, Liu, Stone, Liu, *FAMO: Fast Adaptive Multitask Optimization*, NeurIPS 2023).
