@@ -315,7 +315,7 @@ def compute_markdown(spec: Confirm, store: Store) -> str:
   def primary_seed(key: Key) -> Optional[str]:
     if (isinstance(key, RunKey) and not key.doubled and key.seed in spec.seeds
         and (key.model, key.method) in primary):
-      return f'seed{key.seed}'
+      return str(key.seed)
     return None
 
   def part_of(key: Key) -> Optional[str]:
@@ -336,8 +336,8 @@ def compute_markdown(spec: Confirm, store: Store) -> str:
 
   per_seed = store.compute_parts(primary_seed)
   seed_line = ('Per fresh seed (every primary arm, same caveat): ' + ', '.join(
-      f'seed {s} {per_seed[f"seed{s}"].seconds / 60:.0f} min' for s in spec.seeds
-      if f'seed{s}' in per_seed) + '.\n' if per_seed else '')
+      f'seed {s} {per_seed[str(s)].seconds / 60:.0f} min' for s in spec.seeds
+      if str(s) in per_seed) + '.\n' if per_seed else '')
   return compute_line(store.compute_parts(part_of)) + seed_line
 
 
