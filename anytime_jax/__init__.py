@@ -75,8 +75,12 @@ from anytime_jax._src.nnx import nnx_stages
 from anytime_jax._src.training import TrainState
 from anytime_jax._src.training import create_train_state
 from anytime_jax._src.training import make_train_step
-from anytime_jax._src.training import summed_loss_gradient
-from anytime_jax._src.training import weighted_loss_gradient
+from anytime_jax._src.gradients import GradientSource
+from anytime_jax._src.gradients import staged_gradients
+from anytime_jax._src.gradients import summed_gradients
+from anytime_jax._src.gradients import summed_loss_gradient
+from anytime_jax._src.gradients import vmapped_gradients
+from anytime_jax._src.gradients import weighted_loss_gradient
 from anytime_jax._src.amortize import AmortizedState
 from anytime_jax._src.amortize import amortize
 from anytime_jax._src.amortize import find_amortized
@@ -153,6 +157,10 @@ __all__ = [
     'TrainState',
     'create_train_state',
     'make_train_step',
+    'GradientSource',
+    'staged_gradients',
+    'summed_gradients',
+    'vmapped_gradients',
     'summed_loss_gradient',
     'weighted_loss_gradient',
     'AmortizedState',
@@ -189,7 +197,8 @@ for _old, _sources in {
     'nnx_support': ('anytime_jax._src.nnx', 'anytime_jax.models.nnx'),
     'conv': ('anytime_jax.models.conv',),
     **{name: (f'anytime_jax._src.{name}',) for name in (
-        'accumulate', 'amortize', 'equilibrium', 'jacobian', 'losses', 'training')},
+        'accumulate', 'amortize', 'equilibrium', 'jacobian', 'losses')},
+    'training': ('anytime_jax._src.training', 'anytime_jax._src.gradients'),
 }.items():
   deprecation.alias_module(f'{__name__}.{_old}', _sources)
 del _old, _sources

@@ -23,6 +23,7 @@ import statistics
 import subprocess
 import time
 import types
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -30,12 +31,9 @@ import numpy as np
 import optax
 
 import anytime_jax as aj
-from anytime_jax import models
+from anytime_jax import (create_train_state, exit_cross_entropy, make_train_step, models,
+                         staged_exit_jacobian, summed_loss_gradient)
 from anytime_jax.models import conv
-from anytime_jax._src.losses import exit_cross_entropy
-from anytime_jax import staged_exit_jacobian
-from anytime_jax._src.training import (create_train_state, make_train_step, summed_loss_gradient,
-                                  vmapped_exit_jacobian)
 from experiments import data, optimizers
 
 
@@ -62,7 +60,7 @@ def _time_round_robin(fns: dict, repeats: int) -> dict:
   for fn in fns.values():  # compile and warm up
     _block(fn())
     _block(fn())
-  times = {name: [] for name in fns}
+  times: dict[str, list[float]] = {name: [] for name in fns}
   for _ in range(repeats):
     for name, fn in fns.items():
       start = time.perf_counter()
@@ -119,14 +117,14 @@ def bench_model(name: str, batch_size: int, repeats: int, shape=(28, 28, 1), wid
   network, x, y, variables = _example(name, batch_size, shape, width, conv_weight_gradient)
   paths = {
       'summed_grad': lambda v: summed_loss_gradient(network, v, x, y),
-      'exit_jacobian': lambda v: vmapped_exit_jacobian(network, v, x, y),
+      'exit_jacobian': lambda v: aj.vmapped_gradients().gradients(network, v, x, y, None),
       'staged': lambda v: staged_exit_jacobian(network, v, x, y),
       'staged_vmap': lambda v: staged_exit_jacobian(network, v, x, y, vectorize=True),
   }
   ortho = aj.orthogonalize()
   osgd_tx, sgd_tx = aj.osgd(0.1), optax.sgd(0.1, momentum=0.9)
   osgd_step = jax.jit(make_train_step(network, osgd_tx))
-  sgd_step = jax.jit(make_train_step(network, sgd_tx, per_exit=False))
+  sgd_step = jax.jit(make_train_step(network, sgd_tx, gradients=aj.summed_gradients()))
   osgd_state = create_train_state(network, osgd_tx, jax.random.key(0), x)
   sgd_state = create_train_state(network, sgd_tx, jax.random.key(0), x)
   return _gradient_row(
@@ -188,7 +186,7 @@ def bench_user_network(batch_size: int, repeats: int, shape=(28, 28, 1)) -> dict
   flops, carry, total = [], jax.ShapeDtypeStruct(x.shape, x.dtype), 0.0
   for stage, stage_params in zip(stages, params):
     total += float(jax.jit(lambda p, c, s=stage: s(p, None, c)).lower(
-        stage_params, carry).cost_analysis()['flops']) / batch_size
+        stage_params, carry).cost_analysis()['flops']) / batch_size  # type: ignore[index]
     flops.append(total)
     carry = jax.eval_shape(lambda p, c, s=stage: s(p, None, c)[0], stage_params, carry)
   ortho = aj.orthogonalize()
@@ -239,7 +237,7 @@ def breakdown_model(name: str, batch_size: int, repeats: int, shape=(28, 28, 1),
   of the staged engine (staged minus summed), and the optimizer with
   orthogonalization (OSGD step minus staged).
   """
-  programs = {}
+  programs: dict[tuple[str, str], Callable[..., Any]] = {}
   for mode in conv_modes:
     network, x, y, variables = _example(name, batch_size, shape, width, mode)
     params = variables['params']
@@ -358,10 +356,10 @@ def bench_loop(name: str, batch_size: int, steps: int, data_dir: str,
       rates[f'loop, losses read every {log_every}'] = json.loads(records[-1])['images_per_second']
   network = models.create(name, num_classes=loaded.num_classes, num_exits=config.num_exits,
                           **models.input_options(loaded.image_shape))
-  tx, per_exit = optimizers.make(config.optimizer, config, 2 * steps, steps)
+  tx, gradients = optimizers.make(config.optimizer, config, 2 * steps, steps)
   state = create_train_state(network, tx, jax.random.key(0),
                              jnp.zeros((1, *loaded.image_shape), jnp.float32))
-  step = jax.jit(make_train_step(network, tx, per_exit=per_exit), donate_argnums=0)
+  step = jax.jit(make_train_step(network, tx, gradients=gradients), donate_argnums=0)
   batches = [jax.device_put(b) for b in
              itertools.islice(data.train_batches(loaded, batch_size, seed=0, epoch=0), steps)]
   state, _ = _block(step(state, *batches[0]))
@@ -422,9 +420,10 @@ def bench_amortized(name: str, batch_size: int, repeats: int, shape=(28, 28, 1),
   def osgd_global():
     return aj.orthogonalize(granularity='global', diagnostics=True, num_exits=num_exits)
 
-  def steps_of(head, per_exit=True, every=None):
+  def steps_of(head, every=None):
     tx = aj.sgd_tail(0.1) if head is None else optax.chain(head, aj.sgd_tail(0.1))
-    step = jax.jit(make_train_step(network, tx, per_exit=per_exit), static_argnames='refresh')
+    gradients = aj.summed_gradients() if head is None else aj.staged_gradients()
+    step = jax.jit(make_train_step(network, tx, gradients=gradients), static_argnames='refresh')
     start = create_train_state(network, tx, jax.random.key(0), x)
 
     def run():
@@ -434,7 +433,7 @@ def bench_amortized(name: str, batch_size: int, repeats: int, shape=(28, 28, 1),
       return state.params
     return run
 
-  fns = {'sgd': steps_of(None, per_exit=False), 'osgd_global': steps_of(osgd_global())}
+  fns = {'sgd': steps_of(None), 'osgd_global': steps_of(osgd_global())}
   for every in AMORTIZE_EVERY:
     fns[f'every_{every}'] = steps_of(aj.amortize(osgd_global(), every=every, num_exits=num_exits),
                                      every=every)

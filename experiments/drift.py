@@ -39,13 +39,13 @@ def weight_trace(config: train.Config, steps: int, data_dir: str,
   dataset, _ = train.split_validation(dataset, config.validation_size, config.seed)
   steps_per_epoch = data.num_train_batches(dataset, config.batch_size)
   network = train.build_network(config, dataset)
-  tx, per_exit = optimizers.make(config.optimizer, config, steps_per_epoch * config.epochs,
-                                 steps_per_epoch)
-  if not per_exit or config.optimizer not in optimizers.PER_EXIT:
+  tx, gradients = optimizers.make(config.optimizer, config, steps_per_epoch * config.epochs,
+                                  steps_per_epoch)
+  if not gradients.per_exit or config.optimizer not in optimizers.PER_EXIT:
     raise SystemExit(f'error: --optimizer {config.optimizer} has no combination weights.')
   example = jnp.zeros((1, *dataset.image_shape), jnp.float32)
   state = aj.create_train_state(network, tx, jax.random.key(config.seed), example)
-  step_fn = jax.jit(aj.make_train_step(network, tx))
+  step_fn = jax.jit(aj.make_train_step(network, tx, gradients=gradients))
 
   @jax.jit
   def step(state, x, y):

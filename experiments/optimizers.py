@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, Callable, Literal
+
 import optax
 
 import anytime_jax as aj
@@ -11,7 +13,7 @@ import anytime_jax as aj
 # every other method combines the whole parameter vector ('global'); 'osgd_exits' is the
 # library's default, exit-aware granularity. Methods added after the first study (ConFIG,
 # FairGrad and the loss weightings) run at the library's defaults ('exits').
-PER_EXIT = {
+PER_EXIT: dict[str, tuple[Callable[..., optax.GradientTransformationExtraArgs], dict[str, Any]]] = {
     'osgd': (aj.orthogonalize, dict(granularity='leaf')),
     'osgd_global': (aj.orthogonalize, dict(granularity='global')),
     'osgd_exits': (aj.orthogonalize, dict(granularity='exits')),
@@ -42,7 +44,7 @@ def per_exit_head(name: str, num_exits: int) -> optax.GradientTransformationExtr
   return factory(**options, num_exits=num_exits, diagnostics=True)
 
 
-_SUMMED = {'sgd': 'sum', 'sgd_mean': 'mean'}
+_SUMMED: dict[str, Literal['sum', 'mean']] = {'sgd': 'sum', 'sgd_mean': 'mean'}
 OPTIMIZERS = tuple(PER_EXIT) + tuple(_SUMMED)
 
 
@@ -53,8 +55,9 @@ def schedule(config, total_steps: int, steps_per_epoch: int) -> optax.Schedule:
                                             max(total_steps, warmup + 1))
 
 
-def make(name: str, config, total_steps: int, steps_per_epoch: int):
-  """Returns ``(tx, per_exit)``: the transformation and whether it takes per-exit gradients.
+def make(name: str, config, total_steps: int, steps_per_epoch: int
+         ) -> tuple[optax.GradientTransformation, aj.GradientSource]:
+  """Returns ``(tx, gradients)``: the transformation and the gradient source it takes.
 
   Every optimizer is SGD with momentum and decoupled weight decay on the same
   schedule; they differ only in how the exits' gradients are combined. With
@@ -67,7 +70,9 @@ def make(name: str, config, total_steps: int, steps_per_epoch: int):
   """
   lr = schedule(config, total_steps, steps_per_epoch)
   tail = aj.sgd_tail(lr, momentum=config.momentum, weight_decay=config.weight_decay)
-  per_exit_needed = config.gradient_equilibrium or config.distillation > 0
+  distillation = (aj.Distillation(config.distillation, config.distillation_temperature)
+                  if config.distillation > 0 else None)
+  per_exit_needed = config.gradient_equilibrium or distillation is not None
   if name in PER_EXIT:
     head = per_exit_head(name, config.num_exits)
     if config.refresh_every > 1:
@@ -81,14 +86,10 @@ def make(name: str, config, total_steps: int, steps_per_epoch: int):
   elif name in _SUMMED and per_exit_needed:
     head = aj.sum_exits() if _SUMMED[name] == 'sum' else aj.mean_exits()
   elif name in _SUMMED:
-    return tail, False
+    return tail, aj.summed_gradients(reduction=_SUMMED[name])
   else:
     raise ValueError(f'Unknown optimizer {name!r}; choose one of {", ".join(OPTIMIZERS)}.')
+  gradients = aj.staged_gradients(distillation=distillation)
   if config.gradient_equilibrium:
-    return optax.chain(aj.gradient_equilibrium(), head, tail), True
-  return optax.chain(head, tail), True
-
-
-def reduction(name: str) -> str:
-  """How a summed-loss optimizer reduces the exit losses."""
-  return _SUMMED.get(name, 'sum')
+    return optax.chain(aj.gradient_equilibrium(), head, tail), gradients
+  return optax.chain(head, tail), gradients

@@ -69,10 +69,43 @@ class Config:
   max_steps_per_epoch: Optional[int] = None  # smoke runs: cut every epoch short
   seed: int = 0
 
+  def __post_init__(self):
+    """Refuses a configuration that cannot run, wherever it is built (flags, studies, code)."""
+    _choices('model', self.model, models.ARCHITECTURES)
+    _choices('optimizer', self.optimizer, optimizers.OPTIMIZERS)
+    _choices('dtype', self.dtype, tuple(DTYPES))
+    if self.growth is not None:
+      _choices('growth', self.growth, ('width', 'depth', 'both'))
+    for name in ('epochs', 'batch_size', 'num_exits', 'refresh_every'):
+      _positive(name, getattr(self, name))
+    for name in ('train_size', 'width', 'max_steps_per_epoch'):
+      if getattr(self, name) is not None:
+        _positive(name, getattr(self, name))
+    if self.image_size is not None and self.image_size < 8:
+      raise ValueError(f'--image_size must be at least 8, got {self.image_size}')
+    if self.dropout and self.model != 'vit':
+      raise ValueError(f'--dropout is an option of --model vit, not of {self.model}')
+    if not 0 <= self.dropout < 1:
+      raise ValueError(f'--dropout must be in [0, 1), got {self.dropout}')
+    for name in ('eval_every', 'validation_size', 'distillation', 'weight_decay', 'momentum',
+                 'warmup_epochs'):
+      if getattr(self, name) < 0:
+        raise ValueError(f'--{name} must be 0 or positive, got {getattr(self, name)}')
+    if not self.learning_rate > 0:
+      raise ValueError(f'--learning_rate must be positive, got {self.learning_rate}')
+    if not self.distillation_temperature > 0:
+      raise ValueError(f'--distillation_temperature must be positive, got '
+                       f'{self.distillation_temperature}')
+
+
+def _positive(name, value):
+  if not isinstance(value, int) or value < 1:
+    raise ValueError(f'--{name} must be a positive integer, got {value!r}')
+
 
 def _choices(name, value, valid):
   if value not in valid:
-    raise SystemExit(f'error: invalid --{name} {value!r}; valid values: {", ".join(valid)}')
+    raise ValueError(f'invalid --{name} {value!r}; valid values: {", ".join(valid)}')
 
 
 def parse_args(argv=None):
@@ -150,14 +183,9 @@ def parse_args(argv=None):
   p.add_argument('--num_processes', type=int, default=None, help='with --distributed')
   p.add_argument('--process_id', type=int, default=None, help='with --distributed')
   args = p.parse_args(argv)
-  _choices('model', args.model, models.ARCHITECTURES)
-  _choices('optimizer', args.optimizer, optimizers.OPTIMIZERS)
-  for name in ('epochs', 'batch_size', 'num_exits', 'checkpoint_every', 'log_every',
-               'refresh_every'):
+  for name in ('checkpoint_every', 'log_every'):
     if getattr(args, name) < 1:
       raise SystemExit(f'error: --{name} must be a positive integer, got {getattr(args, name)}')
-  if args.train_size is not None and args.train_size < 1:
-    raise SystemExit(f'error: --train_size must be a positive integer, got {args.train_size}')
   if args.profile_steps is not None:
     try:
       first, last = (int(v) for v in args.profile_steps.split(':'))
@@ -166,18 +194,11 @@ def parse_args(argv=None):
     if not 0 <= first < last:
       raise SystemExit(f'error: --profile_steps needs 0 <= FIRST < LAST, got {args.profile_steps}')
     args.profile_steps = (first, last)
-  if args.image_size is not None and args.image_size < 8:
-    raise SystemExit(f'error: --image_size must be at least 8, got {args.image_size}')
-  if args.dropout and args.model != 'vit':
-    raise SystemExit(f'error: --dropout is an option of --model vit, not of {args.model}')
-  if not 0 <= args.dropout < 1:
-    raise SystemExit(f'error: --dropout must be in [0, 1), got {args.dropout}')
-  if args.eval_every < 0:
-    raise SystemExit(f'error: --eval_every must be 0 or positive, got {args.eval_every}')
-  if not args.learning_rate > 0:
-    raise SystemExit(f'error: --learning_rate must be positive, got {args.learning_rate}')
   fields = {f.name for f in dataclasses.fields(Config)}
-  config = Config(**{k: v for k, v in vars(args).items() if k in fields})
+  try:
+    config = Config(**{k: v for k, v in vars(args).items() if k in fields})
+  except ValueError as e:
+    raise SystemExit(f'error: {e}') from None
   return config, args
 
 
@@ -353,19 +374,16 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *,
 
   network = build_network(config, dataset)
   try:
-    tx, per_exit = optimizers.make(config.optimizer, config, total_steps, steps_per_epoch)
+    tx, gradients = optimizers.make(config.optimizer, config, total_steps, steps_per_epoch)
   except ValueError as e:
     raise SystemExit(f'error: {e}') from None
   example = jnp.zeros((1, *dataset.image_shape), jnp.float32)
   state = jax.device_put(aj.create_train_state(network, tx, jax.random.key(config.seed), example),
                          replicated)
-  distillation = (aj.Distillation(config.distillation, config.distillation_temperature)
-                  if config.distillation > 0 else None)
   # Apart from the initialization's key; each step folds in its number, so a resumed run repeats.
   dropout_key = jax.random.fold_in(jax.random.key(config.seed), 1) if config.dropout else None
-  train_step = jax.jit(aj.make_train_step(network, tx, per_exit=per_exit,
-                                          reduction=optimizers.reduction(config.optimizer),
-                                          distillation=distillation, dropout_key=dropout_key),
+  train_step = jax.jit(aj.make_train_step(network, tx, gradients=gradients,
+                                          dropout_key=dropout_key),
                        donate_argnums=0, static_argnames='refresh')
   eval_step = jax.jit(
       lambda s, x, y: (network.apply({'params': s.params, 'batch_stats': s.batch_stats}, x), y),

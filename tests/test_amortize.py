@@ -120,8 +120,8 @@ def test_bad_use_is_refused():
   network, _ = _network()
   step = aj.make_train_step(network, optax.chain(aj.amortize(_osgd_global(), every=2,
                                                              num_exits=K), optax.sgd(0.1)),
-                            engine='vmap')
-  with pytest.raises(ValueError, match='staged engine'):
+                            gradients=aj.summed_gradients())
+  with pytest.raises(ValueError, match='needs per-exit gradients whose losses are the plain'):
     step(_state(optax.chain(aj.amortize(_osgd_global(), every=2, num_exits=K), optax.sgd(0.1))),
          X, Y)
 

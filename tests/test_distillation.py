@@ -45,7 +45,8 @@ def test_train_step_with_distillation_is_sgd_on_the_distilled_losses():
   kd = aj.Distillation(weight=0.5, temperature=2.0)
   tx = optax.chain(aj.sum_exits(), optax.sgd(0.1))
   state = aj.create_train_state(network, tx, jax.random.key(0), x)
-  new, metrics = jax.jit(aj.make_train_step(network, tx, distillation=kd))(state, x, y)
+  new, metrics = jax.jit(aj.make_train_step(
+      network, tx, gradients=aj.staged_gradients(distillation=kd)))(state, x, y)
 
   def total(params):
     logits, moved = network.apply({'params': params, 'batch_stats': state.batch_stats}, x,
@@ -73,3 +74,11 @@ def test_distillation_needs_the_staged_per_exit_path():
   for options in (dict(per_exit=False), dict(engine='vmap')):
     with pytest.raises(ValueError, match='distillation needs per-exit gradients'):
       aj.make_train_step(network, optax.sgd(0.1), distillation=aj.Distillation(), **options)
+  with pytest.raises(ValueError, match='needs per-exit gradients whose losses are the plain'):
+    tx = optax.chain(aj.amortize(aj.orthogonalize(granularity='global', diagnostics=True,
+                                                  num_exits=2), every=2, num_exits=2),
+                     optax.sgd(0.1))
+    x = jnp.zeros((2, 4, 4, 1))
+    state = aj.create_train_state(network, tx, jax.random.key(0), x)
+    aj.make_train_step(network, tx, gradients=aj.staged_gradients(
+        distillation=aj.Distillation()))(state, x, jnp.zeros(2, jnp.int32))

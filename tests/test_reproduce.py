@@ -248,11 +248,10 @@ def test_trainer_optimizers_descend_on_a_batch(name):
   x = jax.random.normal(jax.random.key(0), (8, 8, 8, 1))
   y = jax.numpy.arange(8) % 5
   config = train.Config(num_exits=3, learning_rate=0.1, warmup_epochs=0.0)
-  tx, per_exit = optimizers.make(name, config, total_steps=100, steps_per_epoch=50)
+  tx, gradients = optimizers.make(name, config, total_steps=100, steps_per_epoch=50)
   state = aj.create_train_state(network, tx, jax.random.key(0), x)
   first = state.params
-  step = jax.jit(aj.make_train_step(network, tx, per_exit=per_exit,
-                                    reduction=optimizers.reduction(name)),
+  step = jax.jit(aj.make_train_step(network, tx, gradients=gradients),
                  donate_argnums=0)  # as the trainer does
   losses = []
   for _ in range(6):

@@ -3,6 +3,7 @@
 import functools
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import textwrap
@@ -108,8 +109,10 @@ def test_train_step_engines_agree():
   network, _, x, y = _setup('branched')
   tx = aj.osgd(0.1)
   state = aj.create_train_state(network, tx, jax.random.key(0), x)
-  got, metrics = jax.jit(aj.make_train_step(network, tx, engine='vmap'))(state, x, y)
-  want, _ = jax.jit(aj.make_train_step(network, tx, engine='staged'))(state, x, y)
+  got, metrics = jax.jit(aj.make_train_step(network, tx, gradients=aj.vmapped_gradients()))(
+      state, x, y)
+  want, _ = jax.jit(aj.make_train_step(network, tx, gradients=aj.staged_gradients()))(
+      state, x, y)
   _assert_trees_close(got.params, want.params, rtol=1e-4, atol=1e-6)
   assert metrics['exit_losses'].shape == (3,) and int(got.step) == 1
 
@@ -118,13 +121,36 @@ def test_summed_train_step_is_sgd_on_summed_loss():
   network, variables, x, y = _setup('branched')
   tx = optax.sgd(0.1)
   state = aj.create_train_state(network, tx, jax.random.key(0), x)
-  new, metrics = jax.jit(aj.make_train_step(network, tx, per_exit=False))(state, x, y)
+  new, metrics = jax.jit(aj.make_train_step(network, tx, gradients=aj.summed_gradients()))(
+      state, x, y)
   jac, _, _ = jax.jit(lambda v: aj.staged_exit_jacobian(network, v, x, y))(
       {'params': state.params, 'batch_stats': state.batch_stats})
   want = jax.tree.map(lambda p, g: p - 0.1 * g.sum(0), state.params, jac)
   _assert_trees_close(new.params, want, rtol=1e-4, atol=1e-6)
-  with pytest.raises(ValueError, match='engine'):
+  with pytest.raises(ValueError, match='reduction must be one of'):
+    aj.summed_gradients(reduction='max')
+
+
+@pytest.mark.parametrize('flags, source', [
+    (dict(per_exit=False), 'summed_gradients(reduction=\'sum\')'),
+    (dict(per_exit=False, reduction='mean'), 'summed_gradients(reduction=\'mean\')'),
+    (dict(engine='vmap'), 'vmapped_gradients()'),
+    (dict(engine='staged'), 'staged_gradients()'),
+])
+def test_the_old_step_flags_still_work_for_one_release_and_name_the_source(flags, source):
+  network, _, x, y = _setup('branched')
+  tx = optax.sgd(0.1) if flags.get('per_exit') is False else aj.osgd(0.1)
+  state = aj.create_train_state(network, tx, jax.random.key(0), x)
+  with pytest.warns(DeprecationWarning, match=re.escape(f'gradients=aj.{source}')):
+    old = aj.make_train_step(network, tx, **flags)
+  new = aj.make_train_step(network, tx, gradients=eval('aj.' + source))
+  _assert_trees_close(old(state, x, y)[0].params, new(state, x, y)[0].params, rtol=0, atol=0)
+  with pytest.raises(ValueError, match='engine must be one of'):
     aj.make_train_step(network, tx, engine='fast')
+  with pytest.raises(ValueError, match='pass gradients= alone'):
+    aj.make_train_step(network, tx, gradients=aj.staged_gradients(), engine='vmap')
+  with pytest.raises(TypeError, match="unexpected keyword arguments \\['per_exits'\\]"):
+    aj.make_train_step(network, tx, per_exits=False)
 
 
 MESH_SCRIPT = textwrap.dedent('''
@@ -180,9 +206,10 @@ def test_a_plain_optimizer_on_per_exit_gradients_fails_at_trace_time():
   x, y = jnp.zeros((4, 8, 8, 1)), jnp.zeros(4, jnp.int32)
   tx = optax.sgd(0.1)
   state = aj.create_train_state(network, tx, jax.random.key(0), x)
-  with pytest.raises(ValueError, match='orthogonalize.*per_exit=False'):
+  with pytest.raises(ValueError, match=r'orthogonalize.*gradients=aj.summed_gradients\(\)'):
     jax.jit(aj.make_train_step(network, tx)).lower(state, x, y)
-  jax.jit(aj.make_train_step(network, tx, per_exit=False)).lower(state, x, y)  # the fix works
+  fixed = aj.make_train_step(network, tx, gradients=aj.summed_gradients())
+  jax.jit(fixed).lower(state, x, y)  # the fix works
 
 
 def _user_stages():

@@ -201,6 +201,19 @@ def test_bad_flags_are_rejected_with_the_valid_values(flag, value, expected):
   assert expected in str(e.value.code)
 
 
+@pytest.mark.parametrize('fields, expected', [
+    (dict(optimizer='adam'), 'invalid --optimizer'),
+    (dict(epochs=0), '--epochs must be a positive integer'),
+    (dict(train_size=0), '--train_size must be a positive integer'),
+    (dict(dropout=0.1), '--dropout is an option of --model vit'),
+    (dict(eval_every=-1), '--eval_every must be 0 or positive'),
+    (dict(dtype='float16'), 'invalid --dtype'),
+])
+def test_a_config_built_in_code_validates_itself(fields, expected):
+  with pytest.raises(ValueError, match=expected):
+    train.Config(**fields)
+
+
 @pytest.mark.slow
 def test_trains_with_amortized_weights(tmp_path, data_dir):
   out = _train([*SMALL, '--optimizer', 'osgd_global', '--refresh_every', '4', '--epochs', '1',
@@ -387,17 +400,17 @@ def test_bfloat16_trains_like_float32_and_a_profile_is_written(tmp_path, data_di
 def test_gradient_equilibrium_and_distillation_turn_the_baseline_per_exit():
   config = train.Config(num_exits=2, learning_rate=1.0, warmup_epochs=0.0, weight_decay=0.0,
                         momentum=0.0, gradient_equilibrium=True)
-  tx, per_exit = optimizers.make('sgd', config, total_steps=10, steps_per_epoch=5)
-  assert per_exit
+  tx, gradients = optimizers.make('sgd', config, total_steps=10, steps_per_epoch=5)
+  assert gradients.per_exit
   params = {'trunk': jnp.zeros(1), 'head': jnp.zeros(1)}
   jac = {'trunk': jnp.array([[2.0], [4.0]]), 'head': jnp.array([[0.0], [6.0]])}
   updates, _ = tx.update(jac, tx.init(params), params, losses=jnp.ones(2))
   np.testing.assert_allclose(updates['trunk'], [-3.0])  # the mean of the two exits reaching it
   np.testing.assert_allclose(updates['head'], [-6.0])
-  _, per_exit = optimizers.make('sgd', dataclasses.replace(config, gradient_equilibrium=False,
-                                                           distillation=0.5), 10, 5)
-  assert per_exit
-  assert not optimizers.make('sgd', train.Config(), 10, 5)[1]
+  _, gradients = optimizers.make('sgd', dataclasses.replace(config, gradient_equilibrium=False,
+                                                             distillation=0.5), 10, 5)
+  assert gradients.per_exit and gradients.weighted is None  # distilled: not a weighted sum
+  assert not optimizers.make('sgd', train.Config(), 10, 5)[1].per_exit
 
 
 @pytest.mark.slow

@@ -131,7 +131,7 @@ def test_a_missing_dropout_key_names_the_argument():
     aj.staged_exit_jacobian(network, variables, X, Y)
   state = aj.TrainState(jnp.zeros((), jnp.int32), variables['params'], {}, optax.sgd(0.1).init(
       variables['params']))
-  step = aj.make_train_step(network, optax.sgd(0.1), per_exit=False)
+  step = aj.make_train_step(network, optax.sgd(0.1), gradients=aj.summed_gradients())
   with pytest.raises(ValueError, match=r'dropout_key=key'):
     step(state, X, Y)
 

@@ -46,19 +46,35 @@ def accumulate_exits(inner: optax.GradientTransformation, *, every: int, num_exi
                      ) -> optax.GradientTransformationExtraArgs:
   """Accumulates per-exit gradients over ``every`` micro-batches, then applies ``inner``.
 
+  Gram-Schmidt and the other combinations are not linear, so they do not
+  commute with averaging: the per-exit gradients (and losses) are summed over
+  the micro-batches and ``inner`` sees their mean once, the same step as one
+  batch ``every`` times larger. The accumulator holds one copy of the per-exit
+  gradients, ``K`` times the parameters.
+
   Args:
-    inner: a chain that takes per-exit gradients, e.g. ``aj.osgd(0.1)``.
-    every: micro-batches per step.
-    num_exits: K, to size the accumulator.
+    inner: an optax transformation (or chain) that takes per-exit gradients,
+      e.g. ``aj.osgd(0.1)``; required.
+    every: micro-batches per step, a positive int (1: every call steps);
+      required.
+    num_exits: K, the number of exits, a positive int, to size the
+      accumulator; checked against the updates. Required.
 
   Returns:
-    A transformation taking per-exit gradients (leaves ``[K, *param.shape]``)
-    of one equally sized micro-batch per call: it returns zero updates on the
-    first ``every - 1`` calls and ``inner``'s update of the micro-batches' mean
-    per-exit gradients on the last. ``losses=`` (``[K]``, for methods that read
-    them, such as AdaLoss) is averaged over the micro-batches in the same way;
-    other extra arguments are those of the last call. Under ``jit``; the inner
-    state advances once per step.
+    An ``optax.GradientTransformationExtraArgs`` taking per-exit gradients
+    (every leaf ``[K, *param.shape]``) of one equally sized micro-batch per
+    call: it returns zero updates on the first ``every - 1`` calls and
+    ``inner``'s update of the micro-batches' mean per-exit gradients on the
+    last, with the new :class:`AccumulateExitsState`. ``losses=`` (``[K]``, for
+    methods that read them, such as AdaLoss) is averaged over the
+    micro-batches in the same way; other extra arguments are those of the last
+    call. It runs under ``jit`` (a ``jax.lax.cond`` chooses); the inner state
+    advances once per step.
+
+  References:
+    None: gradient accumulation is standard practice (``optax.MultiSteps`` for
+    ordinary gradients); what is specific here follows from the combinations
+    not commuting with averaging.
 
   Example: OSGD on batches four times larger than memory allows::
 

@@ -63,21 +63,39 @@ def amortize(combination: optax.GradientTransformation, *, every: int, num_exits
              ) -> optax.GradientTransformationExtraArgs:
   """Refreshes a ``'global'`` combination's weights every ``every`` steps.
 
+  On refresh steps (the first, then every ``every``-th) the combination runs on
+  per-exit gradients and its ``[K]`` weights are kept; on the steps between,
+  the gradient of ``sum_k w_k L_k`` with the kept weights (one ordinary
+  backward pass) is passed on unchanged. A step costs about ``1 + (c - 1) /
+  every`` times a summed-loss step, ``c`` the cost of a per-exit step. Nash-MTL's
+  authors refresh their weights every few steps in the same way; FAMO
+  updates loss-based weights and takes one weighted-loss gradient per step.
+
   Args:
     combination: a combination of per-exit gradients built with
       ``granularity='global'`` and ``diagnostics=True`` (its weights are read
       from its diagnostics), e.g. ``aj.orthogonalize(granularity='global',
-      diagnostics=True, num_exits=K)``.
-    every: N, the steps from one refresh to the next (1: every step, the
-      unamortized combination).
-    num_exits: K.
+      diagnostics=True, num_exits=K)``; required.
+    every: N, the steps from one refresh to the next, a positive int (1: every
+      step, the unamortized combination); required.
+    num_exits: K, the number of exits, a positive int, to size the kept
+      weights; required.
 
   Returns:
-    A transformation that heads a chain: given per-exit gradients ``[K,
-    *param.shape]`` (when its state's ``refresh`` is set) it runs
-    ``combination`` and keeps its weights; given ordinary gradients (of
-    ``sum_k w_k L_k`` with ``w`` = :func:`find_amortized` ``(state).weights``)
-    it passes them on. ``update`` needs ``params`` to tell the two apart.
+    An ``optax.GradientTransformationExtraArgs`` that heads a chain: given
+    per-exit gradients, every leaf ``[K, *param.shape]`` (when its state's
+    ``refresh`` is set), it runs ``combination`` and keeps its weights; given
+    ordinary gradients, every leaf ``[*param.shape]`` (of ``sum_k w_k L_k`` with
+    ``w`` = :func:`find_amortized` ``(state).weights``), it passes them on.
+    Either way it returns ``[*param.shape]`` updates and the new
+    :class:`AmortizedState`. ``update`` needs ``params`` to tell the two apart.
+
+  References:
+    * Navon, Shamsian, Achituve, Maron, Kawaguchi, Chechik, Fetaya. *Multi-Task Learning
+      as a Bargaining Game*. ICML 2022. https://arxiv.org/abs/2202.01017 (weights
+      updated only every few steps)
+    * Liu, Feng, Stone, Liu. *FAMO: Fast Adaptive Multitask Optimization*. NeurIPS 2023.
+      https://arxiv.org/abs/2306.03792 (one weighted-loss gradient per step)
 
   Example:
 

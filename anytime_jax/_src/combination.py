@@ -264,30 +264,56 @@ def gram_weighting(
 ) -> optax.GradientTransformationExtraArgs:
   """An optax transformation summing exit gradients with Gram-derived weights.
 
+  The combinations of this library are built on it: a method that returns
+  ``sum_k w_k g_k`` with weights depending only on the ``[K, K]`` Gram matrix
+  ``G = J J^T`` of the exits' gradients needs no flattened Jacobian. Per group
+  of leaves, one ``[K, K]`` contraction per leaf gives ``G``, ``weighting``
+  turns it into ``w`` on device, and one weighted sum per leaf gives the
+  update.
+
   Args:
     weighting: without ``init_state``, ``weighting(gram [K, K]) -> [K]`` (or a
       :class:`Solution`, whose residual, iterations and fallback flag
-      ``diagnostics`` keep), applied to every group's Gram matrix (float32). An exit that does not
-      reach a group has a zero row and column there. With ``init_state``,
-      ``weighting(grams [G, K, K], state, **extra_args) -> (weights [G, K],
-      state)``, called once per update with every group's Gram matrix and the
-      update's extra keyword arguments (e.g. ``losses=``).
-    granularity: how leaves are grouped (:data:`anytime_jax.gram.Granularity`);
-      default ``'exits'``.
+      ``diagnostics`` keep), applied to every group's Gram matrix (float32). An
+      exit that does not reach a group has a zero row and column there. With
+      ``init_state``, ``weighting(grams [G, K, K], state, **extra_args) ->
+      (weights [G, K], state)``, called once per update with every group's Gram
+      matrix and the update's extra keyword arguments (e.g. ``losses=``).
+      Required.
+    granularity: how leaves are grouped, each group with its own Gram matrix
+      and weights (:data:`anytime_jax.gram.Granularity`): ``'exits'`` (leaves
+      reached by the same set of exits together), ``'leaf'`` (each parameter
+      tensor on its own), ``'global'`` (all leaves together) or a partition.
+      Default ``'exits'``.
     init_state: ``init_state(num_groups) -> state`` for stateful weightings;
       ``num_groups`` is ``None`` when it cannot be known at init (no ``params``
-      given, or ``'exits'`` without ``num_exits``).
+      given, or ``'exits'`` without ``num_exits``). Default ``None`` (a
+      stateless weighting of one Gram matrix at a time).
     axis_name: inside ``shard_map`` or ``pmap`` over a data axis, its name:
       the per-exit gradients are averaged over it before the Gram matrix.
-      Not needed under ``jit`` with a sharded batch, where the per-exit
-      gradients of the global-batch losses are already the averaged ones.
-    diagnostics: keep the last weights in the state (:class:`DiagnosedState`).
-    num_exits: K; needed for ``diagnostics``, checked against the updates when
-      given.
+      Default ``None`` (no averaging): not needed under ``jit`` with a sharded
+      batch, where the per-exit gradients of the global-batch losses are
+      already the averaged ones.
+    diagnostics: keep the last update's weights, gradient norms and cosines
+      (and the solver's residual, iterations and fallback flag) in the state
+      (:class:`DiagnosedState`, read with :func:`find_diagnostics`); needs
+      ``num_exits``. Default ``False``.
+    num_exits: K, the number of exits, a positive int; needed for
+      ``diagnostics``, checked against the updates when given. Default ``None``
+      (K read from the updates).
 
   Returns:
-    An ``optax.GradientTransformationExtraArgs`` that takes per-exit gradients
-    and returns ``sum_k w_k g_k`` per group, each leaf in its input dtype.
+    An ``optax.GradientTransformationExtraArgs`` whose ``update(updates, state,
+    params=None, **extra_args)`` takes per-exit gradients, every leaf
+    ``[K, *param.shape]``, and returns ``sum_k w_k g_k`` per group, every leaf
+    ``[*param.shape]`` in its input dtype, with the new state (``init_state``'s,
+    ``optax.EmptyState()`` without it, inside a :class:`DiagnosedState` with
+    ``diagnostics=True``).
+
+  References:
+    * Quinton, Rey. *Jacobian Descent for Multi-Objective Optimization*. arXiv preprint,
+      2024. https://arxiv.org/abs/2406.16232 (combining the rows of the Jacobian through
+      its Gramian)
 
   Example: weight each exit by the inverse of its gradient's norm:
 

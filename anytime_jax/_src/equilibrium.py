@@ -33,6 +33,25 @@ def gradient_equilibrium() -> optax.GradientTransformation:
   tensor where its gradient there is not exactly zero; a tensor no exit
   reaches is left at zero.
 
+  The paper rescales the backward pass at every stage's output so that exit
+  j's gradient reaches stage k's trunk scaled by ``1 / (K - k)`` (0-based),
+  one over the number of exits that depend on it, and each classifier keeps
+  its own exit's gradient; on per-exit gradients that is this per-parameter
+  scale. For a branched network it is the paper's method exactly; on a nested
+  network, where every exit reaches every earlier stage, it is our extension
+  of it (see the module's docstring). It takes no arguments.
+
+  Returns:
+    An ``optax.GradientTransformation`` whose ``update(updates, state,
+    params=None)`` takes per-exit gradients, every leaf ``[K, *param.shape]``,
+    and returns them, same shapes and dtypes, each leaf divided by the number
+    of exits whose gradient on it is not exactly zero (at least 1), with
+    ``optax.EmptyState()``.
+
+  References:
+    * Li, Zhang, Qi, Yang, Huang. *Improved Techniques for Training Adaptive Deep
+      Networks*. ICCV 2019. https://arxiv.org/abs/1908.06294
+
   Example: a trunk reached by both exits, a head reached by the second only:
 
   >>> import jax.numpy as jnp, optax, anytime_jax as aj

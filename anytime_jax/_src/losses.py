@@ -42,7 +42,7 @@ def exit_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 
 class Distillation(NamedTuple):
-  """Distillation from the last exit into the earlier ones (``make_train_step(distillation=)``).
+  """Distillation from the last exit into the earlier ones (``staged_gradients(distillation=)``).
 
   Attributes:
     weight: beta, the weight of the distillation term.
@@ -54,7 +54,7 @@ class Distillation(NamedTuple):
   >>> kd = aj.Distillation(weight=0.5, temperature=4.0)
   >>> network = aj.models.create('branched', num_classes=3, num_exits=2, width=2, num_levels=1)
   >>> tx = optax.chain(aj.sum_exits(), optax.sgd(0.1))
-  >>> step = aj.make_train_step(network, tx, distillation=kd)  # then jax.jit(step)
+  >>> step = aj.make_train_step(network, tx, gradients=aj.staged_gradients(distillation=kd))
   >>> kd
   Distillation(weight=0.5, temperature=4.0)
   """

@@ -25,10 +25,9 @@ def _pinv_psd(gram: jax.Array, rtol: float = 1e-6) -> jax.Array:
 
 
 def imtl_g_weights(gram: jax.Array) -> Solution:
-  """IMTL-G's weights: ``a = G^+ n / |1^T G^+ n|`` with ``n_k = |g_k|``, or MGDA's if that
-  does not improve every exit.
+  """IMTL-G's weights ``a = G^+ n / |1^T G^+ n|`` (``n_k = |g_k|``), or MGDA's as a fallback.
 
-  Then ``d = J^T a`` has the same, positive projection on every exit's unit
+  With these weights ``d = J^T a`` has the same, positive projection on every exit's unit
   gradient (``(G a)_k / n_k`` equal for all k) when ``n`` lies in ``G``'s
   range. Computed as ``D^-1 C^+ 1`` with ``C = D^-1 G D^-1`` (``D = diag n``;
   the same when ``G`` is invertible), so that gradients of very different
@@ -41,11 +40,26 @@ def imtl_g_weights(gram: jax.Array) -> Solution:
   direction does, with ``fallback`` set. The residual is the spread of the
   projections, ``(max - min) / max``, of the direction returned.
 
+  Args:
+    gram: ``[K, K]`` Gram matrix ``G[i, j] = <g_i, g_j>``; exits with a zero
+      gradient (zero diagonal) get weight 0.
+
+  Returns:
+    A :class:`Solution` with the weights ``a`` ``[K]``, the spread of the
+    projections as the residual, 0 iterations, and ``fallback`` set where the
+    weights are MGDA's.
+
+  References:
+    * Liu, Li, Kuang, Xue, Chen, Yang, Liao, Zhang. *Towards Impartial Multi-task
+      Learning*. ICLR 2021. https://openreview.net/forum?id=IMPnRXEWpvr
+    * Sener, Koltun. *Multi-Task Learning as Multi-Objective Optimization*. NeurIPS 2018.
+      https://arxiv.org/abs/1810.04650 (the fallback)
+
   Example:
 
   >>> import jax.numpy as jnp, numpy as np, anytime_jax as aj
   >>> gram = jnp.array([[1.0, -2.0, 0.0], [-2.0, 5.0, 2.0], [0.0, 2.0, 4.0]])  # rank 2
-  >>> s = aj.combinations.imtl_g_weights(gram)  # rows [1, 0], [-2, 1], [0, 2]
+  >>> s = aj.solvers.imtl_g_weights(gram)  # rows [1, 0], [-2, 1], [0, 2]
   >>> np.asarray(gram @ s.weights).round(4), bool(s.fallback)  # every exit improves
   (array([0.3018, 0.5286, 2.2643], dtype=float32), False)
   """
@@ -70,9 +84,45 @@ def imtl_g_weights(gram: jax.Array) -> Solution:
 def imtl_g(*, granularity: Granularity = 'exits', axis_name: Optional[Hashable] = None,
            diagnostics: bool = False, num_exits: Optional[int] = None
            ) -> optax.GradientTransformationExtraArgs:
-  """IMTL-G (Liu, Li, Kuang, Xue, Chen, Yang, Liao, Zhang, *Towards Impartial Multi-task
-  Learning*, ICLR 2021): the combination whose projection on every exit's unit
-  gradient is the same (closed form, :func:`imtl_g_weights`, sign-guarded).
+  """IMTL-G: the combination with the same projection on every exit's unit gradient.
+
+  The gradient-balance part of IMTL: the weights ``a``, in closed form, make
+  ``d = sum_k a_k g_k`` project equally on every exit's unit gradient
+  (:func:`imtl_g_weights`), normalized by the absolute value of the paper's
+  sum so that the direction is never uphill for every exit, and MGDA's
+  weights where the closed form leaves an exit without improvement
+  (``fallback`` in the diagnostics). It improves every exit whenever some
+  direction does. No hyperparameters.
+
+  Args:
+    granularity: how leaves are grouped, each group with its own Gram matrix and
+      weights (:data:`anytime_jax.gram.Granularity`: ``'exits'``, ``'leaf'``,
+      ``'global'`` or a partition), as in :func:`anytime_jax.gram_weighting`.
+      Default ``'exits'`` (leaves reached by the same set of exits together).
+    axis_name: inside ``shard_map`` or ``pmap`` over a data axis, its name: the
+      per-exit gradients are averaged over it first, as in
+      :func:`anytime_jax.gram_weighting`. Default ``None`` (no averaging; not
+      needed under ``jit`` with a sharded batch).
+    diagnostics: keep the last update's weights, gradient norms, cosines and
+      solver residual in the state (:class:`anytime_jax.CombinationDiagnostics`,
+      read with :func:`anytime_jax.find_diagnostics`); needs ``num_exits``.
+      Default ``False``.
+    num_exits: K, the number of exits, a positive int; needed for
+      ``diagnostics``, checked against the updates when given. Default ``None``
+      (K read from the updates).
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` whose ``update(updates, state, params=None)``
+    takes per-exit gradients, every leaf ``[K, *param.shape]``, and returns ``sum_k a_k g_k``
+    per group, every leaf ``[*param.shape]`` in its input dtype, with the new state
+    (``optax.EmptyState()``, inside a :class:`anytime_jax.DiagnosedState` with
+    ``diagnostics=True``).
+
+  References:
+    * Liu, Li, Kuang, Xue, Chen, Yang, Liao, Zhang. *Towards Impartial Multi-task
+      Learning*. ICLR 2021. https://openreview.net/forum?id=IMPnRXEWpvr
+    * Sener, Koltun. *Multi-Task Learning as Multi-Objective Optimization*. NeurIPS 2018.
+      https://arxiv.org/abs/1810.04650 (the fallback)
 
   Example:
 
@@ -95,6 +145,22 @@ def aligned_mtl_weights(gram: jax.Array, rtol: float = 1e-6,
   matrix is ``l_min`` times the projector on ``G``'s range); ``l_min`` is the
   smallest eigenvalue above ``rtol`` times the largest. ``scale='sum'`` sums
   the aligned gradients, as the authors' code does; ``'mean'`` averages them.
+
+  Args:
+    gram: ``[K, K]`` Gram matrix ``G = J J^T`` (``V`` and ``L`` its eigenvectors and
+      eigenvalues).
+    rtol: relative threshold, ``> 0``: eigenvalues at most ``rtol`` times the
+      largest count as zero (directions the gradients do not span). Default
+      ``1e-6``.
+    scale: ``'sum'`` (weights ``B 1``, the aligned gradients summed) or
+      ``'mean'`` (``B 1 / K``, averaged). Default ``'sum'``.
+
+  Returns:
+    ``[K]`` the weights; zeros when every eigenvalue is (relatively) zero.
+
+  References:
+    * Senushkin, Patakin, Kuznetsov, Konushin. *Independent Component Alignment for
+      Multi-Task Learning*. CVPR 2023. https://arxiv.org/abs/2305.19000
   """
   values, vectors = jnp.linalg.eigh(gram)
   keep = values > rtol * jnp.max(values)
@@ -110,10 +176,42 @@ def aligned_mtl_weights(gram: jax.Array, rtol: float = 1e-6,
 def aligned_mtl(*, scale: Literal['sum', 'mean'] = 'sum', granularity: Granularity = 'exits',
                 axis_name: Optional[Hashable] = None, diagnostics: bool = False,
                 num_exits: Optional[int] = None) -> optax.GradientTransformationExtraArgs:
-  """Aligned-MTL (Senushkin, Patakin, Kuznetsov, Konushin, *Independent Component Alignment
-  for Multi-Task Learning*, CVPR 2023): the exit gradients are replaced by the
-  closest orthogonal, equal-norm system (condition number 1) and summed
-  (:func:`aligned_mtl_weights`; ``scale='mean'`` averages instead).
+  """Aligned-MTL: the exit gradients made orthogonal with equal norms, then summed.
+
+  The exit gradients are replaced by the closest orthogonal, equal-norm
+  system (condition number 1) and summed (:func:`aligned_mtl_weights`;
+  ``scale='mean'`` averages instead).
+
+  Args:
+    scale: ``'sum'`` sums the aligned gradients, as the authors' code does;
+      ``'mean'`` averages them (``1/K`` of the sum); anything else raises
+      ``ValueError``. Default ``'sum'``.
+    granularity: how leaves are grouped, each group with its own Gram matrix and
+      weights (:data:`anytime_jax.gram.Granularity`: ``'exits'``, ``'leaf'``,
+      ``'global'`` or a partition), as in :func:`anytime_jax.gram_weighting`.
+      Default ``'exits'`` (leaves reached by the same set of exits together).
+    axis_name: inside ``shard_map`` or ``pmap`` over a data axis, its name: the
+      per-exit gradients are averaged over it first, as in
+      :func:`anytime_jax.gram_weighting`. Default ``None`` (no averaging; not
+      needed under ``jit`` with a sharded batch).
+    diagnostics: keep the last update's weights, gradient norms, cosines and
+      solver residual in the state (:class:`anytime_jax.CombinationDiagnostics`,
+      read with :func:`anytime_jax.find_diagnostics`); needs ``num_exits``.
+      Default ``False``.
+    num_exits: K, the number of exits, a positive int; needed for
+      ``diagnostics``, checked against the updates when given. Default ``None``
+      (K read from the updates).
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` whose ``update(updates, state, params=None)``
+    takes per-exit gradients, every leaf ``[K, *param.shape]``, and returns the sum (or mean) of
+    the aligned gradients per group, every leaf ``[*param.shape]`` in its input dtype, with the
+    new state (``optax.EmptyState()``, inside a :class:`anytime_jax.DiagnosedState` with
+    ``diagnostics=True``).
+
+  References:
+    * Senushkin, Patakin, Kuznetsov, Konushin. *Independent Component Alignment for
+      Multi-Task Learning*. CVPR 2023. https://arxiv.org/abs/2305.19000
 
   Example:
 
@@ -178,15 +276,24 @@ def nash_mtl_weights(gram: jax.Array, *, tol: float = 1e-5, max_iterations: int 
   ``max_iterations`` and reports the residual. ``max_weight`` caps each weight.
 
   Args:
-    gram: ``[K, K]`` Gram matrix.
-    tol: tolerance on the residual ``max_k |a_k (C a)_k - 1|`` (ridge included);
-      default 1e-5.
-    max_iterations: the safeguard on the Newton steps; default 50.
-    ridge: added to the unit-diagonal ``C``'s diagonal; default 1e-6.
-    max_weight: caps each weight (after solving), if given.
+    gram: ``[K, K]`` Gram matrix ``G[i, j] = <g_i, g_j>``; exits with a zero
+      gradient get weight 0.
+    tol: tolerance, ``> 0``, on the residual ``max_k |a_k (C a)_k - 1|`` (ridge
+      included). Default ``1e-5``.
+    max_iterations: the safeguard on the Newton steps, a positive int. Default
+      ``50``.
+    ridge: added to the unit-diagonal ``C``'s diagonal, ``>= 0``. Default
+      ``1e-6``.
+    max_weight: caps each weight (after solving), positive. Default ``None``
+      (no cap).
 
   Returns:
-    A :class:`Solution` with the weights ``[K]``.
+    A :class:`Solution` with the weights ``[K]``, the residual and the Newton
+    steps used.
+
+  References:
+    * Navon, Shamsian, Achituve, Maron, Kawaguchi, Chechik, Fetaya. *Multi-Task Learning
+      as a Bargaining Game*. ICML 2022. https://arxiv.org/abs/2202.01017
   """
   k = gram.shape[-1]
   tiny = jnp.finfo(gram.dtype).tiny
@@ -210,13 +317,52 @@ def nash_mtl(*, max_weight: Optional[float] = None, tol: float = 1e-5, max_itera
              granularity: Granularity = 'exits', axis_name: Optional[Hashable] = None,
              diagnostics: bool = False, num_exits: Optional[int] = None
              ) -> optax.GradientTransformationExtraArgs:
-  """Nash-MTL (Navon, Shamsian, Achituve, Maron, Kawaguchi, Chechik, Fetaya, *Multi-Task
-  Learning as a Bargaining Game*, ICML 2022): the Nash bargaining solution
-  ``G a = 1 / a`` (:func:`nash_mtl_weights`: Newton to ``tol``, default 1e-5,
-  at most ``max_iterations``, default 50), solved each step, each weight
-  capped at ``max_weight`` if given (the authors' sequential convex
+  """Nash-MTL: the Nash bargaining solution among the exits, ``G a = 1 / a``.
+
+  The weights ``a > 0`` solve ``a_k (G a)_k = 1`` for every k
+  (:func:`nash_mtl_weights`: damped Newton to ``tol``, at most
+  ``max_iterations`` steps), solved each step, each weight capped at
+  ``max_weight`` if given; ``G`` is normalized by its Frobenius norm, as in the
+  authors' code. Each exit's improvement ``<g_k, d>`` is then proportional to
+  ``1 / a_k > 0`` (up to the solver's ridge). The authors' sequential convex
   approximation, update interval and gradient-norm clipping are not
-  reproduced; clip with ``optax.clip_by_global_norm`` after it).
+  reproduced: clip with ``optax.clip_by_global_norm`` after it, and refresh the
+  weights only every few steps with :func:`anytime_jax.amortize`
+  (``granularity='global'``).
+
+  Args:
+    max_weight: caps each weight after solving, positive (else
+      ``ValueError``). Default ``None`` (no cap).
+    tol: tolerance, ``> 0``, on :func:`nash_mtl_weights`' residual
+      ``max_k |a_k (C a)_k - 1|``. Default ``1e-5``.
+    max_iterations: the safeguard on the Newton steps, a positive int. Default
+      ``50``.
+    granularity: how leaves are grouped, each group with its own Gram matrix and
+      weights (:data:`anytime_jax.gram.Granularity`: ``'exits'``, ``'leaf'``,
+      ``'global'`` or a partition), as in :func:`anytime_jax.gram_weighting`.
+      Default ``'exits'`` (leaves reached by the same set of exits together).
+    axis_name: inside ``shard_map`` or ``pmap`` over a data axis, its name: the
+      per-exit gradients are averaged over it first, as in
+      :func:`anytime_jax.gram_weighting`. Default ``None`` (no averaging; not
+      needed under ``jit`` with a sharded batch).
+    diagnostics: keep the last update's weights, gradient norms, cosines and
+      solver residual in the state (:class:`anytime_jax.CombinationDiagnostics`,
+      read with :func:`anytime_jax.find_diagnostics`); needs ``num_exits``.
+      Default ``False``.
+    num_exits: K, the number of exits, a positive int; needed for
+      ``diagnostics``, checked against the updates when given. Default ``None``
+      (K read from the updates).
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` whose ``update(updates, state, params=None)``
+    takes per-exit gradients, every leaf ``[K, *param.shape]``, and returns ``sum_k a_k g_k``
+    per group, every leaf ``[*param.shape]`` in its input dtype, with the new state
+    (``optax.EmptyState()``, inside a :class:`anytime_jax.DiagnosedState` with
+    ``diagnostics=True``).
+
+  References:
+    * Navon, Shamsian, Achituve, Maron, Kawaguchi, Chechik, Fetaya. *Multi-Task Learning
+      as a Bargaining Game*. ICML 2022. https://arxiv.org/abs/2202.01017
 
   Example:
 
@@ -242,6 +388,16 @@ def conflict_free_weights(gram: jax.Array) -> jax.Array:
   rescaled to the summed gradients' total projection on it. In Gram terms
   ``g_v = sum_k c_k g_k`` with ``c = D^-1 (D^-1 G D^-1)^+ 1``, ``D = diag |g_k|``.
   Exits that do not reach the group get weight 0.
+
+  Args:
+    gram: ``[K, K]`` Gram matrix ``G[i, j] = <g_i, g_j>``.
+
+  Returns:
+    ``[K]`` the weights of ``d``; zeros when ``g_v`` is zero.
+
+  References:
+    * Liu, Chu, Thuerey. *ConFIG: Towards Conflict-free Training of Physics Informed
+      Neural Networks*. ICLR 2025. https://arxiv.org/abs/2408.11104
   """
   norms = jnp.sqrt(jnp.maximum(jnp.diagonal(gram), 0.0))
   reached = norms > 0
@@ -258,11 +414,42 @@ def conflict_free_weights(gram: jax.Array) -> jax.Array:
 def conflict_free(*, granularity: Granularity = 'exits', axis_name: Optional[Hashable] = None,
                   diagnostics: bool = False, num_exits: Optional[int] = None
                   ) -> optax.GradientTransformationExtraArgs:
-  """ConFIG (Liu, Chu, Thuerey, *ConFIG: Towards Conflict-free Training of Physics Informed
-  Neural Networks*, ICLR 2025): the direction with the same positive projection on
-  every exit's unit gradient, as long as the exits' gradients project on it in
-  total (:func:`conflict_free_weights`; the paper's main method, without its momentum
-  variant M-ConFIG).
+  """ConFIG: the direction with equal projections on every exit's unit gradient.
+
+  The direction ``u`` whose projection on every exit's unit gradient is the
+  same (the least-norm such vector, normalized), scaled by the exit gradients'
+  total projection on it, ``d = (sum_k <g_k, u>) u``: ``d`` improves every exit
+  whenever such a ``u`` exists and that total is positive
+  (:func:`conflict_free_weights`; the paper's main method, without its momentum
+  variant M-ConFIG). No hyperparameters.
+
+  Args:
+    granularity: how leaves are grouped, each group with its own Gram matrix and
+      weights (:data:`anytime_jax.gram.Granularity`: ``'exits'``, ``'leaf'``,
+      ``'global'`` or a partition), as in :func:`anytime_jax.gram_weighting`.
+      Default ``'exits'`` (leaves reached by the same set of exits together).
+    axis_name: inside ``shard_map`` or ``pmap`` over a data axis, its name: the
+      per-exit gradients are averaged over it first, as in
+      :func:`anytime_jax.gram_weighting`. Default ``None`` (no averaging; not
+      needed under ``jit`` with a sharded batch).
+    diagnostics: keep the last update's weights, gradient norms, cosines and
+      solver residual in the state (:class:`anytime_jax.CombinationDiagnostics`,
+      read with :func:`anytime_jax.find_diagnostics`); needs ``num_exits``.
+      Default ``False``.
+    num_exits: K, the number of exits, a positive int; needed for
+      ``diagnostics``, checked against the updates when given. Default ``None``
+      (K read from the updates).
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` whose ``update(updates, state, params=None)``
+    takes per-exit gradients, every leaf ``[K, *param.shape]``, and returns ``d`` per group,
+    every leaf ``[*param.shape]`` in its input dtype, with the new state
+    (``optax.EmptyState()``, inside a :class:`anytime_jax.DiagnosedState` with
+    ``diagnostics=True``).
+
+  References:
+    * Liu, Chu, Thuerey. *ConFIG: Towards Conflict-free Training of Physics Informed
+      Neural Networks*. ICLR 2025. https://arxiv.org/abs/2408.11104
 
   Example:
 
@@ -296,15 +483,23 @@ def fairgrad_weights(gram: jax.Array, alpha: Union[float, jax.Array] = 1.0, *,
   matrix).
 
   Args:
-    gram: ``[K, K]`` Gram matrix.
-    alpha: the fairness exponent (positive).
-    tol: tolerance on the residual ``max_k |(G w)_k w_k^(1/alpha) - 1|`` (ridge
-      included); default 1e-5.
-    max_iterations: the safeguard on the Newton steps; default 100.
-    ridge: ``G``'s diagonal times ``ridge`` is added to it; default 1e-6.
+    gram: ``[K, K]`` Gram matrix ``G[i, j] = <g_i, g_j>``.
+    alpha: the fairness exponent, ``> 0``, a float or a scalar array. Default
+      ``1.0``.
+    tol: tolerance, ``> 0``, on the residual ``max_k |(G w)_k w_k^(1/alpha) -
+      1|`` (ridge included). Default ``1e-5``.
+    max_iterations: the safeguard on the Newton steps, a positive int. Default
+      ``100``.
+    ridge: ``G``'s diagonal times ``ridge`` is added to it, ``>= 0``. Default
+      ``1e-6``.
 
   Returns:
-    A :class:`Solution` with the weights ``[K]``.
+    A :class:`Solution` with the weights ``[K]``, the residual and the Newton
+    steps used.
+
+  References:
+    * Ban, Ji. *Fair Resource Allocation in Multi-Task Learning*. ICML 2024.
+      https://arxiv.org/abs/2402.15638
   """
   reached = solvers.exits_reached(gram)
   scale = jnp.maximum(jnp.trace(gram), jnp.finfo(gram.dtype).tiny)
@@ -324,11 +519,49 @@ def fairgrad(*, alpha: float = 1.0, tol: float = 1e-5, max_iterations: int = 100
              granularity: Granularity = 'exits', axis_name: Optional[Hashable] = None,
              diagnostics: bool = False, num_exits: Optional[int] = None
              ) -> optax.GradientTransformationExtraArgs:
-  """FairGrad (Ban & Ji, *Fair Resource Allocation in Multi-Task Learning*, ICML 2024):
-  alpha-fair weights, ``G w = w^(-1/alpha)`` (:func:`fairgrad_weights`; the
-  authors solve it with ``scipy.optimize.least_squares``, we by damped Newton
-  on device, to ``tol``, default 1e-5, at most ``max_iterations``, default
-  100). Larger ``alpha`` favours the exits that gain least.
+  """FairGrad: alpha-fair exit weights, ``G w = w^(-1/alpha)``.
+
+  The weights ``w > 0`` solve ``(G w)_k = w_k^(-1/alpha)`` for every k, so that
+  exit k improves by ``<g_k, d> = w_k^(-1/alpha) > 0`` (:func:`fairgrad_weights`;
+  the authors solve it with ``scipy.optimize.least_squares``, we by damped
+  Newton on device, to ``tol``, at most ``max_iterations`` steps). Larger
+  ``alpha`` favours the exits that gain least; ``alpha = 1`` is Nash-MTL's
+  equation.
+
+  Args:
+    alpha: the fairness exponent, ``> 0`` (else ``ValueError``): 1 is
+      proportional fairness, larger values approach max-min fairness. Default
+      ``1.0``.
+    tol: tolerance, ``> 0``, on :func:`fairgrad_weights`' residual
+      ``max_k |(G w)_k w_k^(1/alpha) - 1|``. Default ``1e-5``.
+    max_iterations: the safeguard on the Newton steps, a positive int. Default
+      ``100``.
+    granularity: how leaves are grouped, each group with its own Gram matrix and
+      weights (:data:`anytime_jax.gram.Granularity`: ``'exits'``, ``'leaf'``,
+      ``'global'`` or a partition), as in :func:`anytime_jax.gram_weighting`.
+      Default ``'exits'`` (leaves reached by the same set of exits together).
+    axis_name: inside ``shard_map`` or ``pmap`` over a data axis, its name: the
+      per-exit gradients are averaged over it first, as in
+      :func:`anytime_jax.gram_weighting`. Default ``None`` (no averaging; not
+      needed under ``jit`` with a sharded batch).
+    diagnostics: keep the last update's weights, gradient norms, cosines and
+      solver residual in the state (:class:`anytime_jax.CombinationDiagnostics`,
+      read with :func:`anytime_jax.find_diagnostics`); needs ``num_exits``.
+      Default ``False``.
+    num_exits: K, the number of exits, a positive int; needed for
+      ``diagnostics``, checked against the updates when given. Default ``None``
+      (K read from the updates).
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` whose ``update(updates, state, params=None)``
+    takes per-exit gradients, every leaf ``[K, *param.shape]``, and returns ``sum_k w_k g_k``
+    per group, every leaf ``[*param.shape]`` in its input dtype, with the new state
+    (``optax.EmptyState()``, inside a :class:`anytime_jax.DiagnosedState` with
+    ``diagnostics=True``).
+
+  References:
+    * Ban, Ji. *Fair Resource Allocation in Multi-Task Learning*. ICML 2024.
+      https://arxiv.org/abs/2402.15638
 
   Example:
 

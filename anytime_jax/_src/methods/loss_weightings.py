@@ -88,8 +88,7 @@ class AdaLossState(NamedTuple):
 def adaloss(*, num_exits: int, decay: float = 0.9, eps: float = 1e-8,
             granularity: Optional[Granularity] = None, axis_name: Optional[Hashable] = None,
             diagnostics: bool = False) -> optax.GradientTransformationExtraArgs:
-  """AdaLoss (Hu, Dey, Hebert, Bagnell, *Learning Anytime Predictions in Neural Networks
-  via Adaptive Loss Balancing*, AAAI 2019).
+  """AdaLoss: exit weights inversely proportional to each exit's running-average loss.
 
   Exit k's gradient is weighted in inverse proportion to its running-average
   loss, so that every exit's relative improvement counts alike; the weights are
@@ -99,10 +98,36 @@ def adaloss(*, num_exits: int, decay: float = 0.9, eps: float = 1e-8,
   averaged over it like the gradients, so every replica keeps the same state.
 
   Args:
-    num_exits: K, to size :class:`AdaLossState`.
-    decay: the running average's decay.
-    eps: added to the averages before inverting them.
-    granularity, axis_name, diagnostics: as in :func:`anytime_jax.gram_weighting`.
+    num_exits: K, the number of exits, a positive int, to size
+      :class:`AdaLossState`; required.
+    decay: the running average's decay in ``[0, 1)``: each step the average
+      moves to ``decay * average + (1 - decay) * losses`` (the first step sets
+      it to the losses). Default ``0.9``.
+    eps: added to the averages before inverting them, ``> 0``. Default ``1e-8``.
+    granularity: deprecated and ignored: the weights are the same for every
+      group of leaves. Anything but ``None`` warns (``DeprecationWarning``);
+      the argument will be removed in anytime-jax 0.4. Default ``None``.
+    axis_name: inside ``shard_map`` or ``pmap`` over a data axis, its name: the
+      per-exit gradients and the ``losses=`` are averaged over it first, so
+      every replica keeps the same state (as in :func:`anytime_jax.gram_weighting`).
+      Default ``None`` (no averaging; not needed under ``jit`` with a sharded
+      batch).
+    diagnostics: keep the last update's weights, gradient norms and cosines in
+      the state (:class:`anytime_jax.CombinationDiagnostics`, read with
+      :func:`anytime_jax.find_diagnostics`). Default ``False``.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` whose
+    ``update(updates, state, params=None, losses=losses)`` takes per-exit gradients, every leaf
+    ``[K, *param.shape]``, and the ``[K]`` per-exit losses, and returns ``sum_k w_k g_k``
+    (weights summing to K; all 1 at the first step), every leaf ``[*param.shape]`` in its input
+    dtype, with the new state (:class:`AdaLossState`, inside a
+    :class:`anytime_jax.DiagnosedState` with ``diagnostics=True``). Without ``losses=`` of shape
+    ``[K]`` it raises ``ValueError``.
+
+  References:
+    * Hu, Dey, Hebert, Bagnell. *Learning Anytime Predictions in Neural Networks via
+      Adaptive Loss Balancing*. AAAI 2019. https://arxiv.org/abs/1708.06832
 
   Example:
 
@@ -153,8 +178,7 @@ def uncertainty_weighting(*, num_exits: int, learning_rate: float = 0.01,
                           granularity: Optional[Granularity] = None,
                           axis_name: Optional[Hashable] = None,
                           diagnostics: bool = False) -> optax.GradientTransformationExtraArgs:
-  """Uncertainty weighting (Kendall, Gal, Cipolla, *Multi-Task Learning Using Uncertainty to
-  Weigh Losses for Scene Geometry and Semantics*, CVPR 2018).
+  """Uncertainty weighting: exit weights ``exp(-s_k)`` with learned log variances ``s``.
 
   The loss ``sum_k exp(-s_k) L_k + s_k / 2`` (the paper's classification form, with
   ``s_k = log sigma_k^2``): exit k's gradient is weighted by ``exp(-s_k)``, and each
@@ -162,6 +186,35 @@ def uncertainty_weighting(*, num_exits: int, learning_rate: float = 0.01,
   exp(-s_k) L_k)``, towards ``exp(-s_k) = 1 / (2 L_k)``. (The paper trains ``s``
   with the network's optimizer; here it has its own plain SGD inside the
   transform.) ``s`` starts at 0: the first step is the summed losses' gradient.
+
+  Args:
+    num_exits: K, the number of exits, a positive int, to size
+      :class:`UncertaintyState`; required.
+    learning_rate: the step size, ``> 0``, of the plain SGD step that moves
+      ``s`` each update. Default ``0.01``.
+    granularity: deprecated and ignored: the weights are the same for every
+      group of leaves. Anything but ``None`` warns (``DeprecationWarning``);
+      the argument will be removed in anytime-jax 0.4. Default ``None``.
+    axis_name: inside ``shard_map`` or ``pmap`` over a data axis, its name: the
+      per-exit gradients and the ``losses=`` are averaged over it first, so
+      every replica keeps the same state (as in :func:`anytime_jax.gram_weighting`).
+      Default ``None`` (no averaging; not needed under ``jit`` with a sharded
+      batch).
+    diagnostics: keep the last update's weights, gradient norms and cosines in
+      the state (:class:`anytime_jax.CombinationDiagnostics`, read with
+      :func:`anytime_jax.find_diagnostics`). Default ``False``.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` whose
+    ``update(updates, state, params=None, losses=losses)`` takes per-exit gradients, every leaf
+    ``[K, *param.shape]``, and the ``[K]`` per-exit losses, and returns ``sum_k exp(-s_k) g_k``
+    (with ``s`` as it was before this step), every leaf ``[*param.shape]`` in its input dtype,
+    with the new state (:class:`UncertaintyState`, inside a :class:`anytime_jax.DiagnosedState`
+    with ``diagnostics=True``). Without ``losses=`` of shape ``[K]`` it raises ``ValueError``.
+
+  References:
+    * Kendall, Gal, Cipolla. *Multi-Task Learning Using Uncertainty to Weigh Losses for
+      Scene Geometry and Semantics*. CVPR 2018. https://arxiv.org/abs/1705.07115
 
   Example:
 
@@ -212,14 +265,45 @@ class DWAState(NamedTuple):
 def dwa(*, num_exits: int, temperature: float = 2.0, decay: float = 0.0,
         granularity: Optional[Granularity] = None, axis_name: Optional[Hashable] = None,
         diagnostics: bool = False) -> optax.GradientTransformationExtraArgs:
-  """Dynamic Weight Average (Liu, Johns, Davison, *End-to-End Multi-Task Learning with
-  Attention*, CVPR 2019).
+  """Dynamic Weight Average: more weight to the exits whose loss fell slowest.
 
   ``w_k = K softmax_k(r / T)`` with ``r_k = L_k(t-1) / L_k(t-2)``: an exit whose
   loss fell slowly gets more weight. The weights are 1 for the first two steps.
   The paper's ``L(t)`` is the average loss of epoch t; here it is step t's loss,
   or, with ``decay > 0``, its running average (``decay`` close to 1 averages over
   about ``1 / (1 - decay)`` steps, nearer the paper's epochs).
+
+  Args:
+    num_exits: K, the number of exits, a positive int, to size
+      :class:`DWAState`; required.
+    temperature: T, ``> 0`` (else ``ValueError``): larger values make the
+      weights more uniform. Default ``2.0`` (the paper's).
+    decay: the losses' running average decay in ``[0, 1)`` (else
+      ``ValueError``). Default ``0.0`` (each step's own losses).
+    granularity: deprecated and ignored: the weights are the same for every
+      group of leaves. Anything but ``None`` warns (``DeprecationWarning``);
+      the argument will be removed in anytime-jax 0.4. Default ``None``.
+    axis_name: inside ``shard_map`` or ``pmap`` over a data axis, its name: the
+      per-exit gradients and the ``losses=`` are averaged over it first, so
+      every replica keeps the same state (as in :func:`anytime_jax.gram_weighting`).
+      Default ``None`` (no averaging; not needed under ``jit`` with a sharded
+      batch).
+    diagnostics: keep the last update's weights, gradient norms and cosines in
+      the state (:class:`anytime_jax.CombinationDiagnostics`, read with
+      :func:`anytime_jax.find_diagnostics`). Default ``False``.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` whose
+    ``update(updates, state, params=None, losses=losses)`` takes per-exit gradients, every leaf
+    ``[K, *param.shape]``, and the ``[K]`` per-exit losses, and returns ``sum_k w_k g_k``
+    (weights summing to K; all 1 for the first two steps), every leaf ``[*param.shape]`` in its
+    input dtype, with the new state (:class:`DWAState`, inside a
+    :class:`anytime_jax.DiagnosedState` with ``diagnostics=True``). Without ``losses=`` of shape
+    ``[K]`` it raises ``ValueError``.
+
+  References:
+    * Liu, Johns, Davison. *End-to-End Multi-Task Learning with Attention*. CVPR 2019.
+      https://arxiv.org/abs/1803.10704
 
   Example:
 
@@ -278,7 +362,7 @@ def famo(*, num_exits: int, learning_rate: float = 0.025, weight_decay: float = 
          eps: float = 1e-8, granularity: Optional[Granularity] = None,
          axis_name: Optional[Hashable] = None,
          diagnostics: bool = False) -> optax.GradientTransformationExtraArgs:
-  """FAMO (Liu, Liu, Stone, Liu, *FAMO: Fast Adaptive Multitask Optimization*, NeurIPS 2023).
+  """FAMO: loss-based exit weights that balance the exits' decrease in log loss.
 
   The step descends ``sum_k z_k log L_k``: exit k's gradient is weighted by
   ``c z_k / L_k`` with ``c = 1 / sum_k (z_k / L_k)``, ``z = softmax(xi)``. Before it,
@@ -287,7 +371,41 @@ def famo(*, num_exits: int, learning_rate: float = 0.025, weight_decay: float = 
   share. The paper measures ``L(t)`` after the update on the same batch (a
   second forward pass); here ``delta`` compares consecutive steps' losses, on
   consecutive batches. Defaults are the authors' (``learning_rate`` 0.025,
-  ``weight_decay`` 0.001).
+  ``weight_decay`` 0.001). The weights sum to 1, not K: the step is about
+  ``1/K`` of the summed losses' when the exits' losses are alike.
+
+  Args:
+    num_exits: K, the number of exits, a positive int, to size
+      :class:`FAMOState`; required.
+    learning_rate: the step size, ``> 0``, of the logits ``xi``'s update.
+      Default ``0.025`` (the authors').
+    weight_decay: the logits' decay ``wd``, ``>= 0``. Default ``0.001`` (the
+      authors').
+    eps: added to the losses (clipped at 0) before their logarithm, ``> 0``.
+      Default ``1e-8``.
+    granularity: deprecated and ignored: the weights are the same for every
+      group of leaves. Anything but ``None`` warns (``DeprecationWarning``);
+      the argument will be removed in anytime-jax 0.4. Default ``None``.
+    axis_name: inside ``shard_map`` or ``pmap`` over a data axis, its name: the
+      per-exit gradients and the ``losses=`` are averaged over it first, so
+      every replica keeps the same state (as in :func:`anytime_jax.gram_weighting`).
+      Default ``None`` (no averaging; not needed under ``jit`` with a sharded
+      batch).
+    diagnostics: keep the last update's weights, gradient norms and cosines in
+      the state (:class:`anytime_jax.CombinationDiagnostics`, read with
+      :func:`anytime_jax.find_diagnostics`). Default ``False``.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` whose
+    ``update(updates, state, params=None, losses=losses)`` takes per-exit gradients, every leaf
+    ``[K, *param.shape]``, and the ``[K]`` per-exit losses, and returns ``sum_k w_k g_k`` with
+    ``w_k = c z_k / L_k`` (summing to 1), every leaf ``[*param.shape]`` in its input dtype, with
+    the new state (:class:`FAMOState`, inside a :class:`anytime_jax.DiagnosedState` with
+    ``diagnostics=True``). Without ``losses=`` of shape ``[K]`` it raises ``ValueError``.
+
+  References:
+    * Liu, Feng, Stone, Liu. *FAMO: Fast Adaptive Multitask Optimization*. NeurIPS 2023.
+      https://arxiv.org/abs/2306.03792
 
   Example:
 

@@ -18,18 +18,51 @@ from anytime_jax._src.registry import register
 def mgda(*, tol: float = 1e-5, max_iterations: int = 2000, granularity: Granularity = 'exits',
          axis_name: Optional[Hashable] = None, diagnostics: bool = False,
          num_exits: Optional[int] = None) -> optax.GradientTransformationExtraArgs:
-  """MGDA (Sener & Koltun, *Multi-Task Learning as Multi-Objective Optimization*, NeurIPS 2018).
+  """MGDA: the min-norm point of the convex hull of the exit gradients.
 
   The direction is the min-norm point of the convex hull of the exit
   gradients, ``sum_k a_k g_k`` with ``a`` on the simplex (:func:`min_norm_weights`:
-  exact up to 8 exits, iterated to ``tol`` beyond). It improves every exit
-  whenever some direction does. Its norm is at most that of the smallest
-  gradient, so MGDA wants a larger learning rate than the summed loss.
+  exact up to 8 exits, iterated to ``tol`` beyond); only the exits that reach a
+  group enter its hull. It improves every exit whenever some direction does.
+  Its norm is at most that of the smallest gradient, so MGDA wants a larger
+  learning rate than the summed loss.
 
   Args:
-    tol: tolerance on :func:`min_norm_weights`' residual (more than 8 exits); default 1e-5.
-    max_iterations: the solver's safeguard (more than 8 exits); default 2000.
-    granularity, axis_name, diagnostics, num_exits: as in :func:`gram_weighting`.
+    tol: tolerance, ``> 0``, on :func:`min_norm_weights`' residual (the largest
+      shortfall of ``<g_k, d>`` below ``|d|^2``, over ``|g_k| |d|``); used
+      beyond 8 exits, where the solver iterates (up to 8 it is exact). Default
+      ``1e-5``.
+    max_iterations: the solver's safeguard, a positive int: at most this many
+      iterations beyond 8 exits. Default ``2000``.
+    granularity: how leaves are grouped, each group with its own Gram matrix and
+      weights (:data:`anytime_jax.gram.Granularity`: ``'exits'``, ``'leaf'``,
+      ``'global'`` or a partition), as in :func:`anytime_jax.gram_weighting`.
+      Default ``'exits'`` (leaves reached by the same set of exits together).
+    axis_name: inside ``shard_map`` or ``pmap`` over a data axis, its name: the
+      per-exit gradients are averaged over it first, as in
+      :func:`anytime_jax.gram_weighting`. Default ``None`` (no averaging; not
+      needed under ``jit`` with a sharded batch).
+    diagnostics: keep the last update's weights, gradient norms, cosines and
+      solver residual in the state (:class:`anytime_jax.CombinationDiagnostics`,
+      read with :func:`anytime_jax.find_diagnostics`); needs ``num_exits``.
+      Default ``False``.
+    num_exits: K, the number of exits, a positive int; needed for
+      ``diagnostics``, checked against the updates when given. Default ``None``
+      (K read from the updates).
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` whose ``update(updates, state, params=None)``
+    takes per-exit gradients, every leaf ``[K, *param.shape]``, and returns the min-norm
+    direction ``sum_k a_k g_k`` per group, every leaf ``[*param.shape]`` in its input dtype,
+    with the new state (``optax.EmptyState()``, inside a :class:`anytime_jax.DiagnosedState`
+    with ``diagnostics=True``).
+
+  References:
+    * Désidéri. *Multiple-gradient descent algorithm (MGDA) for multiobjective
+      optimization*. Comptes Rendus Mathématique 350(5-6), 2012.
+      https://doi.org/10.1016/j.crma.2012.03.014
+    * Sener, Koltun. *Multi-Task Learning as Multi-Objective Optimization*. NeurIPS 2018.
+      https://arxiv.org/abs/1810.04650
 
   Example:
 
@@ -49,7 +82,7 @@ def mgda(*, tol: float = 1e-5, max_iterations: int = 2000, granularity: Granular
 def upgrad(*, tol: float = 1e-5, max_iterations: int = 2000, granularity: Granularity = 'exits',
            axis_name: Optional[Hashable] = None, diagnostics: bool = False,
            num_exits: Optional[int] = None) -> optax.GradientTransformationExtraArgs:
-  """UPGrad (Quinton & Rey, *Jacobian Descent for Multi-Objective Optimization*, 2024).
+  """UPGrad: the mean of the exit gradients' projections onto their dual cone.
 
   Each exit gradient is projected onto the dual cone of all exit gradients
   (the directions that increase no exit's loss), and the projections are
@@ -57,6 +90,39 @@ def upgrad(*, tol: float = 1e-5, max_iterations: int = 2000, granularity: Granul
   (:func:`box_qp`: exact up to 8 exits, else accelerated projected gradient
   to ``tol``, at most ``max_iterations`` steps; the reported residual is the
   largest of the K problems').
+
+  Args:
+    tol: tolerance, ``> 0``, on :func:`box_qp`'s residual (the length of a
+      projected gradient step, relative); used beyond 8 exits, where the solver
+      iterates (up to 8 it is exact). Default ``1e-5``.
+    max_iterations: the solver's safeguard, a positive int: at most this many
+      iterations beyond 8 exits. Default ``2000``.
+    granularity: how leaves are grouped, each group with its own Gram matrix and
+      weights (:data:`anytime_jax.gram.Granularity`: ``'exits'``, ``'leaf'``,
+      ``'global'`` or a partition), as in :func:`anytime_jax.gram_weighting`.
+      Default ``'exits'`` (leaves reached by the same set of exits together).
+    axis_name: inside ``shard_map`` or ``pmap`` over a data axis, its name: the
+      per-exit gradients are averaged over it first, as in
+      :func:`anytime_jax.gram_weighting`. Default ``None`` (no averaging; not
+      needed under ``jit`` with a sharded batch).
+    diagnostics: keep the last update's weights, gradient norms, cosines and
+      solver residual in the state (:class:`anytime_jax.CombinationDiagnostics`,
+      read with :func:`anytime_jax.find_diagnostics`); needs ``num_exits``.
+      Default ``False``.
+    num_exits: K, the number of exits, a positive int; needed for
+      ``diagnostics``, checked against the updates when given. Default ``None``
+      (K read from the updates).
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` whose ``update(updates, state, params=None)``
+    takes per-exit gradients, every leaf ``[K, *param.shape]``, and returns the mean of the K
+    projections per group, every leaf ``[*param.shape]`` in its input dtype, with the new state
+    (``optax.EmptyState()``, inside a :class:`anytime_jax.DiagnosedState` with
+    ``diagnostics=True``).
+
+  References:
+    * Quinton, Rey. *Jacobian Descent for Multi-Objective Optimization*. arXiv preprint,
+      2024. https://arxiv.org/abs/2406.16232
 
   Example:
 
@@ -80,12 +146,48 @@ def upgrad(*, tol: float = 1e-5, max_iterations: int = 2000, granularity: Granul
 def dualproj(*, tol: float = 1e-5, max_iterations: int = 2000, granularity: Granularity = 'exits',
              axis_name: Optional[Hashable] = None, diagnostics: bool = False,
              num_exits: Optional[int] = None) -> optax.GradientTransformationExtraArgs:
-  """DualProj (Quinton & Rey 2024): the mean gradient projected onto the dual cone.
+  """DualProj: the mean exit gradient projected onto the dual cone of the exit gradients.
 
   Weights ``argmin_{v >= 1/K} v^T G v`` (:func:`box_qp`: exact up to 8
   exits, else accelerated projected gradient to ``tol``, at most
   ``max_iterations`` steps): the closest direction to the mean gradient that
-  increases no exit's loss.
+  increases no exit's loss (the dual cone ``{d : <g_k, d> >= 0 for every k}``),
+  as GEM projects a gradient so that no earlier task's loss increases.
+
+  Args:
+    tol: tolerance, ``> 0``, on :func:`box_qp`'s residual (the length of a
+      projected gradient step, relative); used beyond 8 exits, where the solver
+      iterates (up to 8 it is exact). Default ``1e-5``.
+    max_iterations: the solver's safeguard, a positive int: at most this many
+      iterations beyond 8 exits. Default ``2000``.
+    granularity: how leaves are grouped, each group with its own Gram matrix and
+      weights (:data:`anytime_jax.gram.Granularity`: ``'exits'``, ``'leaf'``,
+      ``'global'`` or a partition), as in :func:`anytime_jax.gram_weighting`.
+      Default ``'exits'`` (leaves reached by the same set of exits together).
+    axis_name: inside ``shard_map`` or ``pmap`` over a data axis, its name: the
+      per-exit gradients are averaged over it first, as in
+      :func:`anytime_jax.gram_weighting`. Default ``None`` (no averaging; not
+      needed under ``jit`` with a sharded batch).
+    diagnostics: keep the last update's weights, gradient norms, cosines and
+      solver residual in the state (:class:`anytime_jax.CombinationDiagnostics`,
+      read with :func:`anytime_jax.find_diagnostics`); needs ``num_exits``.
+      Default ``False``.
+    num_exits: K, the number of exits, a positive int; needed for
+      ``diagnostics``, checked against the updates when given. Default ``None``
+      (K read from the updates).
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` whose ``update(updates, state, params=None)``
+    takes per-exit gradients, every leaf ``[K, *param.shape]``, and returns the projected mean
+    gradient per group, every leaf ``[*param.shape]`` in its input dtype, with the new state
+    (``optax.EmptyState()``, inside a :class:`anytime_jax.DiagnosedState` with
+    ``diagnostics=True``).
+
+  References:
+    * Quinton, Rey. *Jacobian Descent for Multi-Objective Optimization*. arXiv preprint,
+      2024. https://arxiv.org/abs/2406.16232
+    * Lopez-Paz, Ranzato. *Gradient Episodic Memory for Continual Learning*. NeurIPS 2017.
+      https://arxiv.org/abs/1706.08840
 
   Example:
 
@@ -117,21 +219,29 @@ def cagrad_weights(gram: jax.Array, c: Union[float, jax.Array] = 0.5, *, tol: fl
   gradient's) until the residual is at most ``tol``, at most
   ``max_iterations`` bisections.
 
-  Args:
-    gram: ``[K, K]`` Gram matrix.
-    c: the radius of the ball around ``g0``, relative to ``|g0|``.
-    tol: tolerance on the residual: with ``d = g0 + r g_w / |g_w|``, optimality
-      is ``<g_k, d> >= F(w)`` for every exit (the worst exit improves by
-      ``F(w)``, which bounds the best possible improvement from above); the
-      residual is the largest shortfall divided by ``|g_k| |d|``; default 1e-4.
-    max_iterations: the safeguard on the bisections; default 64.
-
   Where no direction of the ball improves every exit and the exits' hull holds
   the origin, ``|g_w|`` can fall below what float32 resolves; the bisection
   then stops at ``max_iterations`` short of the optimum, with a residual of 1.
 
+  Args:
+    gram: ``[K, K]`` Gram matrix ``G[i, j] = <g_i, g_j>``.
+    c: the radius of the ball around ``g0``, relative to ``|g0|``, ``>= 0`` (0
+      gives the mean gradient). Default ``0.5``.
+    tol: tolerance on the residual: with ``d = g0 + r g_w / |g_w|``, optimality
+      is ``<g_k, d> >= F(w)`` for every exit (the worst exit improves by
+      ``F(w)``, which bounds the best possible improvement from above); the
+      residual is the largest shortfall divided by ``|g_k| |d|``. Default
+      ``1e-4``.
+    max_iterations: the safeguard on the bisections, a positive int. Default
+      ``64``.
+
   Returns:
-    A :class:`Solution` with the weights ``[K]``.
+    A :class:`Solution` with the weights ``[K]``, ``(1/K + lambda w) / (1 +
+    c^2)``, the residual and the bisections used.
+
+  References:
+    * Liu, Liu, Jin, Stone, Liu. *Conflict-Averse Gradient Descent for Multi-task
+      Learning*. NeurIPS 2021. https://arxiv.org/abs/2110.14048
   """
   k = gram.shape[-1]
   g = solvers.normalized(gram)
@@ -184,14 +294,49 @@ def cagrad(*, c: float = 0.5, tol: float = 1e-4, max_iterations: int = 64,
            granularity: Granularity = 'exits', axis_name: Optional[Hashable] = None,
            diagnostics: bool = False, num_exits: Optional[int] = None
            ) -> optax.GradientTransformationExtraArgs:
-  """CAGrad (Liu, Liu, Jin, Stone, Liu, *Conflict-Averse Gradient Descent for Multi-task
-  Learning*, NeurIPS 2021).
+  """CAGrad: the best worst-exit improvement within a ball around the mean gradient.
 
   The direction maximizes the worst exit's improvement within a ball of
   radius ``c |g0|`` around the mean gradient ``g0``; rescaled by ``1/(1+c^2)``
   as in the authors' code (``rescale=1``). See :func:`cagrad_weights` for the
-  solver, its tolerance ``tol`` (default 1e-4) and ``max_iterations`` (64).
-  It improves every exit whenever some direction in the ball does.
+  solver. It improves every exit whenever some direction in the ball does.
+
+  Args:
+    c: the radius of the ball around the mean gradient ``g0``, relative to
+      ``|g0|``, ``>= 0``: 0 is the mean gradient; larger values weigh the worst
+      exit more. Default ``0.5``.
+    tol: tolerance, ``> 0``, on :func:`cagrad_weights`' residual (the worst
+      exit's shortfall from the optimality condition, over ``|g_k| |d|``).
+      Default ``1e-4``.
+    max_iterations: the safeguard on :func:`cagrad_weights`' bisections, a
+      positive int. Default ``64``.
+    granularity: how leaves are grouped, each group with its own Gram matrix and
+      weights (:data:`anytime_jax.gram.Granularity`: ``'exits'``, ``'leaf'``,
+      ``'global'`` or a partition), as in :func:`anytime_jax.gram_weighting`.
+      Default ``'exits'`` (leaves reached by the same set of exits together).
+    axis_name: inside ``shard_map`` or ``pmap`` over a data axis, its name: the
+      per-exit gradients are averaged over it first, as in
+      :func:`anytime_jax.gram_weighting`. Default ``None`` (no averaging; not
+      needed under ``jit`` with a sharded batch).
+    diagnostics: keep the last update's weights, gradient norms, cosines and
+      solver residual in the state (:class:`anytime_jax.CombinationDiagnostics`,
+      read with :func:`anytime_jax.find_diagnostics`); needs ``num_exits``.
+      Default ``False``.
+    num_exits: K, the number of exits, a positive int; needed for
+      ``diagnostics``, checked against the updates when given. Default ``None``
+      (K read from the updates).
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` whose ``update(updates, state, params=None)``
+    takes per-exit gradients, every leaf ``[K, *param.shape]``, and returns
+    ``(g0 + c |g0| g_w / |g_w|) / (1 + c^2)`` per group (``g_w`` as in :func:`cagrad_weights`),
+    every leaf ``[*param.shape]`` in its input dtype, with the new state
+    (``optax.EmptyState()``, inside a :class:`anytime_jax.DiagnosedState` with
+    ``diagnostics=True``).
+
+  References:
+    * Liu, Liu, Jin, Stone, Liu. *Conflict-Averse Gradient Descent for Multi-task
+      Learning*. NeurIPS 2021. https://arxiv.org/abs/2110.14048
 
   Example:
 

@@ -32,20 +32,35 @@ ALGORITHMS = ('gram', 'vectors')
 
 def gram_schmidt_coefficients(gram: jax.Array, eps: float | jax.Array = 1e-5,
                               priority: Optional[Sequence[int]] = None) -> jax.Array:
-  """Gram-Schmidt in coefficient space.
+  """Gram-Schmidt in coefficient space: the kept vectors ``u_k`` as combinations of the ``g_j``.
+
+  Exit k keeps ``u_k``, what of ``g_k`` is orthogonal to the kept vectors of the
+  exits orthogonalized before it. Since every ``u_k`` is a combination of the
+  ``g_j``, the coefficients follow from the Gram matrix alone: classical
+  Gram-Schmidt run twice per exit ("twice is enough"), on device, without
+  touching the gradients themselves.
 
   Args:
-    gram: ``[K, K]`` Gram matrix ``G[i, j] = <g_i, g_j>`` (float32).
-    eps: relative threshold: a Gram-Schmidt vector with
+    gram: ``[K, K]`` Gram matrix ``G[i, j] = <g_i, g_j>`` (float32), symmetric
+      positive semi-definite.
+    eps: relative threshold, ``>= 0``: a Gram-Schmidt vector with
       ``|u_k|^2 <= eps * |g_k|^2`` is treated as exactly zero (zero gradients,
       gradients in the span of earlier ones). Keeps the result finite and
-      drops directions that float32 cannot resolve.
+      drops directions that float32 cannot resolve. Default ``1e-5``.
     priority: order in which exits are orthogonalized, a permutation of
-      ``range(K)``; ``None`` is exit order ``0, 1, ..., K-1``.
+      ``range(K)``; the first one listed keeps its gradient. Default ``None``
+      (exit order ``0, 1, ..., K-1``).
 
   Returns:
     ``[K, K]`` matrix ``C`` with ``u_k = sum_j C[k, j] g_j``; row ``k`` belongs
     to exit ``k`` (in exit order, whatever the priority).
+
+  References:
+    * Wan, Hoffmann, Lu, Maire. *Orthogonalized SGD and Nested Architectures for Anytime
+      Neural Networks*. ICML 2020. https://arxiv.org/abs/2008.06635
+    * Giraud, Langou, Rozložník, van den Eshof. *Rounding error analysis of the classical
+      Gram-Schmidt orthogonalization process*. Numerische Mathematik 101(1), 2005 (two
+      passes of classical Gram-Schmidt are enough).
   """
   num_exits = gram.shape[-1]
   order = jnp.arange(num_exits) if priority is None else jnp.asarray(priority)
@@ -82,6 +97,22 @@ def rescale_coefficients(coeffs: jax.Array, gram: jax.Array, rescale: Rescale) -
   * ``'sum_norm'``: the summed direction is scaled to the norm of the plain
     summed gradient ``|sum_k g_k|``: OSGD's direction at summed-loss SGD's
     step size (a fair comparison at one learning rate).
+
+  Args:
+    coeffs: ``[K, K]`` Gram-Schmidt coefficients, row k exit k's kept vector
+      over the ``g_j`` (:func:`gram_schmidt_coefficients`).
+    gram: ``[K, K]`` Gram matrix of the same gradients, which gives the norms.
+    rescale: ``None``, ``'exit_norm'`` or ``'sum_norm'``, as above; anything
+      else raises ``ValueError``.
+
+  Returns:
+    ``[K, K]`` the rescaled coefficients (``coeffs`` itself for ``None``); a
+    kept vector or summed direction of norm 0 stays 0.
+
+  References:
+    * Wan, Hoffmann, Lu, Maire. *Orthogonalized SGD and Nested Architectures for Anytime
+      Neural Networks*. ICML 2020. https://arxiv.org/abs/2008.06635 (``None``; the two
+      rescalings are this library's).
   """
   if rescale is None:
     return coeffs
@@ -112,6 +143,26 @@ def gram_schmidt_vectors(rows: jax.Array, eps: float = 1e-5,
   epsilon times the Gram matrix's condition number. Same conventions as
   :func:`gram_schmidt_coefficients` (``eps``, ``priority``; rows stay in exit
   order).
+
+  Args:
+    rows: ``[K, D]`` the exits' flattened gradients, one row per exit (cast to
+      float32).
+    eps: relative threshold, ``>= 0``: a kept vector with
+      ``|u_k|^2 <= eps * |g_k|^2`` is treated as exactly zero, as in
+      :func:`gram_schmidt_coefficients`. Default ``1e-5``.
+    priority: order in which exits are orthogonalized, a permutation of
+      ``range(K)``; the first one listed keeps its gradient. Default ``None``
+      (exit order).
+
+  Returns:
+    ``[K, D]`` float32, row k exit k's kept vector ``u_k``.
+
+  References:
+    * Wan, Hoffmann, Lu, Maire. *Orthogonalized SGD and Nested Architectures for Anytime
+      Neural Networks*. ICML 2020. https://arxiv.org/abs/2008.06635
+    * Giraud, Langou, Rozložník, van den Eshof. *Rounding error analysis of the classical
+      Gram-Schmidt orthogonalization process*. Numerische Mathematik 101(1), 2005 (the
+      second pass, shown there for classical Gram-Schmidt).
   """
   rows = rows.astype(jnp.float32)
   order = range(rows.shape[0]) if priority is None else priority
@@ -206,21 +257,24 @@ def orthogonalize(
   directions); use :func:`anytime_jax.accumulate_exits`.
 
   Args:
-    granularity: ``'exits'`` (default): leaves reached by the same set of exits
-      are orthogonalized together, so each exit's head keeps its own gradient
-      and each shared part gets its own Gram-Schmidt. ``'leaf'``: each
-      parameter tensor on its own. ``'global'``: one Gram-Schmidt over the whole
-      parameter vector; beware that a leaf only exit k reaches then moves by
-      ``w_k g_k`` with ``w_k`` set by the shared parameters, and ``w_k < 0``
-      (uphill on that head) whenever later exits lean on ``g_k``. Or a
-      partition (:data:`anytime_jax.gram.Granularity`).
-    rescale: ``None`` (the paper's OSGD), ``'exit_norm'`` or ``'sum_norm'``;
-      see :func:`rescale_coefficients`.
-    eps: relative threshold below which a Gram-Schmidt vector counts as zero,
-      keeping zero and collinear exit gradients finite (see
-      :func:`gram_schmidt_coefficients`).
-    priority: order of orthogonalization, a permutation of the exits; the
-      first one listed keeps its gradient. Default: exit order.
+    granularity: how leaves are grouped, each group with its own Gram-Schmidt
+      (:data:`anytime_jax.gram.Granularity`). Default ``'exits'``: leaves reached
+      by the same set of exits are orthogonalized together, so each exit's head
+      keeps its own gradient and each shared part gets its own Gram-Schmidt.
+      ``'leaf'``: each parameter tensor on its own. ``'global'``: one Gram-Schmidt
+      over the whole parameter vector; beware that a leaf only exit k reaches
+      then moves by ``w_k g_k`` with ``w_k`` set by the shared parameters, and
+      ``w_k < 0`` (uphill on that head) whenever later exits lean on ``g_k``. Or
+      a partition.
+    rescale: ``None``, ``'exit_norm'`` or ``'sum_norm'``; see
+      :func:`rescale_coefficients`. Default ``None`` (the paper's OSGD: the
+      plain sum of the Gram-Schmidt vectors).
+    eps: relative threshold, ``>= 0``, below which a Gram-Schmidt vector counts
+      as zero (``|u_k|^2 <= eps |g_k|^2``), keeping zero and collinear exit
+      gradients finite (see :func:`gram_schmidt_coefficients`). Default ``1e-5``.
+    priority: order of orthogonalization, a permutation of ``range(K)``; the
+      first one listed keeps its gradient. Default ``None`` (exit order, the
+      earliest exit first).
     algorithm: ``'gram'`` (default): Gram-Schmidt in coefficient space from the
       ``[K, K]`` Gram matrix, never flattening a group; its accuracy is float32's
       epsilon times the Gram matrix's condition number. Measured against a
@@ -234,19 +288,27 @@ def orthogonalize(
       it needs a static granularity (not ``'exits'``).
     axis_name: inside ``shard_map`` or ``pmap`` over a data axis, its name:
       the per-exit gradients are averaged over it first (see
-      :func:`anytime_jax.gram.average_over`). Not needed under ``jit`` with a
-      sharded batch.
+      :func:`anytime_jax.gram.average_over`). Default ``None`` (no averaging;
+      not needed under ``jit`` with a sharded batch).
     diagnostics: keep the last step's weights, gradient norms and cosines in
-      the state (:class:`anytime_jax.CombinationDiagnostics`); needs
-      ``num_exits``.
-    num_exits: K; needed for ``diagnostics``, checked against the updates
-      when given.
+      the state (:class:`anytime_jax.CombinationDiagnostics`, read with
+      :func:`anytime_jax.find_diagnostics`); needs ``num_exits``. Default
+      ``False``.
+    num_exits: K, the number of exits, a positive int; needed for
+      ``diagnostics``, checked against the updates (and ``priority``) when
+      given. Default ``None`` (K read from the updates).
 
   Returns:
-    An ``optax.GradientTransformationExtraArgs``.
+    An ``optax.GradientTransformationExtraArgs`` whose ``update(updates, state,
+    params=None)`` takes per-exit gradients, every leaf ``[K, *param.shape]``,
+    and returns the (rescaled) sum of the Gram-Schmidt vectors per group (every
+    leaf ``[*param.shape]``, in its input dtype) with the new state
+    (``optax.EmptyState()``, or a :class:`anytime_jax.DiagnosedState` with
+    ``diagnostics=True``).
 
   References:
-    Wan et al., 2020. https://arxiv.org/abs/2008.06635
+    * Wan, Hoffmann, Lu, Maire. *Orthogonalized SGD and Nested Architectures for Anytime
+      Neural Networks*. ICML 2020. https://arxiv.org/abs/2008.06635
 
   Example: two exits whose gradients conflict; the second keeps only what is
   orthogonal to the first:
@@ -305,20 +367,42 @@ def osgd(
   ``static_args=('num_exits', 'diagnostics')`` there when you use those two.
 
   Args:
-    learning_rate: a float or an optax schedule.
-    momentum: momentum coefficient; ``None`` for plain SGD.
-    nesterov: use Nesterov momentum.
-    weight_decay: decoupled weight decay coefficient.
-    granularity: see :func:`orthogonalize`.
-    rescale: see :func:`orthogonalize`.
-    eps: see :func:`orthogonalize`.
-    priority: see :func:`orthogonalize`.
-    diagnostics: see :func:`orthogonalize`.
-    num_exits: see :func:`orthogonalize`.
-    algorithm: see :func:`orthogonalize`.
+    learning_rate: the step size, a positive float or an optax schedule of the
+      step count; required.
+    momentum: momentum coefficient (``optax.trace``'s decay, usually in
+      ``[0, 1)``), or ``None`` for plain SGD. Default ``0.9``.
+    nesterov: use Nesterov momentum (ignored when ``momentum`` is ``None``).
+      Default ``False``.
+    weight_decay: decoupled weight decay coefficient, ``>= 0``: the update adds
+      ``weight_decay * params`` after momentum, before the learning rate, so
+      ``update`` then needs ``params``. Default ``0.0`` (none).
+    granularity: how leaves are grouped, each group with its own Gram-Schmidt,
+      as in :func:`orthogonalize`. Default ``'exits'``.
+    rescale: ``None``, ``'exit_norm'`` or ``'sum_norm'``, as in
+      :func:`orthogonalize`. Default ``None`` (the paper's OSGD).
+    eps: relative threshold below which a Gram-Schmidt vector counts as zero,
+      as in :func:`orthogonalize`. Default ``1e-5``.
+    priority: order of orthogonalization, a permutation of ``range(K)``, as in
+      :func:`orthogonalize`. Default ``None`` (exit order).
+    algorithm: ``'gram'`` or ``'vectors'``, as in :func:`orthogonalize`.
+      Default ``'gram'``.
+    diagnostics: keep the last step's weights in the state, as in
+      :func:`orthogonalize`; needs ``num_exits``. Default ``False``.
+    num_exits: K, the number of exits, as in :func:`orthogonalize`. Default
+      ``None`` (read from the updates).
 
   Returns:
-    An ``optax.GradientTransformationExtraArgs`` taking per-exit gradients.
+    An ``optax.GradientTransformationExtraArgs`` whose ``update(updates, state,
+    params=None)`` takes per-exit gradients, every leaf ``[K, *param.shape]``,
+    and returns the parameter update ``-learning_rate * (momentum of sum_k u_k
+    + weight_decay * params)``, every leaf ``[*param.shape]``, with the chain's
+    new state.
+
+  References:
+    * Wan, Hoffmann, Lu, Maire. *Orthogonalized SGD and Nested Architectures for Anytime
+      Neural Networks*. ICML 2020. https://arxiv.org/abs/2008.06635
+    * Loshchilov, Hutter. *Decoupled Weight Decay Regularization*. ICLR 2019.
+      https://arxiv.org/abs/1711.05101
 
   Example:
 
@@ -343,7 +427,34 @@ def sgd_tail(learning_rate: optax.ScalarOrSchedule, *, momentum: Optional[float]
   """SGD with momentum and decoupled weight decay, for after an exit combination.
 
   ``optax.chain(aj.pcgrad(), aj.sgd_tail(0.1, weight_decay=5e-4))`` is PCGrad
-  with the update rule of :func:`osgd`.
+  with the update rule of :func:`osgd`: momentum on the combined gradient, then
+  weight decay decoupled from it (SGDW: applied to the parameters after momentum,
+  scaled by the learning rate, never accumulated in the momentum).
+
+  Args:
+    learning_rate: the step size, a positive float or an optax schedule of the
+      step count; required.
+    momentum: momentum coefficient (``optax.trace``'s decay, usually in
+      ``[0, 1)``), or ``None`` for plain SGD. Default ``0.9``.
+    nesterov: use Nesterov momentum (ignored when ``momentum`` is ``None``).
+      Default ``False``.
+    weight_decay: decoupled weight decay coefficient, ``>= 0``: the update adds
+      ``weight_decay * params`` after momentum, before the learning rate, so
+      ``update`` then needs ``params``. A literal 0 leaves the term out;
+      an array (from ``optax.inject_hyperparams``) keeps it. Default ``0.0``
+      (none).
+
+  Returns:
+    An ``optax.GradientTransformation`` that takes ordinary gradients (every
+    leaf ``[*param.shape]``, e.g. a combination's output) and returns the
+    parameter update ``-learning_rate * (momentum of the gradients +
+    weight_decay * params)``, with the new state.
+
+  References:
+    * Loshchilov, Hutter. *Decoupled Weight Decay Regularization*. ICLR 2019.
+      https://arxiv.org/abs/1711.05101
+    * Sutskever, Martens, Dahl, Hinton. *On the importance of initialization and
+      momentum in deep learning*. ICML 2013 (momentum and its Nesterov form).
 
   Example:
 

@@ -33,7 +33,22 @@ def pcgrad_coefficients(gram: jax.Array, order: jax.Array) -> jax.Array:
   """PCGrad in coefficient space: ``[K, K]``, row i the projected g_i over the g_j.
 
   Each g_i is projected, in the given order of the other exits, onto the normal
-  plane of every g_j it conflicts with (negative inner product).
+  plane of every g_j it conflicts with (negative inner product with the g_i
+  projected so far); the g_j are the original gradients, and a zero g_j is
+  skipped.
+
+  Args:
+    gram: ``[K, K]`` Gram matrix ``G[i, j] = <g_i, g_j>``.
+    order: ``[K]`` int, a permutation of ``range(K)``: the order in which the
+      other exits are visited (the same for every i; i itself is skipped).
+
+  Returns:
+    ``[K, K]`` coefficients ``C`` with the projected ``g_i = sum_j C[i, j] g_j``;
+    PCGrad's weights are ``C.sum(axis=0)``.
+
+  References:
+    * Yu, Kumar, Gupta, Levine, Hausman, Finn. *Gradient Surgery for Multi-Task
+      Learning*. NeurIPS 2020. https://arxiv.org/abs/2001.06782
   """
   num_exits = gram.shape[-1]
   tiny = jnp.finfo(gram.dtype).tiny
@@ -53,15 +68,42 @@ def pcgrad_coefficients(gram: jax.Array, order: jax.Array) -> jax.Array:
 def pcgrad(*, seed: int = 0, granularity: Granularity = 'exits',
            axis_name: Optional[Hashable] = None, diagnostics: bool = False,
            num_exits: Optional[int] = None) -> optax.GradientTransformationExtraArgs:
-  """PCGrad (Yu et al., *Gradient Surgery for Multi-Task Learning*, NeurIPS 2020).
+  """PCGrad: projects away each exit gradient's conflicts with the others, then sums them.
 
   Every exit's gradient is projected onto the normal plane of each other exit
-  gradient it conflicts with, the others visited in a random order drawn anew
-  each step; the projected gradients are summed.
+  gradient it conflicts with (negative inner product), the others visited in a
+  random order drawn anew each step (one order for all exits and groups); the
+  projected gradients are summed (:func:`pcgrad_coefficients`).
 
   Args:
-    seed: seed of the per-step random orders (:class:`PCGradState`).
-    granularity, axis_name, diagnostics, num_exits: as in :func:`gram_weighting`.
+    seed: an int, the seed of the PRNG key from which each step's order is
+      drawn (kept in :class:`PCGradState`). Default ``0``.
+    granularity: how leaves are grouped, each group with its own Gram matrix and
+      weights (:data:`anytime_jax.gram.Granularity`: ``'exits'``, ``'leaf'``,
+      ``'global'`` or a partition), as in :func:`anytime_jax.gram_weighting`.
+      Default ``'exits'`` (leaves reached by the same set of exits together).
+    axis_name: inside ``shard_map`` or ``pmap`` over a data axis, its name: the
+      per-exit gradients are averaged over it first, as in
+      :func:`anytime_jax.gram_weighting`. Default ``None`` (no averaging; not
+      needed under ``jit`` with a sharded batch).
+    diagnostics: keep the last update's weights, gradient norms, cosines and
+      solver residual in the state (:class:`anytime_jax.CombinationDiagnostics`,
+      read with :func:`anytime_jax.find_diagnostics`); needs ``num_exits``.
+      Default ``False``.
+    num_exits: K, the number of exits, a positive int; needed for
+      ``diagnostics``, checked against the updates when given. Default ``None``
+      (K read from the updates).
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` whose ``update(updates, state, params=None)``
+    takes per-exit gradients, every leaf ``[K, *param.shape]``, and returns the sum of the
+    projected gradients per group, every leaf ``[*param.shape]`` in its input dtype, with the
+    new state (:class:`PCGradState`, inside a :class:`anytime_jax.DiagnosedState` with
+    ``diagnostics=True``).
+
+  References:
+    * Yu, Kumar, Gupta, Levine, Hausman, Finn. *Gradient Surgery for Multi-Task
+      Learning*. NeurIPS 2020. https://arxiv.org/abs/2001.06782
 
   Example:
 
@@ -113,6 +155,24 @@ def gradvac_coefficients(gram: jax.Array, target: jax.Array, order: jax.Array,
   between the current g_i and the original g_j and ``t`` its target, if
   ``phi < t`` then ``g_i += |g_i| (t sqrt(1-phi^2) - phi sqrt(1-t^2)) /
   (|g_j| sqrt(1-t^2)) g_j``; the target moves to ``(1-beta) t + beta phi``.
+
+  Args:
+    gram: ``[K, K]`` Gram matrix ``G[i, j] = <g_i, g_j>``.
+    target: ``[K, K]`` the target cosines, ``target[i, j]`` for modifying g_i
+      towards g_j (the diagonal is unused), in ``[-1, 1]``.
+    order: ``[K]`` int, a permutation of ``range(K)``: the order in which the
+      other exits are visited (the same for every i).
+    beta: the targets' averaging rate in ``[0, 1]``, a float or a scalar array.
+
+  Returns:
+    ``(C, new_target)``: ``[K, K]`` coefficients with the modified
+    ``g_i = sum_j C[i, j] g_j`` (GradVac's weights are ``C.sum(axis=0)``), and
+    the ``[K, K]`` updated targets.
+
+  References:
+    * Wang, Tsvetkov, Firat, Cao. *Gradient Vaccine: Investigating and Improving
+      Multi-task Optimization in Massively Multilingual Models*. ICLR 2021.
+      https://arxiv.org/abs/2010.05874
   """
   k = gram.shape[-1]
   tiny = jnp.finfo(gram.dtype).tiny
@@ -143,20 +203,45 @@ def gradvac_coefficients(gram: jax.Array, target: jax.Array, order: jax.Array,
 def gradvac(*, num_exits: int, beta: float = 0.01, seed: int = 0,
             granularity: Granularity = 'exits', axis_name: Optional[Hashable] = None,
             diagnostics: bool = False) -> optax.GradientTransformationExtraArgs:
-  """GradVac (Wang, Tsvetkov, Firat, Cao, *Gradient Vaccine: Investigating and Improving
-  Multi-task Optimization in Massively Multilingual Models*, ICLR 2021).
+  """GradVac: pulls every pair of exit gradients towards a running target cosine, then sums.
 
   Like PCGrad, but every pair of exits is pulled towards a target cosine (a
   running average of the pair's observed cosines, rate ``beta``) rather than
   only to orthogonality when they conflict; the other exits are visited in a
-  random order drawn anew each step. Each group keeps its own targets, so
-  ``init`` needs the parameters unless ``granularity='global'``.
+  random order drawn anew each step (:func:`gradvac_coefficients`). The
+  targets start at 0, so the first step is PCGrad's. Each group keeps its own
+  targets, so ``init`` needs the parameters unless ``granularity='global'``.
 
   Args:
-    num_exits: K, to size :class:`GradVacState`.
-    beta: the targets' averaging rate.
-    seed: seed of the per-step orders.
-    granularity, axis_name, diagnostics: as in :func:`gram_weighting`.
+    num_exits: K, the number of exits, a positive int, to size
+      :class:`GradVacState`; required.
+    beta: the targets' averaging rate in ``[0, 1]``: each step a target moves to
+      ``(1 - beta) t + beta phi``. Default ``0.01`` (the paper's).
+    seed: an int, the seed of the PRNG key from which each step's order is
+      drawn. Default ``0``.
+    granularity: how leaves are grouped, each group with its own Gram matrix and
+      weights (:data:`anytime_jax.gram.Granularity`: ``'exits'``, ``'leaf'``,
+      ``'global'`` or a partition), as in :func:`anytime_jax.gram_weighting`.
+      Default ``'exits'`` (leaves reached by the same set of exits together).
+    axis_name: inside ``shard_map`` or ``pmap`` over a data axis, its name: the
+      per-exit gradients are averaged over it first, as in
+      :func:`anytime_jax.gram_weighting`. Default ``None`` (no averaging; not
+      needed under ``jit`` with a sharded batch).
+    diagnostics: keep the last update's weights, gradient norms and cosines in
+      the state (:class:`anytime_jax.CombinationDiagnostics`, read with
+      :func:`anytime_jax.find_diagnostics`). Default ``False``.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` whose ``update(updates, state, params=None)``
+    takes per-exit gradients, every leaf ``[K, *param.shape]``, and returns the sum of the
+    modified gradients per group, every leaf ``[*param.shape]`` in its input dtype, with the new
+    state (:class:`GradVacState`, inside a :class:`anytime_jax.DiagnosedState` with
+    ``diagnostics=True``).
+
+  References:
+    * Wang, Tsvetkov, Firat, Cao. *Gradient Vaccine: Investigating and Improving
+      Multi-task Optimization in Massively Multilingual Models*. ICLR 2021.
+      https://arxiv.org/abs/2010.05874
 
   Example:
 
