@@ -35,9 +35,6 @@ FACTORIES = list({f.__name__: f for f in [*(m.factory for m in aj.METHODS.values
 # The inner pieces a user builds a combination from (anytime_jax.solvers).
 SOLVERS = [getattr(solvers, name) for name in solvers.__all__
            if inspect.isfunction(getattr(solvers, name))]
-# Not documented yet: their docstrings live in anytime_jax/_src/solvers.py, outside this
-# change. Strict, so the marker must go once they are.
-PENDING = {'box_qp', 'min_norm_weights', 'project_to_simplex'}
 
 
 def sections(doc: str) -> dict[str, list[str]]:
@@ -108,9 +105,7 @@ def test_factory_documents_every_argument_and_its_sources(factory):
   check(factory)
 
 
-@pytest.mark.parametrize('function', [
-    pytest.param(f, marks=pytest.mark.xfail(strict=True, reason='not yet documented'))
-    if f.__name__ in PENDING else f for f in SOLVERS], ids=[f.__name__ for f in SOLVERS])
+@pytest.mark.parametrize('function', SOLVERS, ids=[f.__name__ for f in SOLVERS])
 def test_solver_documents_every_argument_and_its_sources(function):
   check(function)
 

@@ -70,7 +70,7 @@ class Solution(NamedTuple):
 
   >>> import jax.numpy as jnp, numpy as np, anytime_jax as aj
   >>> gram = jnp.array([[1.0, -1.0], [-1.0, 2.0]])  # g1 = [1, 0], g2 = [-1, 1]
-  >>> s = aj.combinations.nash_mtl_weights(gram)
+  >>> s = aj.solvers.nash_mtl_weights(gram)
   >>> np.asarray(s.weights).round(4), bool(s.residual < 1e-5), int(s.iterations) < 10
   (array([3.0055, 2.1252], dtype=float32), True, True)
   """

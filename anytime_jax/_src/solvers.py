@@ -165,11 +165,15 @@ def box_qp(gram: jax.Array, lower: jax.Array, *, tol: float = 1e-5,
   Returns:
     A :class:`Solution`: ``v`` as the weights, the residual, the iterations.
 
+  References:
+    Quinton & Rey, *Jacobian Descent for Multi-Objective Optimization*, arXiv 2024
+    (2406.16232): the dual problem of UPGrad's and DualProj's projections.
+
   Example:
 
   >>> import jax.numpy as jnp, numpy as np, anytime_jax as aj
   >>> gram = jnp.array([[1.0, -1.0], [-1.0, 2.0]])  # g1 = [1, 0], g2 = [-1, 1]
-  >>> np.asarray(aj.combinations.box_qp(gram, jnp.array([1.0, 0.0])).weights).round(4)
+  >>> np.asarray(aj.solvers.box_qp(gram, jnp.array([1.0, 0.0])).weights).round(4)
   array([1. , 0.5], dtype=float32)
   """
   unit, norms = unit_gram(gram)
@@ -194,10 +198,24 @@ def project_to_simplex(v: jax.Array, support: Optional[jax.Array] = None,
   With ``weights`` (``[K]``, positive), onto ``{x >= 0, sum_k weights_k x_k = 1}``:
   ``x = max(v - theta weights, 0)``, the breakpoints ``v_k / weights_k`` sorted.
 
+  Args:
+    v: ``[K]`` the point to project.
+    support: ``[K]`` bool, the coordinates of the face to project onto; None:
+      every coordinate.
+    weights: ``[K]`` positive, the weights of the constraint ``sum_k weights_k
+      x_k = 1``; None: all ones (the probability simplex).
+
+  Returns:
+    ``[K]`` the projection, zero off the support.
+
+  References:
+    Held, Wolfe & Crowder, *Validation of subgradient optimization*, Mathematical
+    Programming 6, 1974: the sort-based projection onto the simplex.
+
   Example:
 
   >>> import jax.numpy as jnp, anytime_jax as aj
-  >>> aj.combinations.project_to_simplex(jnp.array([0.5, 2.0, -1.0]))
+  >>> aj.solvers.project_to_simplex(jnp.array([0.5, 2.0, -1.0]))
   Array([0., 1., 0.], dtype=float32)
   """
   if support is None:
@@ -287,14 +305,19 @@ def min_norm_weights(gram: jax.Array, *, tol: float = 1e-5, max_iterations: int 
   Returns:
     A :class:`Solution` with the weights ``[K]``.
 
+  References:
+    Désidéri, *Multiple-gradient descent algorithm (MGDA) for multiobjective
+    optimization*, Comptes Rendus Mathématique 350(5-6), 2012; Sener & Koltun,
+    *Multi-Task Learning as Multi-Objective Optimization*, NeurIPS 2018 (1810.04650).
+
   Example:
 
   >>> import jax.numpy as jnp, numpy as np, anytime_jax as aj
   >>> gram = jnp.array([[1.0, -1.0], [-1.0, 2.0]])  # g1 = [1, 0], g2 = [-1, 1]
-  >>> np.asarray(aj.combinations.min_norm_weights(gram).weights).round(4)
+  >>> np.asarray(aj.solvers.min_norm_weights(gram).weights).round(4)
   array([0.6, 0.4], dtype=float32)
   """
   g = normalized(gram)
-  w, residual, iterations = simplex_qp(g, jnp.zeros(g.shape[-1], g.dtype), exits_reached(gram), tol,
-                                        max_iterations)
+  w, residual, iterations = simplex_qp(g, jnp.zeros(g.shape[-1], g.dtype), exits_reached(gram),
+                                       tol, max_iterations)
   return solution(w, residual, iterations)

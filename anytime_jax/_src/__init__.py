@@ -1,0 +1,1 @@
+"""The implementation of anytime_jax: private, re-exported by the public modules."""

@@ -1,0 +1,1 @@
+"""The methods, one module per family, each registering its factories (``registry.register``)."""
