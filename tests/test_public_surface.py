@@ -84,3 +84,11 @@ def test_a_uniform_weighting_warns_that_granularity_changes_nothing(name):
   options = {'num_exits': 2} if aj.METHODS[name].needs_num_exits else {}
   with pytest.warns(DeprecationWarning, match='granularity changes nothing'):
     aj.METHODS[name].factory(granularity='global', **options)
+
+
+def test_every_module_is_in_a_package_a_wheel_ships():
+  import setuptools  # pylint: disable=g-import-not-at-top
+  packages = set(setuptools.find_packages(str(PACKAGE.parent), include=['anytime_jax*']))
+  folders = {'.'.join(path.parent.relative_to(PACKAGE.parent).parts)
+             for path in PACKAGE.rglob('*.py')}
+  assert folders <= packages, folders - packages
