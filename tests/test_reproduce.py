@@ -26,10 +26,13 @@ from tests.test_study import results_json, write_results
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
+M = 'nested_width'  # the toy study's anytime model (a real one: the trainer's Config checks it)
+
+
 def _toy_study(**kwargs):
-  toy_pilot = pilot.Pilot('toy', train_size=None, epochs=(1,), models=('m', 'independent'),
+  toy_pilot = pilot.Pilot('toy', train_size=None, epochs=(1,), models=(M, 'independent'),
                           doubling_points=math.inf, capacity_points=-math.inf)
-  return reproduce.Study(**{'pilot': toy_pilot, 'models': {'m': 2}, 'methods': ('sgd', 'osgd'),
+  return reproduce.Study(**{'pilot': toy_pilot, 'models': {M: 2}, 'methods': ('sgd', 'osgd'),
                             'learning_rates': (0.1, 0.2), 'seeds': (1, 2),
                             'max_grid_extensions': 2, **kwargs})
 
@@ -55,28 +58,28 @@ def test_run_trains_pilot_sweeps_and_seeds_once_each(tmp_path, monkeypatch):
   reproduce.run(study, Runner(store, ''))
   pilots = [c for c in calls if c[5] == 1]
   # The candidates, then the baseline at twice the chosen (and longest) length.
-  assert [(c[0], c[1], c[4]) for c in pilots] == [('m', 'sgd', 1), ('independent', 'sgd', 1),
-                                                  ('m', 'sgd', 2)]
+  assert [(c[0], c[1], c[4]) for c in pilots] == [(M, 'sgd', 1), ('independent', 'sgd', 1),
+                                                  (M, 'sgd', 2)]
   study_calls = [c for c in calls if c[5] == 0]
   # Per model: every method's sweep on seed 0, then the reported seeds at the chosen rates.
   assert [(c[0], c[1], c[2], c[3]) for c in study_calls] == [
-      ('m', 'sgd', 0.1, 0), ('m', 'sgd', 0.2, 0), ('m', 'osgd', 0.1, 0), ('m', 'osgd', 0.2, 0),
-      ('m', 'sgd', 0.2, 1), ('m', 'sgd', 0.2, 2), ('m', 'osgd', 0.1, 1), ('m', 'osgd', 0.1, 2),
+      (M, 'sgd', 0.1, 0), (M, 'sgd', 0.2, 0), (M, 'osgd', 0.1, 0), (M, 'osgd', 0.2, 0),
+      (M, 'sgd', 0.2, 1), (M, 'sgd', 0.2, 2), (M, 'osgd', 0.1, 1), (M, 'osgd', 0.1, 2),
       ('independent', 'sgd', 0.1, 0), ('independent', 'sgd', 0.2, 0),
       ('independent', 'sgd', 0.2, 1), ('independent', 'sgd', 0.2, 2)]
   reproduce.run(study, Runner(store, ''))
   assert len(calls) == 3 + 12  # nothing retrained, the diverged run included
   rows = reproduce.summarize(study, store)
-  assert rows['m/osgd']['learning_rate'] == 0.1 and rows['m/osgd']['seeds'] == [1, 2]
+  assert rows[f'{M}/osgd']['learning_rate'] == 0.1 and rows[f'{M}/osgd']['seeds'] == [1, 2]
   text = reproduce.report(study, store)
-  assert '| m | osgd − sgd | 2 |' in text and 'for the 1 comparisons' in text
+  assert '| nested_width | osgd − sgd | 2 |' in text and 'for the 1 comparisons' in text
   assert '| +0.00 to +0.00 |' in text  # equal test accuracies on both seeds: no spread
   assert '{' not in text  # every template filled in
-  # Finished runs per part: 3 pilot runs, 4 of the reference, 7 of `m` (not the diverged one).
-  assert 'pilot 3 runs 0 min, `independent` 4 runs 0 min, `m` 7 runs 0 min' in text
+  # Finished runs per part: 3 pilot runs, 4 of the reference, 7 of M (not the diverged one).
+  assert 'pilot 3 runs 0 min, `independent` 4 runs 0 min, `nested_width` 7 runs 0 min' in text
   assert 'at equal cost' not in text  # one anytime model: no table without rows
   assert 'defaults to `--optimizer osgd --learning_rate 0.1`' in text  # 0.2 diverged
-  assert '| m | osgd | 60.00 | diverged | 0.1 end |' in text  # the sweep table, no extension
+  assert f'| {M} | osgd | 60.00 | diverged | 0.1 end |' in text  # the sweep table, no extension
   for name in ('pilot.md', 'study.md', 'summary.json', 'learning_curves.png',
                'accuracy_vs_flops.png', 'budgeted_batch.png'):
     assert (tmp_path / name).exists()
@@ -317,7 +320,7 @@ def test_main_job_choice_averages_validation_over_every_finished_seed(tmp_path, 
   monkeypatch.setattr(pilot, 'decided_regime', lambda pilot, store: 'a regime')
   store = Store(tmp_path)
   write = lambda method, lr, seed, val: write_results(
-      store.workdir(RunKey('m', method, lr, seed)), results_json(val, [0.5, 0.5]))
+      store.workdir(RunKey(M, method, lr, seed)), results_json(val, [0.5, 0.5]))
   for method, best_on_seed0 in (('osgd', 0.80), ('osgd_global', 0.78)):
     write(method, 0.1, 0, 0.70)
     write(method, 0.2, 0, best_on_seed0)

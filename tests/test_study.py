@@ -127,10 +127,10 @@ def test_the_runner_trains_what_the_store_lacks_and_records_divergence(tmp_path,
   monkeypatch.setattr(train, 'train_and_evaluate', fake_train)
   runner = Runner(Store(tmp_path), '')
   source = runner.training(Regime('toy', epochs=2), lambda model: 2)
-  assert isinstance(source(RunKey('m', 'sgd', 0.1, 0)), Finished)
-  assert source(RunKey('m', 'sgd', 0.2, 0)) == Diverged(3)
-  assert isinstance(source(RunKey('m', 'sgd', 0.1, 0, doubled=True)), Finished)
-  for key in (RunKey('m', 'sgd', 0.1, 0), RunKey('m', 'sgd', 0.2, 0)):
+  assert isinstance(source(RunKey('branched', 'sgd', 0.1, 0)), Finished)
+  assert source(RunKey('branched', 'sgd', 0.2, 0)) == Diverged(3)
+  assert isinstance(source(RunKey('branched', 'sgd', 0.1, 0, doubled=True)), Finished)
+  for key in (RunKey('branched', 'sgd', 0.1, 0), RunKey('branched', 'sgd', 0.2, 0)):
     source(key)  # read back: neither trained again
   assert calls == [('sgd', 0.1, 2), ('sgd', 0.2, 2), ('sgd', 0.1, 4)]
 
