@@ -1,6 +1,12 @@
-"""Sphinx configuration: API reference from docstrings, Markdown pages, guides executed on build."""
+"""Sphinx configuration: API reference from docstrings, Markdown pages, guides executed on build.
 
+The site needs no network: MathJax is served from the site itself.
+"""
+
+import importlib.util
 import os
+import pathlib
+import shutil
 import sys
 
 sys.path.insert(0, os.path.abspath('..'))
@@ -40,18 +46,35 @@ plot_formats = [('png', 110)]
 plot_rcparams = {'figure.figsize': (7, 3.4), 'figure.autolayout': True}
 plot_working_directory = os.path.abspath('..')
 
+REPOSITORY = 'https://github.com/anytime-jax/anytime-jax'
+
 html_theme = 'sphinx_book_theme'
 html_title = 'anytime-jax'
-html_theme_options = {'repository_url': 'https://github.com/anytime-jax/anytime-jax',
-                      'show_toc_level': 2}
+html_theme_options = {'repository_url': REPOSITORY, 'show_toc_level': 2}
+html_static_path = ['_static']
+html_css_files = ['custom.css']
 
-# Offline previews: point ANYTIME_JAX_MATHJAX at a local MathJax (e.g. Debian's libjs-mathjax,
-# file:///usr/share/javascript/mathjax/MathJax.js?config=TeX-AMS-MML_HTMLorMML); by default
-# Sphinx loads MathJax from its CDN.
-if os.environ.get('ANYTIME_JAX_MATHJAX'):
-  mathjax_path = os.environ['ANYTIME_JAX_MATHJAX']
-  # MathJax 2 (Debian's) reads its own configuration: process only what MyST marks as maths.
-  myst_update_mathjax = False
-  mathjax2_config = {'tex2jax': {'inlineMath': [['\\(', '\\)']],
-                                 'displayMath': [['\\[', '\\]']],
-                                 'processRefs': False, 'processEnvironments': False}}
+# MathJax 3 from the site itself (the sphinx-mathjax-offline package's copy), not from a CDN.
+mathjax_path = 'mathjax/tex-chtml.js'
+MATHJAX_PARTS = ('tex-chtml.js', 'input/tex', 'output/chtml', 'a11y', 'sre', 'ui')
+
+
+def copy_mathjax(app, exception):
+  """Copies the parts of MathJax that tex-chtml.js loads into the site's _static/mathjax."""
+  if exception is not None or app.builder.format != 'html':
+    return
+  spec = importlib.util.find_spec('sphinx-mathjax-offline')
+  if spec is None or spec.origin is None:
+    raise RuntimeError('MathJax is missing: pip install -e ".[docs]" (sphinx-mathjax-offline)')
+  source = pathlib.Path(spec.origin).parent / 'static' / 'mathjax'
+  target = pathlib.Path(app.outdir) / '_static' / 'mathjax'
+  for part in MATHJAX_PARTS:
+    if (source / part).is_dir():
+      shutil.copytree(source / part, target / part, dirs_exist_ok=True)
+    else:
+      (target / part).parent.mkdir(parents=True, exist_ok=True)
+      shutil.copyfile(source / part, target / part)
+
+
+def setup(app):
+  app.connect('build-finished', copy_mathjax)
