@@ -1,4 +1,4 @@
-"""Sphinx configuration: API reference from docstrings, Markdown pages, guides executed on build.
+"""Sphinx configuration: API reference from docstrings, Markdown pages, figures drawn on build.
 
 The site needs no network: MathJax is served from the site itself.
 """
@@ -9,7 +9,9 @@ import pathlib
 import shutil
 import sys
 
+DOCS = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, os.path.abspath('..'))
+sys.path.insert(0, str(DOCS / '_ext'))
 
 project = 'anytime-jax'
 author = 'the anytime-jax authors'
@@ -22,7 +24,7 @@ extensions = [
     'sphinx.ext.napoleon',
     'sphinx.ext.mathjax',
     'sphinx.ext.viewcode',
-    'matplotlib.sphinxext.plot_directive',
+    'figure_scripts',
 ]
 myst_enable_extensions = ['dollarmath', 'colon_fence']
 myst_heading_anchors = 3
@@ -38,15 +40,10 @@ napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 napoleon_use_ivar = True
 
-# Guides run their code on every build: a failing example fails the build (-W).
-plot_include_source = True
-plot_html_show_source_link = False
-plot_html_show_formats = False
-plot_formats = [('png', 110)]
-plot_rcparams = {'figure.figsize': (7, 3.4), 'figure.autolayout': True}
-plot_working_directory = os.path.abspath('..')
-
+# Figures: docs/figures/*.py, run on every build, their images written into the build's
+# doctree directory (docs/_ext/figure_scripts.py); a page shows one with {figure-script}.
 REPOSITORY = 'https://github.com/anytime-jax/anytime-jax'
+figure_scripts_repository = f'{REPOSITORY}/blob/main'
 
 html_theme = 'sphinx_book_theme'
 html_title = 'anytime-jax'
