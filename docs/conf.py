@@ -1,6 +1,7 @@
 """Sphinx configuration: API reference from docstrings, Markdown pages, figures drawn on build.
 
-The site needs no network: MathJax is served from the site itself.
+Build with ``python docs/build.py OUT`` (from a copy of the sources: nothing is written into
+docs/). The site needs no network: MathJax is served from the site itself.
 """
 
 import importlib.util
@@ -8,6 +9,8 @@ import os
 import pathlib
 import shutil
 import sys
+
+from sphinx.util import logging
 
 DOCS = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, os.path.abspath('..'))
@@ -73,5 +76,15 @@ def copy_mathjax(app, exception):
       shutil.copyfile(source / part, target / part)
 
 
+def warn_in_place_build(app):
+  """A build straight from docs/ writes docs/_autosummary/ into the sources: say how not to."""
+  del app
+  if not os.environ.get('ANYTIME_JAX_DOCS_COPY'):  # set by docs/build.py in its copy
+    logging.getLogger(__name__).warning(
+        'this build writes docs/_autosummary/ into the sources (two builds at once collide): '
+        'build with `python docs/build.py OUT`, which builds from a copy')
+
+
 def setup(app):
+  app.connect('builder-inited', warn_in_place_build)
   app.connect('build-finished', copy_mathjax)

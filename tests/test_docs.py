@@ -46,3 +46,54 @@ def test_the_library_imports_without_the_experiments_extra():
           'assert anytime_jax.__version__\n')
   out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120)
   assert out.returncode == 0, out.stderr
+
+
+def _docs_build_module():
+  """docs/build.py, loaded without writing bytecode into docs/."""
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  spec = importlib.util.spec_from_file_location('docs_build', ROOT / 'docs' / 'build.py')
+  module = importlib.util.module_from_spec(spec)
+  dont_write, sys.dont_write_bytecode = sys.dont_write_bytecode, True
+  try:
+    spec.loader.exec_module(module)
+  finally:
+    sys.dont_write_bytecode = dont_write
+  return module
+
+
+def test_the_docs_build_refuses_remote_scripts_and_stylesheets(tmp_path):
+  (tmp_path / 'guides').mkdir()
+  (tmp_path / 'index.html').write_text(
+      '<link rel="stylesheet" href="_static/custom.css"><script src="_static/mathjax/tex-chtml.js">'
+      '</script><a href="https://github.com/x">a link is fine</a>'
+      '<link rel="canonical" href="https://example.org/">')
+  (tmp_path / 'guides' / 'maths.html').write_text(
+      '<script defer src="https://cdn.jsdelivr.net/npm/mathjax@4/tex-mml-chtml.js"></script>'
+      '<link href="//fonts.example.org/a.css" rel="stylesheet">')
+  assert _docs_build_module().remote_assets(tmp_path) == {'guides/maths.html': [
+      '<script> https://cdn.jsdelivr.net/npm/mathjax@4/tex-mml-chtml.js',
+      '<link> //fonts.example.org/a.css']}
+
+
+SITE = ROOT / 'build' / 'docs'  # where CI's docs step (python docs/build.py build/docs) puts it
+
+
+@pytest.mark.skipif(not (SITE / 'index.html').is_file(),
+                    reason='no built site: python docs/build.py build/docs')
+def test_the_built_site_reads_offline():
+  assert _docs_build_module().remote_assets(SITE) == {}
+  assert (SITE / '_static' / 'mathjax' / 'tex-chtml.js').is_file()
+  assert 'mathjax/tex-chtml.js' in (SITE / 'index.html').read_text()  # the landing page's maths
+  methods = (SITE / 'guides' / 'methods.html').read_text()
+  assert 'methods.svg' in methods and 'plt.subplots' not in methods  # the image, not its code
+
+
+def test_the_docs_build_leaves_docs_as_committed():
+  """The build runs from a copy: no _autosummary/, figures or caches appear under docs/."""
+  try:
+    out = subprocess.run(['git', 'status', '--porcelain', '--ignored', '--', 'docs'], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+  except (OSError, subprocess.CalledProcessError):
+    pytest.skip('not a git checkout')
+  ignored = [line for line in out.splitlines() if line.startswith('!!')]
+  assert not ignored, f'build output under docs/ (build with python docs/build.py OUT): {ignored}'
