@@ -41,12 +41,12 @@ import jax
 import numpy as np
 
 from experiments import pilot as pilot_lib
-from experiments import optimizers, train
+from experiments import train
 from experiments.checkpoint import atomic_write
 from experiments.study import stats
 from experiments.study.compute import compute_line
 from experiments.study.keys import Key, PilotKey, RunKey, ScreenKey
-from experiments.study.regime import Regime
+from experiments.study.regime import Regime, method_variant
 from experiments.study.runner import Runner
 from experiments.study.store import Diverged, Finished, Store
 from experiments.study.sweep import SweepRule, at_end, score, sweep
@@ -114,9 +114,16 @@ def quick_study() -> Study:
       learning_rates=(0.1,), seeds=(1,), max_grid_extensions=0)
 
 
+# The trainer's optimizers when the screen ran (0.2's names, see regime.STUDY_LABELS).
+SCREENED = ('osgd', 'osgd_global', 'osgd_exits', 'osgd_exit_norm', 'osgd_sum_norm', 'osgd_vectors',
+            'pcgrad', 'mgda', 'adaloss', 'upgrad', 'dualproj', 'cagrad', 'imtl_g', 'aligned_mtl',
+            'gradvac', 'nash_mtl', 'config', 'fairgrad', 'uncertainty', 'dwa', 'famo', 'sgd',
+            'sgd_mean')
+
+
 @dataclasses.dataclass(frozen=True)
 class Screen:
-  """Every method of the trainer on one model, short runs at a few rates, one seed.
+  """Every method the trainer offered on one model, short runs at a few rates, one seed.
 
   Cheap evidence for choosing which methods earn a place in the study; its
   ranking is of short runs, where step length weighs heavily.
@@ -126,7 +133,7 @@ class Screen:
   num_exits: int = 4
   learning_rates: tuple = (0.05, 0.1, 0.2)
   seed: int = 0
-  methods: tuple = optimizers.OPTIMIZERS
+  methods: tuple = SCREENED
 
 
 def full_screen() -> Screen:
@@ -152,8 +159,9 @@ def screen(spec: Screen, store: Store) -> str:
   lines = [f'Screening (ours): `{spec.model}` on {spec.regime.dataset}, '
            f'{spec.regime.train_size or "all"} training images, {spec.regime.epochs} epoch(s), '
            f'seed {spec.seed}: validation accuracy (%, mean over exits) at each peak rate, and '
-           'the test accuracy per exit at the best; short runs rank step lengths as much as '
-           'directions. "end": the best rate is at an end of the grid, so a rate beyond it may '
+           'the test accuracy per exit at the best; at one epoch the ranking confounds step '
+           'length and direction. Methods by the trainer\'s names when it ran (0.2: `osgd` is '
+           '`osgd_leaf` now, `osgd_exits` is `osgd`, `config` is `conflict_free`). "end": the best rate is at an end of the grid, so a rate beyond it may '
            'do better.', '',
            '| method | ' + ' | '.join(f'{lr:g}' for lr in rates)
            + ' | best rate | test accuracy per exit at the best |',
@@ -467,7 +475,7 @@ def sweeps_markdown(study: Study, store: Store) -> str:
   main_job = main_job_choice(study, store)
   if main_job:
     lines += ['', f"Main job: `python -m experiments.train` defaults to `--optimizer "
-              f"{main_job['optimizer']} --learning_rate {main_job['learning_rate']:g}`, the OSGD "
+              f"{method_variant(main_job['optimizer'])[0]} --learning_rate {main_job['learning_rate']:g}`, the OSGD "
               f"variant with the best validation accuracy on `{next(iter(study.models))}` at "
               f"its chosen rate (mean over exits and over the {main_job['seeds']} finished "
               f"seeds, selection seed included: {100 * main_job['score']:.2f} %)."]

@@ -71,6 +71,7 @@ class Config:
 
   def __post_init__(self):
     """Refuses a configuration that cannot run, wherever it is built (flags, studies, code)."""
+    object.__setattr__(self, 'optimizer', optimizers.current_name(self.optimizer))
     _choices('model', self.model, models.ARCHITECTURES)
     _choices('optimizer', self.optimizer, optimizers.OPTIMIZERS)
     _choices('dtype', self.dtype, tuple(DTYPES))

@@ -46,7 +46,7 @@ def test_run_trains_pilot_sweeps_and_seeds_once_each(tmp_path, monkeypatch):
                   config.epochs, config.eval_every))
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    if config.learning_rate == 0.2 and config.optimizer == 'osgd':
+    if config.learning_rate == 0.2 and config.optimizer == 'osgd_leaf':  # the label osgd
       raise train.Diverged('error: the loss became nan at step 3', 3)
     (workdir / 'metrics.jsonl').write_text(json.dumps(
         {'epoch': 1, 'step': 1, 'validation_accuracy': [0.5, 0.6]}) + '\n')
@@ -61,10 +61,11 @@ def test_run_trains_pilot_sweeps_and_seeds_once_each(tmp_path, monkeypatch):
   assert [(c[0], c[1], c[4]) for c in pilots] == [(M, 'sgd', 1), ('independent', 'sgd', 1),
                                                   (M, 'sgd', 2)]
   study_calls = [c for c in calls if c[5] == 0]
-  # Per model: every method's sweep on seed 0, then the reported seeds at the chosen rates.
+  # Per model: every method's sweep on seed 0, then the reported seeds at the chosen rates. The
+  # study's label osgd trains the trainer's osgd_leaf (per-tensor OSGD, as when the study ran).
   assert [(c[0], c[1], c[2], c[3]) for c in study_calls] == [
-      (M, 'sgd', 0.1, 0), (M, 'sgd', 0.2, 0), (M, 'osgd', 0.1, 0), (M, 'osgd', 0.2, 0),
-      (M, 'sgd', 0.2, 1), (M, 'sgd', 0.2, 2), (M, 'osgd', 0.1, 1), (M, 'osgd', 0.1, 2),
+      (M, 'sgd', 0.1, 0), (M, 'sgd', 0.2, 0), (M, 'osgd_leaf', 0.1, 0), (M, 'osgd_leaf', 0.2, 0),
+      (M, 'sgd', 0.2, 1), (M, 'sgd', 0.2, 2), (M, 'osgd_leaf', 0.1, 1), (M, 'osgd_leaf', 0.1, 2),
       ('independent', 'sgd', 0.1, 0), ('independent', 'sgd', 0.2, 0),
       ('independent', 'sgd', 0.2, 1), ('independent', 'sgd', 0.2, 2)]
   reproduce.run(study, Runner(store, ''))
@@ -78,7 +79,8 @@ def test_run_trains_pilot_sweeps_and_seeds_once_each(tmp_path, monkeypatch):
   # Finished runs per part: 3 pilot runs, 4 of the reference, 7 of M (not the diverged one).
   assert 'pilot 3 runs 0 min, `independent` 4 runs 0 min, `nested_width` 7 runs 0 min' in text
   assert 'at equal cost' not in text  # one anytime model: no table without rows
-  assert 'defaults to `--optimizer osgd --learning_rate 0.1`' in text  # 0.2 diverged
+  # 0.2 diverged; the study's label osgd is the trainer's osgd_leaf now
+  assert 'defaults to `--optimizer osgd_leaf --learning_rate 0.1`' in text
   assert f'| {M} | osgd | 60.00 | diverged | 0.1 end |' in text  # the sweep table, no extension
   for name in ('pilot.md', 'study.md', 'summary.json', 'learning_curves.png',
                'accuracy_vs_flops.png', 'budgeted_batch.png'):
@@ -241,7 +243,7 @@ def test_quick_study_runs_reports_and_skips_finished_runs(tmp_path):
 
 
 # Every optimizer of the trainer; the quick suite keeps one of each kind (CI runs them all).
-FAST_OPTIMIZERS = ('osgd_exits', 'pcgrad', 'adaloss', 'sgd')
+FAST_OPTIMIZERS = ('osgd', 'pcgrad', 'adaloss', 'sgd')
 
 
 @pytest.mark.parametrize('name', [n if n in FAST_OPTIMIZERS else pytest.param(n, marks=pytest.mark.slow)

@@ -422,3 +422,14 @@ def test_a_run_with_gradient_equilibrium_and_distillation(tmp_path, data_dir):
   saved = json.loads((tmp_path / 'run' / 'config.json').read_text())
   assert saved['gradient_equilibrium'] and saved['distillation'] == 0.5
   assert results['exits'][-1]['test_accuracy'] > 0.3  # chance is 0.1
+
+
+def test_osgd_means_the_librarys_osgd_and_old_names_warn_until_they_go():
+  head, options = optimizers.PER_EXIT['osgd']
+  assert head is aj.orthogonalize and options == {}  # aj.orthogonalize()'s defaults
+  assert optimizers.PER_EXIT['osgd_leaf'][1] == {'granularity': 'leaf'}
+  for old, new in optimizers.RENAMED.items():
+    with pytest.warns(DeprecationWarning, match=f'--optimizer {old} is now {new}'):
+      assert train.Config(optimizer=old).optimizer == new
+  registered = {factory for factory, _ in optimizers.PER_EXIT.values()}
+  assert {m.factory for m in aj.METHODS.values() if m.family != 'summed'} <= registered

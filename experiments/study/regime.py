@@ -13,16 +13,24 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     'independent_depth': ('independent', {'growth': 'depth'})}
 
 
-def method_variant(method: str) -> tuple[str, dict[str, Any]]:
-  """A study method as the trainer's optimizer and options.
+# The studies' method labels are the trainer's names when they ran (0.2); these have another
+# name now (`osgd` then was per-tensor OSGD, now the library's exit-aware one).
+STUDY_LABELS = {'osgd': 'osgd_leaf', 'osgd_exits': 'osgd', 'osgd_exit_norm': 'osgd_leaf_exit_norm',
+                'osgd_sum_norm': 'osgd_leaf_sum_norm', 'osgd_vectors': 'osgd_leaf_vectors',
+                'config': 'conflict_free'}
 
-  ``<optimizer>_every<N>`` is the optimizer with its combination's weights
-  refreshed every N steps (``--refresh_every N``, :func:`anytime_jax.amortize`).
+
+def method_variant(method: str) -> tuple[str, dict[str, Any]]:
+  """A study method label as the trainer's optimizer and options.
+
+  Labels keep their meaning of the run (:data:`STUDY_LABELS`);
+  ``<label>_every<N>`` is the method with its combination's weights refreshed
+  every N steps (``--refresh_every N``, :func:`anytime_jax.amortize`).
   """
-  optimizer, every, n = method.rpartition('_every')
+  label, every, n = method.rpartition('_every')
   if every and n.isdigit():
-    return optimizer, {'refresh_every': int(n)}
-  return method, {}
+    return STUDY_LABELS.get(label, label), {'refresh_every': int(n)}
+  return STUDY_LABELS.get(method, method), {}
 
 
 @dataclasses.dataclass(frozen=True)
