@@ -28,6 +28,7 @@ extensions = [
     'sphinx.ext.mathjax',
     'sphinx.ext.viewcode',
     'figure_scripts',
+    'methods_table',
 ]
 myst_enable_extensions = ['dollarmath', 'colon_fence']
 myst_heading_anchors = 3

@@ -4,6 +4,7 @@ An example states what it prints in a comment, ``# prints: TEXT``; the test chec
 appears in its output, so an example that runs but computes the wrong thing fails.
 """
 
+import inspect
 import os
 import pathlib
 import re
@@ -11,6 +12,8 @@ import subprocess
 import sys
 
 import pytest
+
+import anytime_jax as aj
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PAGES = [ROOT / 'README.md', *sorted(p for p in (ROOT / 'docs').rglob('*.md')
@@ -97,3 +100,22 @@ def test_the_docs_build_leaves_docs_as_committed():
     pytest.skip('not a git checkout')
   ignored = [line for line in out.splitlines() if line.startswith('!!')]
   assert not ignored, f'build output under docs/ (build with python docs/build.py OUT): {ignored}'
+
+
+def test_the_methods_table_reads_every_registered_method_from_its_docstring():
+  sys.path.insert(0, str(ROOT / 'docs' / '_ext'))
+  try:
+    import methods_table  # pylint: disable=g-import-not-at-top
+  finally:
+    sys.path.remove(str(ROOT / 'docs' / '_ext'))
+  rows = methods_table.rows()
+  assert [call for call, _, _ in rows] == [
+      f'{{func}}`aj.{name} <anytime_jax.{name}>`' for name in aj.METHODS]
+  for (call, params, reference), method in zip(rows, aj.METHODS.values()):
+    own = [p for p in inspect.signature(method.factory).parameters
+           if p not in methods_table.COMMON]
+    assert [p.split(' ')[0].strip('`') for p in params] == own, call
+    assert all(p.split(': ', 1)[1] for p in params), call  # every one described
+    assert reference and '``' not in ' '.join(params), call  # Markdown, not reST
+  assert methods_table.args_section('Args:\n  c: the radius,\n    in units.\n') == {
+      'c': 'the radius, in units.'}

@@ -381,7 +381,7 @@ def nash_mtl(*, max_weight: Optional[float] = None, tol: float = 1e-5, max_itera
 
 
 def conflict_free_weights(gram: jax.Array) -> jax.Array:
-  """ConFIG's weights: ``d = (sum_k g_k . u) u`` with ``u`` the unit vector of ``g_v``.
+  """ConFIG's weights: the direction ``d = (sum_k <g_k, u>) u``, ``u`` the unit vector of ``g_v``.
 
   ``g_v = U^T (U U^T)^+ 1`` is the least-norm vector whose projection on every
   exit's unit gradient ``u_k = g_k / |g_k|`` (the rows of ``U``) is 1; it is then
