@@ -92,3 +92,11 @@ def test_every_module_is_in_a_package_a_wheel_ships():
   folders = {'.'.join(path.parent.relative_to(PACKAGE.parent).parts)
              for path in PACKAGE.rglob('*.py')}
   assert folders <= packages, folders - packages
+
+
+def test_every_method_module_is_loaded_and_every_registered_method_is_public():
+  for path in (PACKAGE / '_src' / 'methods').glob('*.py'):
+    if path.stem != '__init__':  # a family's module the package never imports registers nothing
+      assert f'anytime_jax._src.methods.{path.stem}' in sys.modules, path
+  for name, method in aj.METHODS.items():
+    assert name in aj.__all__ and getattr(aj, name) is method.factory, name
