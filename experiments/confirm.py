@@ -21,20 +21,15 @@ Everything else in the report is descriptive.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
-import pathlib
-import sys
 from typing import Optional, TypedDict
 
-import jax
 
 from experiments import pilot as pilot_lib
 from experiments import reproduce, train
-from experiments.checkpoint import atomic_write
 from experiments.study import stats
 from experiments.study.arms import Arm, RateChoice, arm_runs, chosen_rates
+from experiments.study.cli import declared_family_main
 from experiments.study.compute import compute_line
 from experiments.study.declared import (Primary, TestRow, arms_of, cells, diverged_seeds,
                                         finished, t_text, test_row)
@@ -342,33 +337,10 @@ def compute_markdown(spec: Confirm, store: Store) -> str:
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--out', default=None, help='default: results/ (results/quick with --quick)')
-  parser.add_argument('--data_dir', default=train.data.DEFAULT_DATA_DIR)
-  parser.add_argument('--quick', action='store_true', help='the same pipeline on digits, minutes')
-  parser.add_argument('--report_only', action='store_true')
-  parser.add_argument('--declaration', action='store_true', help='print the declared tests')
-  args = parser.parse_args(argv)
-  if args.declaration:
-    print(declaration())
-    return
-  spec = quick_confirm() if args.quick else full_confirm()
-  out = pathlib.Path(args.out or ('results/quick' if args.quick else 'results'))
-  out.mkdir(parents=True, exist_ok=True)
-  store = Store(out)
-  if not jax.config.jax_compilation_cache_dir:
-    jax.config.update('jax_compilation_cache_dir', str(pathlib.Path(args.data_dir) / 'xla_cache'))
-  if not args.report_only:
-    runner = Runner(store, args.data_dir)
-    if pilot_lib.decided_regime(spec.study.pilot, store) is None:
-      print('running the first study\'s pilot, which fixes the regime', file=sys.stderr)
-      pilot_lib.run(spec.study.pilot, runner)
-    run(spec, runner)
-  summary = summarize(spec, store)
-  text = markdown(summary) + compute_markdown(spec, store)
-  atomic_write(out / 'confirm.md', text)
-  atomic_write(out / 'confirm.json', json.dumps(summary, indent=1))
-  print(text)
+  declared_family_main(argv, description=__doc__.splitlines()[0], name='confirm',
+                       declaration=declaration, full=full_confirm, quick=quick_confirm, run=run,
+                       summarize=summarize,
+                       report=lambda summary, spec, store: markdown(summary) + compute_markdown(spec, store))
 
 
 if __name__ == '__main__':

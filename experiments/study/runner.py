@@ -13,7 +13,7 @@ from typing import Callable
 
 from experiments import train
 from experiments.checkpoint import atomic_write
-from experiments.study.keys import Key, RunKey
+from experiments.study.keys import Key
 from experiments.study.regime import Regime
 from experiments.study.store import Outcome, Source, Store
 
