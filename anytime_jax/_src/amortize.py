@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from anytime_jax._src.combination import find_diagnostics
+from anytime_jax._src.combination import find_diagnostics, find_state
 
 
 class AmortizedState(NamedTuple):
@@ -49,9 +49,7 @@ class AmortizedState(NamedTuple):
 
 def find_amortized(opt_state: Any) -> Optional[AmortizedState]:
   """The :class:`AmortizedState` inside an optimizer state (e.g. a chain's), or ``None``."""
-  is_amortized = lambda x: isinstance(x, AmortizedState)
-  found = [x for x in jax.tree.leaves(opt_state, is_leaf=is_amortized) if is_amortized(x)]
-  return found[0] if found else None
+  return find_state(opt_state, AmortizedState)
 
 
 def _has_exit_axis(updates: Any, params: Any) -> bool:

@@ -34,7 +34,7 @@ cites its paper.
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable
-from typing import Any, NamedTuple, Optional, Union
+from typing import Any, NamedTuple, Optional, TypeVar, Union
 
 import jax
 import jax.numpy as jnp
@@ -43,6 +43,7 @@ import optax
 from anytime_jax._src import gram as gram_lib
 from anytime_jax._src.gram import Granularity, PyTree
 
+State = TypeVar('State')
 Weighting = Callable[[jax.Array], Any]
 """``weighting(gram [K, K]) -> weights [K]`` (or a :class:`Solution`), applied to every
 group's float32 Gram matrix."""
@@ -163,8 +164,13 @@ def find_diagnostics(opt_state: Any) -> Optional[CombinationDiagnostics]:
   array([[ 1.    , -0.7071],
          [-0.7071,  1.    ]], dtype=float32)
   """
-  is_diagnostics = lambda x: isinstance(x, CombinationDiagnostics)
-  found = [x for x in jax.tree.leaves(opt_state, is_leaf=is_diagnostics) if is_diagnostics(x)]
+  return find_state(opt_state, CombinationDiagnostics)
+
+
+def find_state(opt_state: Any, kind: type[State]) -> Optional[State]:
+  """The first node of type ``kind`` inside an optimizer state (a chain's, nested), or ``None``."""
+  found = [x for x in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, kind))
+           if isinstance(x, kind)]
   return found[0] if found else None
 
 
