@@ -152,7 +152,7 @@ def nnx_staged_exit_jacobian(
   """Per-exit gradients of any NNX anytime model by the staged engine.
 
   The model holds its stages in order in the attribute ``stages`` (an
-  ``nnx.List`` of modules, or any sequence): stage k maps a carry to
+  ``nnx.List`` of modules; Flax 0.12 refuses a plain list there): stage k maps a carry to
   ``(carry, logits_k [B, C])``, the first stage reads ``x``. Parameters the
   stages share (a tied head, a shared embedding) are found from the graph and
   each exit's gradient on them sums all their uses by the stages it reaches,

@@ -23,7 +23,10 @@ class Method:
   Attributes:
     name: the public factory's name (``aj.<name>``).
     factory: ``factory(**hyperparameters) -> optax.GradientTransformationExtraArgs``.
-    family: the kind of method, as the methods guide groups them.
+    family: the kind of method: ``'orthogonalization'`` (OSGD), ``'summed'``,
+      ``'projection'`` (PCGrad, GradVac), ``'min_norm'`` (MGDA, UPGrad,
+      DualProj, CAGrad), ``'balance'`` (IMTL-G, Aligned-MTL, Nash-MTL, ConFIG,
+      FairGrad) or ``'loss_weighting'``: one private module each.
     needs_num_exits: its state is sized by K, so ``num_exits=`` is required.
     descent: whose loss its direction does not increase to first order: ``'all'``
       exits whenever such a direction exists, the ``'first'`` exit, or None.

@@ -353,6 +353,7 @@ def osgd(
     eps: float = 1e-5,
     priority: Optional[Sequence[int]] = None,
     algorithm: Literal['gram', 'vectors'] = 'gram',
+    axis_name: Optional[Hashable] = None,
     diagnostics: bool = False,
     num_exits: Optional[int] = None,
 ) -> optax.GradientTransformationExtraArgs:
@@ -386,6 +387,9 @@ def osgd(
       :func:`orthogonalize`. Default ``None`` (exit order).
     algorithm: ``'gram'`` or ``'vectors'``, as in :func:`orthogonalize`.
       Default ``'gram'``.
+    axis_name: inside ``shard_map`` or ``pmap``, the data axis the per-exit
+      gradients are averaged over first, as in :func:`orthogonalize`. Default
+      ``None``.
     diagnostics: keep the last step's weights in the state, as in
       :func:`orthogonalize`; needs ``num_exits``. Default ``False``.
     num_exits: K, the number of exits, as in :func:`orthogonalize`. Default
@@ -417,7 +421,7 @@ def osgd(
   return optax.chain(
       orthogonalize(granularity=granularity, rescale=rescale, eps=eps,
                     priority=priority, diagnostics=diagnostics,
-                    num_exits=num_exits, algorithm=algorithm),
+                    num_exits=num_exits, algorithm=algorithm, axis_name=axis_name),
       sgd_tail(learning_rate, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay))
 
 
