@@ -136,14 +136,22 @@ def test_summed_train_step_is_sgd_on_summed_loss():
     (dict(per_exit=False, reduction='mean'), 'summed_gradients(reduction=\'mean\')'),
     (dict(engine='vmap'), 'vmapped_gradients()'),
     (dict(engine='staged'), 'staged_gradients()'),
+    (dict(distillation=aj.Distillation(0.5, 4.0)),
+     'staged_gradients(distillation=Distillation(weight=0.5, temperature=4.0))'),
 ])
 def test_the_old_step_flags_still_work_for_one_release_and_name_the_source(flags, source):
-  network, _, x, y = _setup('branched')
-  tx = optax.sgd(0.1) if flags.get('per_exit') is False else aj.osgd(0.1)
-  state = aj.create_train_state(network, tx, jax.random.key(0), x)
+  network = models.create('branched', num_classes=3, num_exits=2, width=2, num_levels=1)
   with pytest.warns(DeprecationWarning, match=re.escape(f'gradients=aj.{source}')):
-    old = aj.make_train_step(network, tx, **flags)
-  new = aj.make_train_step(network, tx, gradients=eval('aj.' + source))
+    aj.make_train_step(network, optax.sgd(0.1), **flags)
+
+
+def test_an_old_flag_step_is_the_new_step_and_bad_flags_are_refused():
+  network, _, x, y = _setup('branched')
+  tx = optax.sgd(0.1)
+  state = aj.create_train_state(network, tx, jax.random.key(0), x)
+  with pytest.warns(DeprecationWarning):
+    old = jax.jit(aj.make_train_step(network, tx, per_exit=False))
+  new = jax.jit(aj.make_train_step(network, tx, gradients=aj.summed_gradients()))
   _assert_trees_close(old(state, x, y)[0].params, new(state, x, y)[0].params, rtol=0, atol=0)
   with pytest.raises(ValueError, match='engine must be one of'):
     aj.make_train_step(network, tx, engine='fast')
