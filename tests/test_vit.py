@@ -115,9 +115,10 @@ def test_the_training_step_draws_dropout_from_its_key_and_step(engine):
   tx = optax.sgd(0.1) if engine == 'summed' else aj.osgd(0.1)
   state = aj.TrainState(jnp.zeros((), jnp.int32), variables['params'], {}, tx.init(
       variables['params']))
-  options = {'per_exit': engine != 'summed', 'engine': 'vmap' if engine == 'vmap' else 'staged'}
+  gradients = {'staged': aj.staged_gradients, 'vmap': aj.vmapped_gradients,
+               'summed': aj.summed_gradients}[engine]()
   step = {seed: jax.jit(aj.make_train_step(network, tx, dropout_key=jax.random.key(seed),
-                                           **options)) for seed in (0, 1)}
+                                           gradients=gradients)) for seed in (0, 1)}
   losses = [step[seed](state, X, Y)[1]['exit_losses'] for seed in (0, 0, 1)]
   np.testing.assert_array_equal(losses[0], losses[1])
   assert not np.allclose(losses[0], losses[2])
