@@ -31,8 +31,8 @@ from experiments.study import stats
 from experiments.study.arms import Arm, RateChoice, arm_runs, chosen_rates
 from experiments.study.cli import declared_family_main
 from experiments.study.compute import compute_line
-from experiments.study.declared import (Primary, TestRow, arms_of, cells, diverged_seeds,
-                                        finished, t_text, test_row)
+from experiments.study.declared import (Primary, TestRow, arms_of, cells, finished,
+                                        result_sentence, test_row)
 from experiments.study.endpoints import ENDPOINTS
 from experiments.study.keys import DepthPilotKey, Key, RunKey
 from experiments.study.regime import Regime
@@ -246,15 +246,8 @@ def headline(summary: Summary) -> Optional[str]:
   lines = [f'Of the {len(rows)} declared primary tests on {num_seeds} fresh seeds '
            f'(Bonferroni over all {len(rows)}), {len(passed)} passed'
            + (f' ({", ".join(map(str, passed))})' if passed else '') + ':', '']
-  for i, row in enumerate(rows, 1):
-    lo, hi = row['interval']
-    diverged = len(diverged_seeds(row))
-    lines.append(
-        f"{i}. **{row['question']}** `{row['a']}` − `{row['b']}`, "
-        f"{ENDPOINTS[row['endpoint']].text}: {row['mean']:+.2f} points "
-        f"(simultaneous 95 % interval {lo:+.2f} to {hi:+.2f}; t = {t_text(row['t'])} over "
-        f"{row['pairs']} pairs{f', {diverged} diverged' if diverged else ''}, critical "
-        f"{row['critical_t']:.2f}): {'passed' if row['passed'] else 'not passed'}.")
+  lines += [result_sentence(i, row, endpoint_text=f", {ENDPOINTS[row['endpoint']].text}",
+                            interval_label='95 % interval') for i, row in enumerate(rows, 1)]
   return '\n'.join(lines) + '\n'
 
 

@@ -29,8 +29,8 @@ from experiments import reproduce
 from experiments.study import stats
 from experiments.study.arms import Arm, RateChoice, arm_runs, chosen_rates
 from experiments.study.cli import declared_family_main
-from experiments.study.declared import (Primary, TestRow, arms_of, cells, diverged_seeds,
-                                        finished, t_text, test_row)
+from experiments.study.declared import (Primary, TestRow, arms_of, cells, finished,
+                                        result_sentence, test_row)
 from experiments.study.endpoints import ENDPOINTS
 from experiments.study.keys import RunKey
 from experiments.study.runner import Runner
@@ -134,29 +134,19 @@ def summarize(spec: Spec, store: Store) -> Optional[Summary]:
           'train_seconds': seconds}
 
 
-def _verdict(row: TestRow) -> str:
-  if row.get('margin') is not None:
-    return 'equivalent' if row['passed'] else 'equivalence not shown'
-  return 'passed' if row['passed'] else 'not passed'
-
-
 def headline(summary: Summary) -> Optional[str]:
   """README's statement of both tests, once both have all their seeds (None before)."""
   rows, num_seeds = summary['primary'], len(summary['seeds'])
   if not all(finished(row, num_seeds) for row in rows):
     return None
-  lines = []
-  for i, row in enumerate(rows, 1):
-    lo, hi = row['interval']
-    diverged = len(diverged_seeds(row))
-    level = ('95 % interval' if row.get('margin') is None else  # TOST reads the 1 - 2 alpha one
-             f'{100 * (1 - 2 * 0.05 / len(rows)):g} % interval, margin ±{row["margin"]:g}')
-    lines.append(
-        f"{i}. **{row['question']}** `{row['a']}` − `{row['b']}`: {row['mean']:+.2f} points "
-        f"(simultaneous {level}: {lo:+.2f} to {hi:+.2f}; t = {t_text(row['t'])} over "
-        f"{row['pairs']} pairs{f', {diverged} diverged' if diverged else ''}, critical "
-        f"{row['critical_t']:.2f}): {_verdict(row)}.")
-  return '\n'.join(lines) + '\n'
+  def interval_label(row: TestRow) -> str:
+    if row.get('margin') is None:
+      return '95 % interval:'
+    # TOST reads the 1 - 2 alpha / m interval.
+    return f'{100 * (1 - 2 * 0.05 / len(rows)):g} % interval, margin ±{row["margin"]:g}:'
+
+  return '\n'.join(result_sentence(i, row, endpoint_text='', interval_label=interval_label(row))
+                   for i, row in enumerate(rows, 1)) + '\n'
 
 
 def markdown(summary: Optional[Summary]) -> str:

@@ -100,6 +100,25 @@ def t_text(t: float) -> str:
   return 'n/a (no spread)' if math.isnan(t) else f'{t:+.2f}'
 
 
+def result_sentence(i: int, row: TestRow, *, endpoint_text: str, interval_label: str) -> str:
+  """A finished test's result as README states it: ``i. **question** `a` − `b`...: verdict.``
+
+  ``endpoint_text`` follows the arms (``', test accuracy of exit 1'``, or empty);
+  ``interval_label`` names the interval (``'95 % interval'``).
+  """
+  lo, hi = row['interval']
+  diverged = len(diverged_seeds(row))
+  if row.get('margin') is not None:
+    verdict = 'equivalent' if row['passed'] else 'equivalence not shown'
+  else:
+    verdict = 'passed' if row['passed'] else 'not passed'
+  return (f"{i}. **{row['question']}** `{row['a']}` − `{row['b']}`{endpoint_text}: "
+          f"{row['mean']:+.2f} points (simultaneous {interval_label} {lo:+.2f} to {hi:+.2f}; "
+          f"t = {t_text(row['t'])} over {row['pairs']} pairs"
+          f"{f', {diverged} diverged' if diverged else ''}, critical {row['critical_t']:.2f}): "
+          f"{verdict}.")
+
+
 def cells(row: TestRow, num_seeds: Optional[int] = None) -> str:
   """A row's table cells; with ``num_seeds`` (a declared test) no verdict before them all."""
   diverged = sum(len(v) for v in row['diverged'].values())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Optional
 
-from experiments import train
+from experiments import optimizers, train
 from experiments.study.keys import RunKey
 
 # Study models that are one of the library's networks with options: name -> (network, fields).
@@ -13,11 +13,9 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     'independent_depth': ('independent', {'growth': 'depth'})}
 
 
-# The studies' method labels are the trainer's names when they ran (0.2); these have another
-# name now (`osgd` then was per-tensor OSGD, now the library's exit-aware one).
-STUDY_LABELS = {'osgd': 'osgd_leaf', 'osgd_exits': 'osgd', 'osgd_exit_norm': 'osgd_leaf_exit_norm',
-                'osgd_sum_norm': 'osgd_leaf_sum_norm', 'osgd_vectors': 'osgd_leaf_vectors',
-                'config': 'conflict_free'}
+# The studies' method labels are the trainer's names when they ran (0.2): the ones renamed
+# since, and `osgd`, which was per-tensor OSGD then and is the library's exit-aware one now.
+STUDY_LABELS = {**optimizers.RENAMED, 'osgd': 'osgd_leaf'}
 
 
 def method_variant(method: str) -> tuple[str, dict[str, Any]]:
