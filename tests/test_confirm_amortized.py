@@ -73,6 +73,8 @@ def test_quick_amortized_confirmation_runs_and_reports_both_tests(tmp_path):
   assert [row['pairs'] for row in summary['primary']] == [2, 2]
   assert all('t' in row for row in summary['primary'])
   assert confirm_amortized.headline(summary) in (tmp_path / 'confirm_amortized.md').read_text()
+  assert summary['replication']['pairs'] == 2  # test 1 itself on the same seeds, descriptive
+  assert 'Descriptive (not a declared test)' in (tmp_path / 'confirm_amortized.md').read_text()
   amortized = json.loads(next(tmp_path.glob('runs/branched/osgd_global_every8/*/seed12/'
                                             'config.json')).read_text())
   assert amortized['refresh_every'] == 8
